@@ -1,0 +1,146 @@
+"""The seams every backbone adapter exposes; the only contract method code may rely on.
+
+An image tower is a token pipeline: ``embed`` (patchify, prefix tokens, position embedding, pre-norm)
+-> ``block(i, tokens)`` for i in range(num_blocks) -> ``finalize`` (final norm, pooling, projection).
+Visual prompts are inserted right after the ``num_prefix_tokens`` prefix tokens, so the token layout seen
+by blocks and by ``finalize`` is ``[prefix, prompts, patches]``.
+
+A text tower turns token ids into features through ``embed_tokens`` -> ``encode_embeddings``, which lets
+text-prompt methods replace some token embeddings by learned context vectors.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images must be prepared for a backbone (read from the backbone library's own config)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+
+
+class VisionTower(nn.Module, abc.ABC):
+    """Adapter over a ViT image tower. Subclasses set the attributes and implement the three seams."""
+
+    width: int  # token width d
+    num_blocks: int
+    num_prefix_tokens: int  # class/register tokens that precede the patches
+    patch_size: int
+    feature_dim: int  # size of finalize()'s output
+    pooling: str  # "cls" or "mean"
+
+    @abc.abstractmethod
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B,3,H,W] -> tokens [B, num_prefix_tokens + num_patches, width], ready for block 0."""
+        ...
+
+    @abc.abstractmethod
+    def block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Run block ``index`` on tokens [B, T, width] (T may include prompt tokens)."""
+        ...
+
+    @abc.abstractmethod
+    def block_modules(self) -> Sequence[nn.Module]:
+        """The blocks as modules, for partial fine-tuning and forward hooks."""
+        ...
+
+    @abc.abstractmethod
+    def finalize(self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False) -> torch.Tensor:
+        """Tokens after the last block -> features [B, feature_dim].
+
+        ``num_prompts`` prompt tokens sit right after the prefix tokens. With mean pooling, ``pool_prompts``
+        says whether they enter the mean (VPT's MAE readout includes them); CLS pooling ignores both.
+        """
+        ...
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(images)
+        for index in range(self.num_blocks):
+            tokens = self.block(index, tokens)
+        return self.finalize(tokens)
+
+
+class TextTower(nn.Module, abc.ABC):
+    """Adapter over a CLIP text tower (causal transformer pooled at the end-of-text token)."""
+
+    width: int  # token embedding width
+    context_length: int
+    feature_dim: int
+
+    @abc.abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> token ids [n, context_length] (padded), with the library's own tokenizer."""
+        ...
+
+    @abc.abstractmethod
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [n, L] -> token embeddings [n, L, width] (no position embedding)."""
+        ...
+
+    @abc.abstractmethod
+    def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the pooled (end-of-text) token of each row: [n]."""
+        ...
+
+    @abc.abstractmethod
+    def encode_embeddings(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [n, L, width] with the ids they stand for -> text features [n, feature_dim].
+
+        ``encode_embeddings(embed_tokens(ids), ids)`` equals the library's own ``encode_text(ids)``.
+        The ids only locate the pooling position; the embeddings may be learned.
+        """
+        ...
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.encode_embeddings(self.embed_tokens(token_ids), token_ids)
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone: an image tower, an optional text tower (CLIP) and how to preprocess images."""
+
+    backbone_id: str
+    visual: VisionTower
+    preprocess: PreprocessConfig
+    text: TextTower | None = None
+    logit_scale: float = 100.0  # exp(logit_scale) of a CLIP model, already exponentiated
+    kind: str = "vit"  # "vit" (supervised), "mae" (self-supervised) or "clip"
+    extra: dict = field(default_factory=dict)
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.visual, self.text) if m is not None]
+
+    def freeze(self) -> "Backbone":
+        """Frozen and in eval mode: no dropout or drop-path inside the backbone while prompts train."""
+        for module in self.modules():
+            module.eval()
+            module.requires_grad_(False)
+        return self
+
+    def to(self, device: torch.device | str) -> "Backbone":
+        for module in self.modules():
+            module.to(device)
+        return self
+
+    def weights_hash(self) -> str:
+        """Short content hash of the weights; part of every feature-cache key."""
+        cached = self.extra.get("_weights_hash")
+        if cached is None:
+            digest = hashlib.sha256()
+            for module in self.modules():
+                for name, tensor in sorted(module.state_dict().items()):
+                    digest.update(name.encode())
+                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            cached = self.extra["_weights_hash"] = digest.hexdigest()[:16]
+        return cached

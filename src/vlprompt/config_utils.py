@@ -1,0 +1,99 @@
+"""Building typed config dataclasses from loose key=value input with errors that name the field."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Mapping, TypeVar
+
+from vlprompt.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def _coerce(value: Any, annotation: Any, field_name: str, where: str) -> Any:
+    """Convert CLI strings (and YAML scalars) to the field's declared type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        for candidate in non_none:
+            try:
+                return _coerce(value, candidate, field_name, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}.{field_name}: cannot read {value!r} as {annotation}.")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}.{field_name} = {value!r} is not allowed; choose one of {list(args)}.")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}.{field_name}: expected a list, got {value!r}.")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, field_name, where) if inner is not Any else v for v in value]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{where}.{field_name} = {value!r} is not a boolean; use true or false.")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}.{field_name} = {value!r} is not a number.")
+        try:
+            number = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.{field_name} = {value!r} is not a {annotation.__name__}.") from None
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}.{field_name} = {value!r} must be a whole number.")
+        return number
+    if annotation is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}.{field_name} = {value!r} is not a string.")
+        return str(value)
+    return value
+
+
+def build_config(cls: type[C], values: Mapping[str, Any] | None = None, where: str | None = None) -> C:
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys and bad values raise ConfigError."""
+    where = where or cls.__name__
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known fields: {', '.join(sorted(fields))}."
+        raise ConfigError(f"{where}: unknown field '{key}'; {hint}")
+    kwargs = {k: _coerce(v, hints[k], k, where) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def check_choice(where: str, field_name: str, value: Any, allowed: typing.Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{where}.{field_name} = {value!r} is not allowed; choose one of {allowed}.")
+
+
+def check_range(where: str, field_name: str, value: float, low: float | None = None, high: float | None = None) -> None:
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"{where}.{field_name} = {value!r} is out of range; it must lie in {bounds}.")
+
+
+def as_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
