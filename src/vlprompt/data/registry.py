@@ -1,0 +1,36 @@
+"""Dataset names -> loaders. A loader takes (root=None, **options) and returns a TaskData."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from vlprompt.data.base import TaskData
+from vlprompt.registry import Registry
+
+DATASETS: Registry[Callable[..., TaskData]] = Registry("dataset")
+
+# Modules whose import registers datasets; imported lazily so `import vlprompt` stays light.
+_PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.formats.catalog")
+
+
+def register_dataset(name: str):
+    return DATASETS.register(name)
+
+
+def _import_providers() -> None:
+    for module in _PROVIDERS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+
+
+def load_dataset(name: str, root: str | None = None, **options: Any) -> TaskData:
+    _import_providers()
+    return DATASETS.get(name)(root=root, **options)
+
+
+def list_datasets() -> list[str]:
+    _import_providers()
+    return DATASETS.names()
