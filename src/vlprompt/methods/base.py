@@ -66,6 +66,11 @@ class PromptMethod(nn.Module):
         names = {id(p) for p in self.trainable_parameters()}
         return {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in names}
 
+    def class_dependent_parameter_names(self) -> set[str]:
+        """Trained tensors tied to this class list (a head, class-specific context): a checkpoint holding them
+        refuses to load onto other classes. Default: everything under a submodule called ``head``."""
+        return {n for n, p in self.named_parameters() if p.requires_grad and n.split(".")[0] == "head"}
+
     def frozen_modules(self) -> Iterable[nn.Module]:
         return self.backbone.modules()
 

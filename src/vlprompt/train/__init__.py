@@ -1,0 +1,6 @@
+"""The single training loop and its configuration."""
+from vlprompt.train.checkpoint import load_prompts, save_prompts
+from vlprompt.train.config import TrainConfig
+from vlprompt.train.trainer import FitResult, Trainer, evaluate, predict
+
+__all__ = ["TrainConfig", "Trainer", "FitResult", "evaluate", "predict", "save_prompts", "load_prompts"]

@@ -1,0 +1,74 @@
+"""TrainConfig: every knob of the single training loop, validated where it is set."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlprompt.config_utils import check_choice, check_range
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
+AUGMENTS = ("none", "flip", "crop_flip")
+SELECTIONS = ("last", "best_val")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-3
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"
+    warmup_epochs: float = 1.0
+    warmup_start_factor: float = 0.01
+    # The lr/256*batch rule: when set, lr is the rate for a global batch of 256 and is scaled linearly.
+    scale_lr_by_batch: bool = False
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    precision: str = "fp32"
+    seed: int = 1
+    augment: str = "flip"
+    # Frozen-feature methods: number of augmented views cached per image (1 = exact features, no augmentation).
+    feature_views: int = 1
+    eval_batch_size: int = 256
+    device: str = "auto"
+    # Model selection on the validation split only (never on test): keep the last or the best-val epoch.
+    select: str = "last"
+    val_every: int = 1
+    log_every: int = 10
+    # Write the resume state every N optimizer steps (0 = only at epoch ends).
+    checkpoint_every: int = 0
+    resume: bool = True
+    progress: bool = True
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        where = "TrainConfig"
+        check_choice(where, "optimizer", self.optimizer, OPTIMIZERS)
+        check_choice(where, "scheduler", self.scheduler, SCHEDULERS)
+        check_choice(where, "precision", self.precision, PRECISIONS)
+        check_choice(where, "augment", self.augment, AUGMENTS)
+        check_choice(where, "select", self.select, SELECTIONS)
+        check_choice(where, "device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        check_range(where, "epochs", self.epochs, 0)
+        check_range(where, "batch_size", self.batch_size, 1)
+        check_range(where, "lr", self.lr, 0.0)
+        check_range(where, "weight_decay", self.weight_decay, 0.0)
+        check_range(where, "momentum", self.momentum, 0.0, 1.0)
+        check_range(where, "warmup_epochs", self.warmup_epochs, 0.0)
+        check_range(where, "warmup_start_factor", self.warmup_start_factor, 0.0, 1.0)
+        check_range(where, "grad_accum", self.grad_accum, 1)
+        check_range(where, "feature_views", self.feature_views, 1)
+        check_range(where, "eval_batch_size", self.eval_batch_size, 1)
+        check_range(where, "val_every", self.val_every, 1)
+        check_range(where, "log_every", self.log_every, 1)
+        check_range(where, "checkpoint_every", self.checkpoint_every, 0)
+        if self.max_grad_norm is not None:
+            check_range(where, "max_grad_norm", self.max_grad_norm, 0.0)
+
+    def effective_lr(self, world_size: int = 1) -> float:
+        if not self.scale_lr_by_batch:
+            return self.lr
+        return self.lr * self.batch_size * self.grad_accum * world_size / 256.0

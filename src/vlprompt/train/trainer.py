@@ -1,0 +1,371 @@
+"""The one training loop. Methods plug in through optional hooks; there is no trainer subclass per method.
+
+Determinism: the order of an epoch is a permutation drawn from a generator seeded by (seed, epoch); every
+other random draw (augmentation, dropout) comes from torch's global RNG, whose state is saved in the resume
+state together with the optimizer and the position in the epoch. Killing a run and resuming it therefore
+replays exactly the same steps, and on CPU gives bit-identical parameters.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from vlprompt.data.base import ImageDataset, TaskData
+from vlprompt.data.features import encode_dataset
+from vlprompt.data.transforms import eval_transform, train_transform
+from vlprompt.errors import VlpromptError
+from vlprompt.io_utils import append_jsonl, check_writable_dir
+from vlprompt.seeding import derived_seed, rng_state, set_rng_state
+from vlprompt.train import distributed
+from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
+from vlprompt.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+RESUME_NAME = "resume.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass
+class FitResult:
+    val_accuracy: float | None
+    train_seconds: float
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _cache_key(method, dataset: ImageDataset, transform_name: str) -> dict:
+    return {
+        "backbone": method.backbone.backbone_id,
+        "weights": method.backbone.weights_hash(),
+        "dataset": dataset.name,
+        "n": len(dataset),
+        "transform": transform_name,
+    }
+
+
+class _FeatureSource:
+    """Training batches from cached frozen image features ([N,D], or [V,N,D] for V augmented views)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
+        self.features = features
+        self.labels = labels
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def batch(self, indices: torch.Tensor, epoch: int) -> dict:
+        if self.features.dim() == 3:
+            views = self.features.shape[0]
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, 7))
+            choice = torch.randint(views, (len(self),), generator=generator)[indices]
+            feats = self.features[choice, indices]
+        else:
+            feats = self.features[indices]
+        return {"features": feats, "label": self.labels[indices]}
+
+
+class _ImageSource:
+    """Training batches decoded and augmented on the fly (methods that put prompts inside the image tower)."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+        self.labels = torch.tensor(dataset.labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: torch.Tensor, epoch: int) -> dict:
+        images = [self.dataset[int(i)][0] for i in indices]
+        return {"image": torch.stack(images), "label": self.labels[indices]}
+
+
+class Trainer:
+    """Fits one method on one task. ``out_dir`` (optional) receives metrics, the resume state and prompts."""
+
+    def __init__(self, method, config: TrainConfig | None = None, out_dir: str | Path | None = None) -> None:
+        self.method = method
+        self.config = config or TrainConfig()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = resolve_device(self.config.device)
+        self.rank = distributed.rank()
+        self.world_size = distributed.world_size()
+        self.is_main = self.rank == 0
+        self.step = 0
+        self.epoch = 0
+        self.history: list[dict] = []
+        if self.out_dir is not None and self.is_main:
+            check_writable_dir(self.out_dir)
+
+    # ----- hooks' helpers -----
+    def log_metrics(self, record: dict) -> None:
+        """Append a record to metrics.jsonl (rank 0 only) and to the in-memory history."""
+        record = {"step": self.step, "epoch": self.epoch, **record}
+        self.history.append(record)
+        if self.out_dir is not None and self.is_main:
+            append_jsonl(self.out_dir / METRICS_NAME, record)
+
+    # ----- data -----
+    def _features(self, dataset: ImageDataset, transform, name: str, views: int = 1) -> torch.Tensor:
+        cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else None
+        return encode_dataset(
+            self.method.image_features,
+            dataset.with_transform(transform),
+            batch_size=self.config.eval_batch_size,
+            device=self.device,
+            cache_dir=cache_dir,
+            cache_key=_cache_key(self.method, dataset, name),
+            views=views,
+            seed=self.config.seed,
+        )
+
+    def _train_source(self, dataset: ImageDataset):
+        config = self.config
+        preprocess = self.method.backbone.preprocess
+        if getattr(self.method, "uses_image_features", False):
+            labels = torch.tensor(dataset.labels, dtype=torch.long)
+            if config.augment != "none" and config.feature_views > 1:
+                tf = train_transform(preprocess, config.augment)
+                feats = self._features(dataset, tf, f"train-{config.augment}", views=config.feature_views)
+            else:
+                feats = self._features(dataset, eval_transform(preprocess), "eval")
+            return _FeatureSource(feats, labels, config.seed)
+        return _ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)))
+
+    # ----- the loop -----
+    def fit(self, task: TaskData) -> FitResult:
+        config = self.config
+        method = self.method.to(self.device)
+        started = time.perf_counter()
+        preprocess = method.backbone.preprocess
+        if hasattr(method, "setup"):
+            method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+        params = [p for p in method.trainable_parameters()]
+        if not params or config.epochs == 0:
+            val = self.evaluate(task.val) if task.val is not None else None
+            return FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
+
+        source = self._train_source(task.train)
+        n = len(source)
+        global_batch = config.batch_size * self.world_size
+        micro_per_epoch = math.ceil(n / global_batch)
+        steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+        total_steps = steps_per_epoch * config.epochs
+        warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
+        optimizer = self._optimizer(params)
+        base_lr = config.effective_lr(self.world_size)
+
+        start_epoch, start_micro, best = 0, 0, (-1.0, None)
+        resume_path = self.out_dir / RESUME_NAME if self.out_dir is not None else None
+        if resume_path is not None and config.resume:
+            state = load_resume_state(resume_path)
+            if state is not None:
+                start_epoch, start_micro, best = self._restore(state, optimizer)
+                log.info("resumed from %s at epoch %d, batch %d", resume_path, start_epoch, start_micro)
+
+        method.train()
+        accum_count = 0
+        for epoch in range(start_epoch, config.epochs):
+            self.epoch = epoch
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(config.seed, epoch)))
+            first = start_micro if epoch == start_epoch else 0
+            bar = tqdm(
+                range(first, micro_per_epoch),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=not (config.progress and self.is_main),
+                leave=False,
+            )
+            for micro in bar:
+                global_indices = order[micro * global_batch : (micro + 1) * global_batch]
+                local_indices = global_indices[self.rank :: self.world_size]
+                batch = source.batch(local_indices, epoch)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                loss_value = self._accumulate(batch, params, len(local_indices), len(global_indices))
+                accum_count += 1
+                last_micro = micro == micro_per_epoch - 1
+                if accum_count < config.grad_accum and not last_micro:
+                    continue
+                accum_count = 0
+                self._optimizer_step(optimizer, params, base_lr, total_steps, warmup_steps)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if hasattr(method, "on_step_end"):
+                    method.on_step_end(self.step, self)
+                if self.step % config.log_every == 0:
+                    self.log_metrics({"loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0 and not last_micro:
+                    self._save_resume(resume_path, optimizer, epoch, micro + 1, best)
+            method.on_epoch_end(epoch, self)
+            if task.val is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+                accuracy = self.evaluate(task.val)
+                method.train()
+                self.log_metrics({"val_accuracy": accuracy})
+                if config.select == "best_val" and accuracy > best[0]:
+                    best = (accuracy, copy.deepcopy(method.trainable_state_dict()))
+            self._save_resume(resume_path, optimizer, epoch + 1, 0, best)
+
+        if config.select == "best_val" and best[1] is not None:
+            with torch.no_grad():
+                named = dict(method.named_parameters())
+                for name, tensor in best[1].items():
+                    named[name].copy_(tensor)
+        method.eval()
+        seconds = time.perf_counter() - started
+        val = best[0] if config.select == "best_val" and best[1] is not None else None
+        if val is None and task.val is not None:
+            val = next((r["val_accuracy"] for r in reversed(self.history) if "val_accuracy" in r), None)
+        if self.out_dir is not None and self.is_main:
+            save_prompts(method, self.out_dir, extra={"train_config": config.__dict__, "val_accuracy": val})
+            if resume_path is not None and resume_path.exists():
+                resume_path.unlink()
+        return FitResult(val, seconds, self.step, self.history, self.out_dir)
+
+    def _accumulate(self, batch: dict, params: list, local_n: int, global_n: int) -> float:
+        """Forward + backward of one micro-batch; gradients are added to p.grad weighted by its share of the
+        global batch, so that accumulation and multi-process training average like one big batch."""
+        config = self.config
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        with autocast:
+            outputs = self.method(batch)
+        loss = outputs["loss"]
+        if loss is None or not torch.isfinite(loss.detach()).all():
+            raise VlpromptError(
+                f"The training loss became {None if loss is None else loss.item()} at step {self.step} (epoch "
+                f"{self.epoch + 1}) of method '{self.method.method_name}'. Lower the learning rate (now "
+                f"{config.lr}), use precision=fp32, or set max_grad_norm; the last saved resume state and earlier "
+                "files are untouched."
+            )
+        if hasattr(self.method, "grad_transform"):
+            grads = self.method.grad_transform(outputs, params)
+        else:
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        # Share of the global optimizer batch carried by this micro-batch on this rank.
+        weight = local_n / (global_n * config.grad_accum) * self.world_size
+        for param, grad in zip(params, grads):
+            if grad is None:
+                continue
+            grad = grad.detach() * weight
+            param.grad = grad if param.grad is None else param.grad + grad
+        return float(loss.detach())
+
+    def _optimizer(self, params: list) -> torch.optim.Optimizer:
+        config = self.config
+        lr = config.effective_lr(self.world_size)
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+    def _lr_at(self, step: int, base_lr: float, total: int, warmup: int) -> float:
+        """Linear warmup from warmup_start_factor*lr, then cosine to 0 (or constant)."""
+        if step < warmup:
+            start = self.config.warmup_start_factor
+            return base_lr * (start + (1 - start) * step / max(warmup, 1))
+        if self.config.scheduler == "constant":
+            return base_lr
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * base_lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _optimizer_step(self, optimizer, params, base_lr: float, total: int, warmup: int) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.world_size > 1:
+            distributed.all_reduce_sum_(grads)
+            for g in grads:
+                g.div_(self.world_size)
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = self._lr_at(self.step, base_lr, total, warmup)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    # ----- resume -----
+    def _save_resume(self, path: Path | None, optimizer, epoch: int, micro: int, best) -> None:
+        if path is None or not self.is_main:
+            return
+        state = {
+            "trainable": self.method.trainable_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "micro": micro,
+            "step": self.step,
+            "rng": rng_state(),
+            "history": self.history,
+            "best": best,
+            "config": self.config.__dict__,
+        }
+        save_resume_state(path, state)
+
+    def _restore(self, state: dict, optimizer) -> tuple[int, int, Any]:
+        if state.get("config", {}).get("seed") != self.config.seed:
+            raise VlpromptError(
+                f"The resume state in '{self.out_dir}' belongs to a run with seed {state.get('config', {}).get('seed')}"
+                f", not {self.config.seed}. Use another output folder, or delete {RESUME_NAME} to start afresh."
+            )
+        named = dict(self.method.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                named[name].copy_(tensor)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.history = list(state["history"])
+        return state["epoch"], state["micro"], state["best"]
+
+    # ----- evaluation -----
+    def evaluate(self, dataset: ImageDataset) -> float:
+        return evaluate(self.method, dataset, batch_size=self.config.eval_batch_size, device=self.device,
+                        cache_dir=self.config.cache_dir)
+
+
+@torch.no_grad()
+def predict(method, dataset: ImageDataset, *, batch_size: int = 256, device: str | torch.device = "cpu",
+            cache_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for every item of ``dataset`` with the backbone's eval transform."""
+    device = resolve_device(str(device)) if isinstance(device, str) else device
+    method = method.to(device)
+    was_training = method.training
+    method.eval()
+    transform = eval_transform(method.backbone.preprocess)
+    labels = torch.tensor(dataset.labels, dtype=torch.long)
+    logits = []
+    if getattr(method, "uses_image_features", False):
+        feats = encode_dataset(
+            method.image_features,
+            dataset.with_transform(transform),
+            batch_size=batch_size,
+            device=device,
+            cache_dir=cache_dir,
+            cache_key=_cache_key(method, dataset, "eval"),
+        )
+        for start in range(0, len(labels), batch_size):
+            batch = {"features": feats[start : start + batch_size].to(device)}
+            logits.append(method.predict(batch).float().cpu())
+    else:
+        source = _ImageSource(dataset.with_transform(transform))
+        for start in range(0, len(labels), batch_size):
+            batch = source.batch(torch.arange(start, min(start + batch_size, len(labels))), 0)
+            logits.append(method.predict({"image": batch["image"].to(device)}).float().cpu())
+    method.train(was_training)
+    return torch.cat(logits), labels
+
+
+def evaluate(method, dataset: ImageDataset, **kwargs) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    logits, labels = predict(method, dataset, **kwargs)
+    return float((logits.argmax(dim=1) == labels).float().mean())
