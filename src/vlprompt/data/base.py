@@ -55,6 +55,7 @@ class ImageDataset(Dataset):
         load: Callable[[object], Image.Image],
         transform: Callable | None = None,
         name: str = "",
+        ids: Sequence[str] | None = None,
     ) -> None:
         if len(sources) != len(labels):
             raise ValueError("sources and labels differ in length")
@@ -63,6 +64,11 @@ class ImageDataset(Dataset):
         self.load = load
         self.transform = transform
         self.name = name
+        # Stable identifiers (relative paths for files): what few-shot index files record.
+        self.ids = [str(i) for i in ids] if ids is not None else [
+            str(s) if isinstance(s, (str, bytes)) or hasattr(s, "__fspath__") else str(k)
+            for k, s in enumerate(self.sources)
+        ]
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -73,13 +79,25 @@ class ImageDataset(Dataset):
             image = self.transform(image)
         return image, self.labels[index]
 
-    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+    def subset(self, indices: Sequence[int], name: str | None = None) -> "ImageDataset":
         return ImageDataset(
-            [self.sources[i] for i in indices], [self.labels[i] for i in indices], self.load, self.transform, self.name
+            [self.sources[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.load,
+            self.transform,
+            self.name if name is None else name,
+            [self.ids[i] for i in indices],
         )
 
+    def relabel(self, mapping: dict[int, int], name: str | None = None) -> "ImageDataset":
+        """Keep only items whose label is in ``mapping`` and renumber them (base/new splits)."""
+        keep = [i for i, label in enumerate(self.labels) if label in mapping]
+        subset = self.subset(keep, name)
+        subset.labels = [mapping[label] for label in subset.labels]
+        return subset
+
     def with_transform(self, transform: Callable | None) -> "ImageDataset":
-        return ImageDataset(self.sources, self.labels, self.load, transform, self.name)
+        return ImageDataset(self.sources, self.labels, self.load, transform, self.name, self.ids)
 
 
 @dataclass
