@@ -1,0 +1,295 @@
+"""Text prompts for CLIP: the one place where prompts are assembled and sent through the text tower.
+
+Every CLIP text method (zero-shot, CoOp, CoCoOp, ProGrad, KgCoOp, the mixture) builds its class features
+here, through the adapter seams ``tokenize`` / ``embed_tokens`` / ``encode_embeddings`` only.
+
+A learned prompt is ``[SOS, ctx_1..ctx_M, CLASS, suffix, EOT]`` (class position "end"), or with the class
+name in the middle of the context or in front of it. The placeholder prompt (context written as "X" words)
+is tokenised once per label space; its token embeddings are kept as a buffer, and at every call the learned
+context vectors are written into the context slots. Pooling happens at the EOT position of the placeholder
+prompt, which the adapter finds from the token ids.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vlprompt.backbones.base import TextTower
+from vlprompt.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+CLASS_POSITIONS = ("end", "middle", "front")
+PLACEHOLDER = "X"
+
+
+def _supports_truncation(text: TextTower) -> bool:
+    """Whether the adapter accepts sequences cut right after the last EOT (the ``truncate`` fast path)."""
+    cached = getattr(text, "_vlprompt_truncate", None)
+    if cached is None:
+        try:
+            cached = "truncate" in inspect.signature(text.encode_embeddings).parameters
+        except (TypeError, ValueError):
+            cached = False
+        text._vlprompt_truncate = cached
+    return cached
+
+
+def encode_text_embeddings(text: TextTower, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """THE text-encoder call: token embeddings [n, L, w] + ids [n, L] -> features [n, D] (not normalised).
+
+    CLIP's text transformer is causal, so the pooled EOT output depends only on the tokens up to the EOT;
+    when the adapter offers the exact ``truncate`` path, sequences are cut at the longest EOT of the batch.
+    """
+    if _supports_truncation(text):
+        return text.encode_embeddings(embeddings, token_ids, truncate=True)
+    return text.encode_embeddings(embeddings, token_ids)
+
+
+def token_count(text: TextTower, phrase: str, what: str) -> int:
+    """Number of tokens of ``phrase`` without SOS/EOT; raises when it alone fills the context."""
+    ids = text.tokenize([phrase])
+    eot = int(text.eot_positions(ids)[0])
+    if eot >= text.context_length - 1:
+        raise ConfigError(
+            f"{what} {phrase!r} tokenises to more than the text tower's context length "
+            f"({text.context_length} tokens). Shorten it or use a backbone with a longer context."
+        )
+    return eot - 1
+
+
+def check_fits(text: TextTower, needed: int, classname: str, what: str) -> None:
+    if needed > text.context_length:
+        raise ConfigError(
+            f"Class name {classname!r} does not fit the text context: {what} needs {needed} tokens but the text "
+            f"tower holds {text.context_length}. Shorten the class name, the template or the context length n_ctx."
+        )
+
+
+@torch.no_grad()
+def encode_texts(text: TextTower, texts: Sequence[str], chunk: int = 256) -> torch.Tensor:
+    """Hand-written texts -> normalised features [n, D], ``chunk`` texts per encoder call."""
+    device = next(text.parameters()).device
+    outputs = []
+    for start in range(0, len(texts), chunk):
+        ids = text.tokenize(list(texts[start : start + chunk])).to(device)
+        outputs.append(encode_text_embeddings(text, text.embed_tokens(ids), ids).float())
+    return nn.functional.normalize(torch.cat(outputs), dim=-1)
+
+
+@torch.no_grad()
+def hand_crafted_features(
+    text: TextTower, classnames: Sequence[str], templates: Sequence[str], chunk: int = 256
+) -> torch.Tensor:
+    """Normalised features of every template filled with every class name: [T, C, D].
+
+    Checks up front that each filled template fits the context, so no prompt is silently truncated.
+    """
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ConfigError(f"Template {template!r} must contain exactly one '{{}}' where the class name goes.")
+        head, tail = template.split("{}")
+        fixed = (token_count(text, head, "Template text") if head.strip() else 0) + (
+            token_count(text, tail, "Template text") if tail.strip() else 0
+        )
+        for name in classnames:
+            check_fits(text, fixed + token_count(text, name, "Class name") + 2, name, f"template {template!r}")
+    texts = [template.format(name) for template in templates for name in classnames]
+    return encode_texts(text, texts, chunk).view(len(templates), len(classnames), -1)
+
+
+def ensemble_features(per_template: torch.Tensor) -> torch.Tensor:
+    """[T, C, D] normalised -> [C, D]: mean over templates, renormalised (CLIP's prompt ensemble)."""
+    return nn.functional.normalize(per_template.mean(dim=0), dim=-1)
+
+
+def split_template(template: str) -> tuple[str, str]:
+    """'a photo of a {}.' -> ('a photo of a', '.'): the context words and the suffix after the class name."""
+    if template.count("{}") != 1:
+        raise ConfigError(f"Template {template!r} must contain exactly one '{{}}' where the class name goes.")
+    head, tail = template.split("{}")
+    return head.strip(), tail.strip()
+
+
+@dataclass
+class PromptLayout:
+    """Where the context vectors go in each class's tokenised placeholder prompt.
+
+    ``slot[c, l]`` is the index of the context vector at position l of class c's prompt, or M (no context);
+    ``token_ids`` are cut after the longest EOT when the adapter has the exact truncation path.
+    """
+
+    token_ids: torch.Tensor  # [C, L]
+    slot: torch.Tensor  # [C, L]
+    eot: torch.Tensor  # [C]
+
+
+def build_layout(
+    text: TextTower, classnames: Sequence[str], n_ctx: int, position: str, suffix: str
+) -> PromptLayout:
+    """Tokenise the placeholder prompts of all classes and locate the context slots in each."""
+    if position not in CLASS_POSITIONS:
+        raise ConfigError(f"class_position = {position!r} is not allowed; choose one of {list(CLASS_POSITIONS)}.")
+    suffix_len = token_count(text, suffix, "Prompt suffix") if suffix.strip() else 0
+    first = n_ctx // 2 if position == "middle" else (n_ctx if position == "end" else 0)
+    texts, starts = [], []
+    for name in classnames:
+        name_len = token_count(text, name, "Class name")
+        check_fits(text, 1 + n_ctx + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
+        before = " ".join([PLACEHOLDER] * first)
+        after = " ".join([PLACEHOLDER] * (n_ctx - first))
+        joiner = " " if suffix[:1].isalnum() else ""
+        texts.append(" ".join(part for part in (before, name, after) if part) + joiner + suffix)
+        starts.append((1, 1 + first + name_len, name_len, suffix_len))
+    token_ids = text.tokenize(texts)
+    eot = text.eot_positions(token_ids)
+    slot = torch.full(token_ids.shape, n_ctx, dtype=torch.long)
+    for row, (name, (start_a, start_b, name_len, suffix_len)) in enumerate(zip(classnames, starts)):
+        expected_eot = 1 + n_ctx + name_len + suffix_len
+        if int(eot[row]) != expected_eot:
+            raise ConfigError(
+                f"Class name {name!r} tokenises differently inside the prompt than alone (EOT at {int(eot[row])}, "
+                f"expected {expected_eot}); the tokenizer merges it with the neighbouring words. Add a space or "
+                "punctuation to the class name."
+            )
+        slot[row, start_a : start_a + first] = torch.arange(first)
+        slot[row, start_b : start_b + n_ctx - first] = torch.arange(first, n_ctx)
+    if _supports_truncation(text):
+        length = int(eot.max()) + 1
+        token_ids, slot = token_ids[:, :length], slot[:, :length]
+    return PromptLayout(token_ids=token_ids, slot=slot, eot=eot)
+
+
+class ContextPrompt(nn.Module):
+    """Learned context vectors (CoOp): shared by all classes or class-specific, at a chosen class position.
+
+    ``init_words`` (e.g. "a photo of a") sets M to their token count and copies their token embeddings;
+    without them the context is drawn from N(0, 0.02). ``suffix`` is the text after the class name (".").
+    The text tower is passed to each call rather than stored, so it never enters this module's state.
+    """
+
+    def __init__(
+        self,
+        text: TextTower,
+        classnames: Sequence[str],
+        n_ctx: int = 16,
+        init_words: str = "",
+        suffix: str = ".",
+        position: str = "end",
+        class_specific: bool = False,
+        class_chunk: int = 256,
+    ) -> None:
+        super().__init__()
+        if class_chunk < 1:
+            raise ConfigError(f"class_chunk = {class_chunk} must be at least 1.")
+        self.position = position
+        self.suffix = suffix
+        self.class_specific = class_specific
+        self.class_chunk = class_chunk
+        device = next(text.parameters()).device
+        if init_words.strip():
+            n_words = token_count(text, init_words, "Context init words")
+            if n_words == 0:
+                raise ConfigError(f"Context init words {init_words!r} produce no tokens; give words or leave it empty.")
+            with torch.no_grad():
+                ids = text.tokenize([init_words]).to(device)
+                vectors = text.embed_tokens(ids)[0, 1 : 1 + n_words].detach().float().clone()
+            n_ctx = n_words
+        else:
+            if n_ctx < 1:
+                raise ConfigError(f"n_ctx = {n_ctx} must be at least 1 (the number of learned context tokens).")
+            vectors = torch.empty(n_ctx, text.width, device=device).normal_(0.0, 0.02)
+        self.n_ctx = n_ctx
+        if class_specific:
+            vectors = vectors.unsqueeze(0).repeat(len(classnames), 1, 1)
+        self.ctx = nn.Parameter(vectors)
+        self.num_classes = 0
+        self.set_classnames(text, classnames)
+
+    @torch.no_grad()
+    def set_classnames(self, text: TextTower, classnames: Sequence[str]) -> None:
+        """(Re)build the placeholder prompts for a new class list; shared context transfers, CSC does not."""
+        if self.class_specific and self.ctx.shape[0] != len(classnames):
+            raise CheckpointError(
+                f"Class-specific context was trained for {self.ctx.shape[0]} classes and cannot serve "
+                f"{len(classnames)} other classes; use shared context (class_specific=false) to move to new classes."
+            )
+        device = self.ctx.device
+        layout = build_layout(text, classnames, self.n_ctx, self.position, self.suffix)
+        self.classnames = list(classnames)
+        self.num_classes = len(classnames)
+        self.register_buffer("token_ids", layout.token_ids.to(device), persistent=False)
+        self.register_buffer("slot", layout.slot.to(device), persistent=False)
+        self.register_buffer("eot", layout.eot.to(device), persistent=False)
+        self.register_buffer("base", text.embed_tokens(self.token_ids).detach(), persistent=False)
+
+    def _encode_chunk(self, text: TextTower, ctx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Features of classes [start, stop) for context ``ctx`` [*, 1 or C, M, w] -> [*, stop-start, D]."""
+        if self.class_specific:
+            ctx = ctx[..., start:stop, :, :]
+        ids = self.token_ids[start:stop]
+        slot = self.slot[start:stop]
+        length = int(self.eot[start:stop].max()) + 1 if _supports_truncation(text) else ids.shape[1]
+        ids, slot, base = ids[:, :length], slot[:, :length], self.base[start:stop, :length]
+        count, width = stop - start, base.shape[-1]
+        batch_shape = ctx.shape[:-3]
+        padded = torch.cat([ctx, ctx.new_zeros(*ctx.shape[:-2], 1, width)], dim=-2)
+        padded = padded.expand(*batch_shape, count, self.n_ctx + 1, width)
+        index = slot.expand(*batch_shape, count, length).unsqueeze(-1).expand(*batch_shape, count, length, width)
+        filled = torch.gather(padded, -2, index)
+        embeddings = torch.where((slot < self.n_ctx).unsqueeze(-1), filled.to(base.dtype), base)
+        flat = embeddings.reshape(-1, length, width)
+        flat_ids = ids.expand(*batch_shape, count, length).reshape(-1, length)
+        features = encode_text_embeddings(text, flat, flat_ids)
+        return features.reshape(*batch_shape, count, features.shape[-1])
+
+    def forward(self, text: TextTower, bias: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+        """Normalised class features: [C, D], or [B, C, D] with a per-image ``bias`` [B, w] (CoCoOp).
+
+        Classes go through the encoder ``chunk`` at a time; under autograd with several chunks each chunk is
+        recomputed in backward (activation checkpointing), so memory stays bounded for many classes.
+        """
+        ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0)
+        if bias is not None:
+            ctx = ctx.unsqueeze(0) + bias[:, None, None, :].to(ctx.dtype)
+        chunk = chunk or self.class_chunk
+        bounds = [(s, min(s + chunk, self.num_classes)) for s in range(0, self.num_classes, chunk)]
+        use_checkpoint = len(bounds) > 1 and torch.is_grad_enabled() and ctx.requires_grad
+        parts = []
+        for start, stop in bounds:
+            if use_checkpoint:
+                parts.append(checkpoint(self._encode_chunk, text, ctx, start, stop, use_reentrant=False))
+            else:
+                parts.append(self._encode_chunk(text, ctx, start, stop))
+        return nn.functional.normalize(torch.cat(parts, dim=-2).float(), dim=-1)
+
+
+class EvalCache:
+    """Class features kept between evaluation batches; rebuilt when the key (classes, parameter versions) moves.
+
+    The key holds each trained tensor's in-place version counter, so an optimiser step or a state-dict load
+    invalidates the cache without any hook.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value = None
+
+    @staticmethod
+    def key_for(classnames: Sequence[str], parameters: Sequence[torch.Tensor], *extra) -> tuple:
+        return (tuple(classnames), tuple((p.data_ptr(), p._version, str(p.device)) for p in parameters), *extra)
+
+    def get(self, key: tuple, compute):
+        if self.key != key:
+            self.value = compute()
+            self.key = key
+        return self.value
+
+    def clear(self) -> None:
+        self.key, self.value = None, None
