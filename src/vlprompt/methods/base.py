@@ -39,6 +39,8 @@ class PromptMethod(nn.Module):
     needs_text_tower: ClassVar[bool] = False
     # True when forward() can consume cached "features" instead of "image" (image tower frozen, no prompts in it).
     uses_image_features: ClassVar[bool] = False
+    # Recommended TrainConfig fields for this method (lr, epochs, optimizer...); user settings override them.
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
         super().__init__()
