@@ -94,6 +94,9 @@ class PromptMethod(nn.Module):
 
 def create_method(name: str, backbone: Backbone, labels: LabelSpace, **overrides: Any) -> PromptMethod:
     """Build a registered method by name; ``overrides`` are fields of its config dataclass."""
+    from vlprompt.methods import import_all
+
+    import_all()
     cls = METHODS.get(name)
     config = build_config(cls.config_class, overrides, where=f"method '{name}'")
     if cls.needs_text_tower and backbone.text is None:

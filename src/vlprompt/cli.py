@@ -1,0 +1,196 @@
+"""Command line: YAML + key=value overrides -> dataclasses -> library calls. User errors print one paragraph."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from vlprompt import __version__
+from vlprompt.errors import ConfigError, VlpromptError
+
+log = logging.getLogger("vlprompt")
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict:
+    """['train.lr=0.01', 'shots=8'] -> {'train': {'lr': 0.01}, 'shots': 8} (values read as YAML scalars)."""
+    result: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"Override '{pair}' is not of the form key=value (e.g. train.lr=0.01).")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override '{pair}': '{part}' is not a section.")
+        node[parts[-1]] = value
+    return result
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of fields (method:, backbone:, ...).")
+    return data
+
+
+def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    config = next((i for i in items if "=" not in i), None)
+    return config, [i for i in items if "=" in i]
+
+
+def format_table(records: list[dict], columns: Sequence[str]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in records]
+    return "\n".join(lines)
+
+
+RESULT_COLUMNS = ("method", "backbone", "dataset", "shots", "seed", "split", "accuracy", "train_seconds")
+
+
+# ----- commands -----
+def cmd_list(args) -> int:
+    if args.what == "backbones":
+        from vlprompt.backbones.registry import list_backbones
+
+        names = list_backbones()
+    elif args.what == "methods":
+        from vlprompt.methods import list_methods
+
+        names = list_methods()
+    else:
+        from vlprompt.data.registry import list_datasets
+
+        names = list_datasets()
+    print("\n".join(names))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from vlprompt.experiment import run_config_from_dict, run_experiment
+    from vlprompt.methods import list_methods
+
+    list_methods()  # import every method module so names resolve
+    config_path, overrides = _split_config_and_overrides(args.items)
+    values = load_yaml(config_path) if config_path else {}
+    values = deep_merge(values, parse_overrides(overrides))
+    if args.out:
+        values["out"] = args.out
+    values.setdefault("out", "runs/latest")
+    config = run_config_from_dict(values)
+    records = run_experiment(config)
+    print(format_table(records, RESULT_COLUMNS))
+    print(f"\nresults, resolved config and prompts written to {config.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from vlprompt.evaluation import evaluate_run
+
+    records = evaluate_run(args.run_dir, dataset=args.dataset, root=args.root, split=args.split,
+                           options=parse_overrides(args.options))
+    print(format_table(records, ("method", "backbone", "dataset", "split", "accuracy")))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from vlprompt.demo import run_demo
+
+    run_demo(args.out, methods=args.methods.split(",") if args.methods else None)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from vlprompt.data.check import check_dataset
+
+    report = check_dataset(args.name, args.root, **parse_overrides(args.options))
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlprompt", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vlprompt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered names, one per line")
+    p.add_argument("what", choices=["backbones", "methods", "datasets"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train one run: [CONFIG.yaml] [key=value ...]")
+    p.add_argument("items", nargs="*", help="a YAML config and/or overrides such as method=coop train.lr=0.002")
+    p.add_argument("--out", help="run folder (default runs/latest)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run folder, optionally on another dataset")
+    p.add_argument("run_dir")
+    p.add_argument("--dataset", help="dataset name (default: the run's own)")
+    p.add_argument("--root")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("options", nargs="*", help="dataset options as key=value")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="every registered method on the offline world's default few-shot task")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--methods", help="comma-separated subset of methods")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="validate a dataset on disk before training")
+    c.add_argument("name")
+    c.add_argument("root")
+    c.add_argument("options", nargs="*", help="loader options as key=value")
+    c.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except VlpromptError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished files are kept and a resume state lets 'train' continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

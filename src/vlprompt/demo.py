@@ -1,0 +1,66 @@
+"""`vlprompt demo`: every registered method on the offline world's default few-shot task (16 shots, seed 1)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+
+from vlprompt.errors import VlpromptError
+from vlprompt.experiment import RunConfig, run_experiment
+from vlprompt.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
+from vlprompt.methods import METHODS, list_methods
+
+log = logging.getLogger(__name__)
+
+DEMO_SHOTS = 16
+DEMO_SEED = 1
+COLUMNS = ("method", "backbone", "dataset", "shots", "seed", "split", "accuracy", "train_seconds")
+
+
+def world_defaults() -> dict:
+    """The default task and backbone chosen (and measured) by the world's pretraining scripts."""
+    text = resources.files("vlprompt.data.world").joinpath("defaults.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def run_demo(out: str | Path, methods: list[str] | None = None) -> list[dict]:
+    out = check_writable_dir(out)
+    defaults = world_defaults()
+    names = methods or list_methods()
+    for name in names:
+        METHODS.get(name)
+    records: list[dict] = []
+    started = time.perf_counter()
+    for name in names:
+        config = RunConfig(
+            method=name,
+            backbone=defaults["backbone"],
+            dataset=defaults["dataset"],
+            dataset_options=dict(defaults.get("options", {})),
+            shots=DEMO_SHOTS,
+            seed=DEMO_SEED,
+            train={**defaults.get("train", {}), **defaults.get("method_train", {}).get(name, {}), "progress": False},
+            out=str(out / "runs" / name),
+        )
+        log.info("demo: %s", name)
+        t0 = time.perf_counter()
+        try:
+            records.extend(run_experiment(config))
+        except VlpromptError as error:
+            raise VlpromptError(f"demo: method '{name}' failed: {error}") from None
+        print(f"  {name:<20} {records[-1]['accuracy']:.4f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
+    total = time.perf_counter() - started
+    atomic_write_json(out / "results.json", records)
+    from vlprompt.cli import format_table
+
+    table = format_table(records, COLUMNS)
+    atomic_write_text(
+        out / "report.md",
+        f"# vlprompt demo\n\nTask: `{defaults['dataset']}` {defaults.get('options', {})} on `{defaults['backbone']}`, "
+        f"{DEMO_SHOTS} shots, seed {DEMO_SEED}; accuracy on the test split. Total time {total:.1f} s.\n\n{table}\n",
+    )
+    print(table)
+    print(f"\nwrote {out / 'results.json'} and {out / 'report.md'} in {total:.1f} s")
+    return records
