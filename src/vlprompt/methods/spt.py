@@ -1,0 +1,109 @@
+"""SPT (self-prompt tuning): the VPT model with prompts initialised from prototypes of the data's own tokens.
+
+Before training, ``setup`` streams the training set once through the frozen backbone and sets the prompts
+(prompts/init.py); from then on it trains exactly like VPT.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from vlprompt.config_utils import check_range
+from vlprompt.data.base import ImageDataset
+from vlprompt.errors import ConfigError
+from vlprompt.methods.base import register_method
+from vlprompt.methods.vpt import VisualPromptMethod, VPTConfig
+from vlprompt.prompts.init import INITIALIZERS, InitReport, prototype_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SPTConfig(VPTConfig):
+    """``init`` picks the prototype strategy; ``token_budget`` bounds the tokens kept per insertion point
+    (memory = depth x token_budget x d whatever the training-set size); ``init_batch_size`` is the batch of the
+    collection pass (the pooling/sampling strategies use one random such batch); ``kmeans_*`` tune the
+    mini-batch k-means (iterations, mini-batch size, full Lloyd passes afterwards)."""
+
+    init: str = "kmeans"
+    token_budget: int = 50000
+    init_batch_size: int = 64
+    kmeans_iterations: int = 100
+    kmeans_batch_size: int = 2048
+    kmeans_refine: int = 20
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = type(self).__name__
+        if self.init not in INITIALIZERS:
+            raise ConfigError(
+                f"{where}.init = {self.init!r} is not an SPT initialiser; choose one of {list(INITIALIZERS)} "
+                "(kmeans is the SPT paper's best)."
+            )
+        if self.projection_dim is not None:
+            raise ConfigError(
+                f"{where}.projection_dim = {self.projection_dim}: SPT prompts are prototypes of the backbone's own "
+                "d-wide tokens and cannot be learned at another width. Leave projection_dim unset, or use "
+                "vpt-shallow / vpt-deep for projected prompts."
+            )
+        if self.token_budget < self.num_tokens:
+            raise ConfigError(
+                f"{where}.token_budget = {self.token_budget} is smaller than num_tokens = {self.num_tokens}: "
+                "prototypes need at least as many tokens as prompts. Raise token_budget (thousands is typical)."
+            )
+        check_range(where, "init_batch_size", self.init_batch_size, 1)
+        check_range(where, "kmeans_iterations", self.kmeans_iterations, 0)
+        check_range(where, "kmeans_batch_size", self.kmeans_batch_size, 1)
+        check_range(where, "kmeans_refine", self.kmeans_refine, 0)
+
+
+class SelfPromptMethod(VisualPromptMethod):
+    config_class = SPTConfig
+
+    def initialize_prompts(
+        self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0
+    ) -> InitReport:
+        """Set the prompts from ``dataset`` (with its eval transform); deterministic for a given seed."""
+        config = self.config
+        loader = DataLoader(dataset, batch_size=config.init_batch_size, shuffle=False)
+        started = time.perf_counter()
+        values, report = prototype_prompts(
+            self.visual,
+            (images for images, _ in loader),
+            len(loader),
+            num_prompts=config.num_tokens,
+            depth=self.prompts.depth,
+            strategy=config.init,
+            token_budget=config.token_budget,
+            seed=seed,
+            device=device,
+            kmeans_iterations=config.kmeans_iterations,
+            kmeans_batch_size=config.kmeans_batch_size,
+            kmeans_refine=config.kmeans_refine,
+        )
+        self.prompts.set_tokens(values)
+        log.info("%s: prompts initialised by %s in %.2fs", self.method_name, config.init, time.perf_counter() - started)
+        return report
+
+    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
+        self.initialize_prompts(train_dataset, trainer.device, trainer.config.seed)
+        super().setup(train_dataset, trainer)
+
+
+@register_method("spt-shallow")
+class SPTShallow(SelfPromptMethod):
+    """Shallow prompts initialised from patch-embedding tokens."""
+
+    deep = False
+
+
+@register_method("spt-deep")
+class SPTDeep(SelfPromptMethod):
+    """Deep prompts; block l's prompts are initialised from the patch tokens entering block l."""
+
+    deep = True
