@@ -1,0 +1,49 @@
+"""Pure loss functions of the CLIP text-prompt methods (no modules, no state), testable on hand-made tensors."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def prograd_project(grad_ce: torch.Tensor, grad_kl: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """ProGrad's update for one tensor: remove (λ times) the part of G_d that conflicts with G_g.
+
+    If ⟨G_d, G_g⟩ < 0: G = G_d − λ·(G_d·Ĝ_g)·Ĝ_g, else G = G_d; λ = 0 leaves plain CoOp's gradient.
+    """
+    dot = torch.sum(grad_ce * grad_kl)
+    norm_sq = torch.sum(grad_kl * grad_kl)
+    if lam == 0 or dot >= 0 or norm_sq == 0:
+        return grad_ce
+    return grad_ce - lam * (dot / norm_sq) * grad_kl
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(p_teacher ‖ p_student), averaged over the batch (ProGrad's general-knowledge loss, T = 1)."""
+    student = nn.functional.log_softmax(student_logits / temperature, dim=-1)
+    teacher = nn.functional.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    return nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
+
+
+def kg_distance(learned: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
+    """KgCoOp's knowledge-guided term: 1 − mean over classes of cos(t_c, t_c^hand); zero when they coincide."""
+    cos = nn.functional.cosine_similarity(learned, hand.detach().to(learned.dtype), dim=-1)
+    return 1.0 - cos.mean()
+
+
+def gating_kl(hard_weights: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
+    """KL(W_hard ‖ softmax(router)) over experts, batch mean: hard prompts tell the router where to look."""
+    log_router = nn.functional.log_softmax(router_logits, dim=-1)
+    target = hard_weights.detach().clamp_min(1e-12)
+    return torch.sum(target * (target.log() - log_router), dim=-1).mean()
+
+
+def grouped_text_ce(soft: torch.Tensor, hard: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each soft class feature must classify as its own class among the hard features of each template.
+
+    ``soft`` [C, D] and ``hard`` [T, C, D] are normalised; the loss is the mean over templates t of
+    CE(scale·soft @ hard[t]ᵀ, identity labels). With all templates of one group it is the mixture's
+    semantically grouped text loss; with all templates of a task it is LASP's text-to-text loss.
+    """
+    targets = torch.arange(soft.shape[0], device=soft.device)
+    logits = scale * torch.einsum("cd,tkd->tck", soft, hard.detach().to(soft.dtype))
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.repeat(hard.shape[0]))

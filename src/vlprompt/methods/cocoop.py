@@ -1,0 +1,66 @@
+"""CoCoOp: a meta-net turns each image feature into one bias added to every context token.
+
+Class features are then per image, so the text encoder runs on B×C prompts per batch: they go through it
+as one batched call per class chunk (no per-image Python loop), with chunks sized so that one call holds
+at most ``prompts_per_call`` prompts and, under autograd, recomputed in backward to bound memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.config_utils import check_choice, check_range
+from vlprompt.data.base import LabelSpace
+from vlprompt.methods.base import register_method
+from vlprompt.methods.coop import build_context_prompt
+from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.prompts.text import CLASS_POSITIONS
+
+
+@dataclass
+class CoCoOpConfig:
+    """CoCoOp's defaults follow the paper (4 context tokens from "a photo of a"); ``n_ctx``, ``ctx_init`` and
+    ``class_position`` mean what they mean for CoOp. ``prompts_per_call``: images × classes sent through the
+    text encoder in one call."""
+
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+    class_position: str = "end"
+    prompts_per_call: int = 2048
+
+    def __post_init__(self) -> None:
+        check_range("CoCoOpConfig", "n_ctx", self.n_ctx, 1, 76)
+        check_choice("CoCoOpConfig", "class_position", self.class_position, CLASS_POSITIONS)
+        check_range("CoCoOpConfig", "prompts_per_call", self.prompts_per_call, 1)
+
+
+@register_method("cocoop")
+class CoCoOp(ClipMethod):
+    config_class = CoCoOpConfig
+
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoCoOpConfig) -> None:
+        super().__init__(backbone, labels, config)
+        self.prompt = build_context_prompt(self.text, labels, config.ctx_init, config.n_ctx, config.class_position)
+        feature_dim = backbone.visual.feature_dim
+        hidden = max(1, feature_dim // 16)
+        self.meta_net = nn.Sequential(
+            nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, self.text.width)
+        ).to(self.prompt.ctx.device)
+
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.prompt.set_classnames(self.text, labels.classnames)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.prompt.ctx, *self.meta_net.parameters()]
+
+    def forward(self, batch: dict) -> dict:
+        image = self.normalized_image_features(batch).to(self.prompt.ctx.device)
+        bias = self.meta_net(image)
+        chunk = max(1, self.config.prompts_per_call // image.shape[0])
+        class_features = self.prompt(self.text, bias=bias, chunk=chunk)  # [B, C, D]
+        logits = self.clip_logits(image, class_features)
+        return {"loss": self.cross_entropy(logits, batch), "logits": logits}

@@ -1,0 +1,141 @@
+"""CoOp: learned context vectors in front of (or around) the class name, frozen CLIP, cross-entropy on s·cos.
+
+ProGrad and KgCoOp are CoOp plus one loss term each, so they subclass this file's method and add only that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.config_utils import check_choice, check_range
+from vlprompt.data.base import LabelSpace
+from vlprompt.losses import grouped_text_ce
+from vlprompt.methods.base import register_method
+from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.prompts.text import CLASS_POSITIONS, ContextPrompt, EvalCache, hand_crafted_features, split_template
+
+TEMPLATE_INIT = "template"
+
+
+@dataclass
+class CoOpConfig:
+    """CoOp's options.
+
+    ``n_ctx``: learned context tokens M (ignored when ``ctx_init`` gives words: M is then their token count).
+    ``ctx_init``: words to start from (e.g. "a photo of a"), "template" for the task's hand-crafted template
+    (its words before the class name become the context, its text after it the suffix), or "" for N(0, 0.02).
+    ``class_specific``: one context per class (CSC); it cannot move to other classes.
+    ``class_position``: where the class name sits: end | middle | front.
+    ``class_chunk``: class prompts per text-encoder call (bounds memory for many classes).
+    ``text_loss_weight``: optional LASP-style text-to-text loss (soft class features classified among the
+    hand-crafted features of all templates); 0 turns it off.
+    """
+
+    n_ctx: int = 16
+    ctx_init: str = ""
+    class_specific: bool = False
+    class_position: str = "end"
+    class_chunk: int = 256
+    text_loss_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        check_range(where, "n_ctx", self.n_ctx, 1, 76)
+        check_choice(where, "class_position", self.class_position, CLASS_POSITIONS)
+        check_range(where, "class_chunk", self.class_chunk, 1)
+        check_range(where, "text_loss_weight", self.text_loss_weight, 0.0)
+
+
+def build_context_prompt(
+    text,
+    labels: LabelSpace,
+    ctx_init: str,
+    n_ctx: int,
+    class_position: str = "end",
+    class_specific: bool = False,
+    class_chunk: int = 256,
+) -> ContextPrompt:
+    """A ContextPrompt from CoOp-style options; ``ctx_init`` may be words, a template, or "template"."""
+    words, suffix = ctx_init, "."
+    if ctx_init.strip() == TEMPLATE_INIT:
+        words, suffix = split_template(labels.templates[0])
+    elif "{}" in ctx_init:
+        words, suffix = split_template(ctx_init)
+    return ContextPrompt(
+        text,
+        labels.classnames,
+        n_ctx=n_ctx,
+        init_words=words,
+        suffix=suffix,
+        position=class_position,
+        class_specific=class_specific,
+        class_chunk=class_chunk,
+    )
+
+
+@register_method("coop")
+class CoOp(ClipMethod):
+    """Context optimisation: only the context vectors train; class features are cached during evaluation."""
+
+    config_class = CoOpConfig
+
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoOpConfig) -> None:
+        super().__init__(backbone, labels, config)
+        self.prompt = build_context_prompt(
+            self.text,
+            labels,
+            config.ctx_init,
+            config.n_ctx,
+            config.class_position,
+            config.class_specific,
+            config.class_chunk,
+        )
+        self._eval_cache = EvalCache()
+        self._all_templates_key: tuple | None = None
+        self._all_templates: torch.Tensor | None = None
+
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.prompt.set_classnames(self.text, labels.classnames)
+        self._eval_cache.clear()
+
+    def class_dependent_parameter_names(self) -> set[str]:
+        return {"prompt.ctx"} if self.config.class_specific else set()
+
+    def class_features(self) -> torch.Tensor:
+        """Normalised learned class features [C, D]; during evaluation computed once, not per batch."""
+        if self.training or torch.is_grad_enabled():
+            return self.prompt(self.text)
+        key = EvalCache.key_for(self.prompt.classnames, [self.prompt.ctx])
+        return self._eval_cache.get(key, lambda: self.prompt(self.text))
+
+    def template_features(self) -> torch.Tensor:
+        """Hand-crafted features of every template [T, C, D], for the optional text-to-text loss."""
+        key = (tuple(self.labels.classnames), tuple(self.labels.templates), self.text_device())
+        if self._all_templates_key != key:
+            self._all_templates = hand_crafted_features(
+                self.text, self.labels.classnames, self.labels.templates, self.config.class_chunk
+            )
+            self._all_templates_key = key
+        return self._all_templates
+
+    def base_outputs(self, batch: dict) -> dict:
+        """Logits and cross-entropy, plus the pieces subclasses add their terms to."""
+        image = self.normalized_image_features(batch)
+        class_features = self.class_features()
+        logits = self.clip_logits(image.to(class_features.device), class_features)
+        loss = self.cross_entropy(logits, batch)
+        if loss is not None and self.config.text_loss_weight > 0:
+            text_loss = grouped_text_ce(class_features, self.template_features(), self.logit_scale)
+            loss = loss + self.config.text_loss_weight * text_loss
+        return {"loss": loss, "logits": logits, "image": image, "class_features": class_features}
+
+    def forward(self, batch: dict) -> dict:
+        outputs = self.base_outputs(batch)
+        return {"loss": outputs["loss"], "logits": outputs["logits"]}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.prompt.ctx]

@@ -1,0 +1,36 @@
+"""KgCoOp: CoOp with a pull of each learned class feature towards its hand-crafted feature."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlprompt.config_utils import check_range
+from vlprompt.losses import kg_distance
+from vlprompt.methods.base import register_method
+from vlprompt.methods.coop import CoOp, CoOpConfig
+
+
+@dataclass
+class KgCoOpConfig(CoOpConfig):
+    """``weight``: w in L = L_ce + w·(1 − mean_c cos(t_c, t_c^hand)); the paper uses 8."""
+
+    weight: float = 8.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("KgCoOpConfig", "weight", self.weight, 0.0)
+
+
+@register_method("kgcoop")
+class KgCoOp(CoOp):
+    config_class = KgCoOpConfig
+
+    def forward(self, batch: dict) -> dict:
+        outputs = self.base_outputs(batch)
+        loss = outputs["loss"]
+        result = {"logits": outputs["logits"]}
+        if loss is not None:
+            hand = self.hand_features().to(outputs["class_features"].device)
+            result["loss_kg"] = kg_distance(outputs["class_features"], hand)
+            loss = loss + self.config.weight * result["loss_kg"]
+        result["loss"] = loss
+        return result

@@ -1,0 +1,58 @@
+"""ProGrad: CoOp whose gradient keeps only the part that does not fight the zero-shot prediction.
+
+Both losses come from one forward on the same cached image features: the student logits (learned prompts)
+and the zero-shot teacher logits (hand-crafted prompt) share v, so the image tower is never run twice.
+The projection itself is applied by the single Trainer through the ``grad_transform`` hook.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlprompt.config_utils import check_range
+from vlprompt.losses import kl_to_teacher, prograd_project
+from vlprompt.methods.base import register_method
+from vlprompt.methods.coop import CoOp, CoOpConfig
+
+
+@dataclass
+class ProGradConfig(CoOpConfig):
+    """``lam``: how much of the conflicting gradient component is removed (1 = ProGrad, 0 = plain CoOp);
+    ``temperature``: softmax temperature of the KL to the zero-shot prediction (1 in the paper)."""
+
+    lam: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("ProGradConfig", "lam", self.lam, 0.0)
+        check_range("ProGradConfig", "temperature", self.temperature, 1e-6)
+
+
+@register_method("prograd")
+class ProGrad(CoOp):
+    config_class = ProGradConfig
+
+    def forward(self, batch: dict) -> dict:
+        outputs = self.base_outputs(batch)
+        result = {"loss": outputs["loss"], "logits": outputs["logits"]}
+        if outputs["loss"] is not None and self.training and self.config.lam > 0:
+            hand = self.hand_features().to(outputs["image"].device)
+            teacher = self.clip_logits(outputs["image"], hand)
+            result["loss_kl"] = kl_to_teacher(outputs["logits"], teacher, self.config.temperature)
+        return result
+
+    def grad_transform(self, outputs: dict, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Per tensor: G_d = ∇L_ce, G_g = ∇L_kl; project G_d when they form an obtuse angle."""
+        if "loss_kl" not in outputs:
+            return list(torch.autograd.grad(outputs["loss"], params, allow_unused=True))
+        grads_ce = torch.autograd.grad(outputs["loss"], params, retain_graph=True, allow_unused=True)
+        grads_kl = torch.autograd.grad(outputs["loss_kl"], params, allow_unused=True)
+        projected = []
+        for g_d, g_g in zip(grads_ce, grads_kl):
+            if g_d is None or g_g is None:
+                projected.append(g_d)
+            else:
+                projected.append(prograd_project(g_d, g_g, self.config.lam))
+        return projected
