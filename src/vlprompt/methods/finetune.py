@@ -1,0 +1,99 @@
+"""Fine-tuning baselines for the VPT table: full fine-tuning and partial-k (last k blocks + head).
+
+Both train a private copy of the image tower, so the caller's backbone object (shared with other methods, and
+keyed by its weights hash in the feature cache) is never modified. Their checkpoints hold the tuned tower
+weights: that is what these baselines train, and why prompt methods are cheaper to store.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.config_utils import check_range
+from vlprompt.data.base import LabelSpace
+from vlprompt.errors import ConfigError
+from vlprompt.methods.base import PromptMethod, register_method
+
+
+@dataclass
+class FinetuneConfig:
+    """Full fine-tuning has no options of its own: every tower weight and the head train."""
+
+
+@dataclass
+class PartialConfig:
+    """``k``: how many of the last blocks train (with the head); the blocks before them stay frozen."""
+
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        check_range("PartialConfig", "k", self.k, 1)
+
+
+class _TunedTower(PromptMethod):
+    """A Linear head on a trainable copy of the image tower; subclasses choose which blocks train."""
+
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config, tuned_blocks: int | None) -> None:
+        """``tuned_blocks`` None tunes the whole tower (embedding and final norm too), else the last k blocks."""
+        super().__init__(backbone, labels, config)
+        self.visual = copy.deepcopy(backbone.visual)
+        self.head = nn.Linear(self.visual.feature_dim, labels.num_classes)
+        self.tune_all = tuned_blocks is None
+        self.first_tuned = 0 if tuned_blocks is None else self.visual.num_blocks - tuned_blocks
+        if self.tune_all:
+            self.visual.requires_grad_(True)
+        else:
+            for block in list(self.visual.block_modules())[self.first_tuned :]:
+                block.requires_grad_(True)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        # The frozen part of the tower runs without autograd: no activations are kept for it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.tune_all):
+            tokens = self.visual.embed(images)
+            for index in range(self.first_tuned):
+                tokens = self.visual.block(index, tokens)
+        for index in range(self.first_tuned, self.visual.num_blocks):
+            tokens = self.visual.block(index, tokens)
+        return self.visual.finalize(tokens)
+
+    def forward(self, batch: dict) -> dict:
+        logits = self.head(self.encode(batch["image"]))
+        return {"loss": self.cross_entropy(logits, batch), "logits": logits}
+
+    def train(self, mode: bool = True) -> "_TunedTower":
+        super().train(mode)
+        if not self.tune_all:  # frozen blocks and the embedding keep eval behaviour
+            self.visual.eval()
+            for block in list(self.visual.block_modules())[self.first_tuned :]:
+                block.train(mode)
+        return self
+
+
+@register_method("finetune")
+class FullFinetune(_TunedTower):
+    """Every weight of the image tower trains, with the head."""
+
+    config_class = FinetuneConfig
+
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: FinetuneConfig) -> None:
+        super().__init__(backbone, labels, config, tuned_blocks=None)
+
+
+@register_method("partial-k")
+class PartialFinetune(_TunedTower):
+    """The last ``k`` blocks and the head train (VPT's partial-k baseline)."""
+
+    config_class = PartialConfig
+
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: PartialConfig) -> None:
+        if config.k > backbone.visual.num_blocks:
+            raise ConfigError(
+                f"PartialConfig.k = {config.k}, but '{backbone.backbone_id}' has only {backbone.visual.num_blocks} "
+                f"blocks. Use k <= {backbone.visual.num_blocks} (k = {backbone.visual.num_blocks} tunes every block, "
+                "but not the embedding: use method 'finetune' for that)."
+            )
+        super().__init__(backbone, labels, config, tuned_blocks=config.k)
