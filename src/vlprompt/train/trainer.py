@@ -196,7 +196,9 @@ class Trainer:
                 local_indices = global_indices[self.rank :: self.world_size]
                 batch = source.batch(local_indices, epoch)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                loss_value = self._accumulate(batch, params, len(local_indices), len(global_indices))
+                group = micro // config.grad_accum * config.grad_accum * global_batch
+                group_total = min(group + config.grad_accum * global_batch, n) - group
+                loss_value = self._accumulate(batch, params, len(local_indices), group_total)
                 accum_count += 1
                 last_micro = micro == micro_per_epoch - 1
                 if accum_count < config.grad_accum and not last_micro:
@@ -235,9 +237,10 @@ class Trainer:
                 resume_path.unlink()
         return FitResult(val, seconds, self.step, self.history, self.out_dir)
 
-    def _accumulate(self, batch: dict, params: list, local_n: int, global_n: int) -> float:
+    def _accumulate(self, batch: dict, params: list, local_n: int, step_total: int) -> float:
         """Forward + backward of one micro-batch; gradients are added to p.grad weighted by its share of the
-        global batch, so that accumulation and multi-process training average like one big batch."""
+        examples of this optimizer step (all micro-batches, all ranks), so that accumulation and multi-process
+        training average exactly like one big batch."""
         config = self.config
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         with autocast:
@@ -254,8 +257,8 @@ class Trainer:
             grads = self.method.grad_transform(outputs, params)
         else:
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-        # Share of the global optimizer batch carried by this micro-batch on this rank.
-        weight = local_n / (global_n * config.grad_accum) * self.world_size
+        # Ranks' gradients are summed then divided by world_size in _optimizer_step.
+        weight = local_n / step_total * self.world_size
         for param, grad in zip(params, grads):
             if grad is None:
                 continue
