@@ -26,6 +26,7 @@ from vlprompt.io_utils import atomic_write_json, check_writable_dir
 from vlprompt.methods import import_all
 from vlprompt.methods.base import METHODS, PromptMethod, create_method
 from vlprompt.seeding import seed_everything
+from vlprompt.train import distributed
 from vlprompt.train.config import TrainConfig
 from vlprompt.train.trainer import Trainer, evaluate
 
@@ -107,8 +108,10 @@ def _load_task(config: RunConfig) -> TaskData:
 
 def run_experiment(config: RunConfig) -> list[dict]:
     """Train and evaluate one run; returns result records (also written to <out>/results.json)."""
+    distributed.init_from_env()
+    main_process = distributed.is_main_process()
     out = Path(config.out) if config.out else None
-    if out is not None:
+    if out is not None and main_process:
         check_writable_dir(out)
     train_config = config.train_config()
     seed_everything(config.seed)
@@ -120,7 +123,7 @@ def run_experiment(config: RunConfig) -> list[dict]:
     backbone = create_backbone(config.backbone)
     seed_everything(config.seed)
     method = create_method(config.method, backbone, train_task.labels, **config.method_options)
-    if out is not None:
+    if out is not None and main_process:
         _write_config(out, config, train_config, backbone.backbone_id)
     trainer = Trainer(method, train_config, out_dir=out)
     fit = trainer.fit(train_task)
@@ -149,7 +152,7 @@ def run_experiment(config: RunConfig) -> list[dict]:
                 )
             records.append(_record(config, target_task, "target", evaluate(method, target_task.test, **eval_kwargs),
                                    source=task.name, **common))
-    if out is not None:
+    if out is not None and main_process:
         atomic_write_json(out / RESULTS_NAME, records)
     return records
 

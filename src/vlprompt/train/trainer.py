@@ -209,7 +209,8 @@ class Trainer:
                 if hasattr(method, "on_step_end"):
                     method.on_step_end(self.step, self)
                 if self.step % config.log_every == 0:
-                    self.log_metrics({"loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
+                    loss_mean = distributed.sum_scalar(loss_value) / self.world_size
+                    self.log_metrics({"loss": loss_mean, "lr": optimizer.param_groups[0]["lr"]})
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0 and not last_micro:
                     self._save_resume(resume_path, optimizer, epoch, micro + 1, best)
             method.on_epoch_end(epoch, self)
