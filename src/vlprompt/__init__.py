@@ -1,2 +1,38 @@
-"""vlprompt: prompt learning on frozen vision and vision-language transformers."""
+"""vlprompt: prompt learning on frozen vision and vision-language transformers.
+
+Public API: backbones by name, methods by name, the single Trainer, prompt-only checkpoints, registries.
+"""
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "create_backbone": "vlprompt.backbones.registry",
+    "list_backbones": "vlprompt.backbones.registry",
+    "create_method": "vlprompt.methods",
+    "list_methods": "vlprompt.methods",
+    "load_dataset": "vlprompt.data.registry",
+    "list_datasets": "vlprompt.data.registry",
+    "LabelSpace": "vlprompt.data.base",
+    "TaskData": "vlprompt.data.base",
+    "Trainer": "vlprompt.train",
+    "TrainConfig": "vlprompt.train",
+    "evaluate": "vlprompt.train",
+    "save_prompts": "vlprompt.train",
+    "load_prompts": "vlprompt.train",
+    "RunConfig": "vlprompt.experiment",
+    "run_experiment": "vlprompt.experiment",
+    "seed_everything": "vlprompt.seeding",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    """Import on first use, so `vlprompt --version` and `import vlprompt` stay fast."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlprompt' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
