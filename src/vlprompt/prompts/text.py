@@ -29,16 +29,21 @@ CLASS_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"
 
 
+def _has_parameter(function, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _supports_truncation(text: TextTower) -> bool:
-    """Whether the adapter accepts sequences cut right after the last EOT (the ``truncate`` fast path)."""
-    cached = getattr(text, "_vlprompt_truncate", None)
-    if cached is None:
-        try:
-            cached = "truncate" in inspect.signature(text.encode_embeddings).parameters
-        except (TypeError, ValueError):
-            cached = False
-        text._vlprompt_truncate = cached
-    return cached
+    """Whether the adapter declares the exact ``truncate`` path (causal encoder pooled at the EOT)."""
+    return bool(getattr(text, "fast_paths_exact", False)) and _has_parameter(text.encode_embeddings, "truncate")
+
+
+def _supports_shared_prefix(text: TextTower) -> bool:
+    """Whether the adapter offers ``encode_shared_prefix`` and declares it exact."""
+    return bool(getattr(text, "fast_paths_exact", False)) and callable(getattr(text, "encode_shared_prefix", None))
 
 
 def encode_text_embeddings(text: TextTower, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -47,7 +52,7 @@ def encode_text_embeddings(text: TextTower, embeddings: torch.Tensor, token_ids:
     CLIP's text transformer is causal, so the pooled EOT output depends only on the tokens up to the EOT;
     when the adapter offers the exact ``truncate`` path, sequences are cut at the longest EOT of the batch.
     """
-    if _supports_truncation(text):
+    if _has_parameter(text.encode_embeddings, "truncate"):
         return text.encode_embeddings(embeddings, token_ids, truncate=True)
     return text.encode_embeddings(embeddings, token_ids)
 
@@ -172,6 +177,8 @@ class ContextPrompt(nn.Module):
     ``init_words`` (e.g. "a photo of a") sets M to their token count and copies their token embeddings;
     without them the context is drawn from N(0, 0.02). ``suffix`` is the text after the class name (".").
     The text tower is passed to each call rather than stored, so it never enters this module's state.
+    ``shared_prefix``: with shared context before the class name, [SOS, ctx] is the same prefix for every class;
+    when the adapter has the exact ``encode_shared_prefix`` path it is computed once per call, not per class.
     """
 
     def __init__(
@@ -184,6 +191,7 @@ class ContextPrompt(nn.Module):
         position: str = "end",
         class_specific: bool = False,
         class_chunk: int = 256,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__()
         if class_chunk < 1:
@@ -192,6 +200,7 @@ class ContextPrompt(nn.Module):
         self.suffix = suffix
         self.class_specific = class_specific
         self.class_chunk = class_chunk
+        self.shared_prefix = shared_prefix
         device = next(text.parameters()).device
         if init_words.strip():
             n_words = token_count(text, init_words, "Context init words")
@@ -239,6 +248,9 @@ class ContextPrompt(nn.Module):
         ids, slot, base = ids[:, :length], slot[:, :length], self.base[start:stop, :length]
         count, width = stop - start, base.shape[-1]
         batch_shape = ctx.shape[:-3]
+        if self._prefix_path(text, ctx):
+            prefix = torch.cat([base[0, :1], ctx[0].to(base.dtype)])
+            return text.encode_shared_prefix(prefix, base[:, 1 + self.n_ctx :], ids)
         padded = torch.cat([ctx, ctx.new_zeros(*ctx.shape[:-2], 1, width)], dim=-2)
         padded = padded.expand(*batch_shape, count, self.n_ctx + 1, width)
         index = slot.expand(*batch_shape, count, length).unsqueeze(-1).expand(*batch_shape, count, length, width)
@@ -248,6 +260,16 @@ class ContextPrompt(nn.Module):
         flat_ids = ids.expand(*batch_shape, count, length).reshape(-1, length)
         features = encode_text_embeddings(text, flat, flat_ids)
         return features.reshape(*batch_shape, count, features.shape[-1])
+
+    def _prefix_path(self, text: TextTower, ctx: torch.Tensor) -> bool:
+        """Shared context right after SOS, one context for all rows, and an adapter that shares the prefix."""
+        return (
+            self.shared_prefix
+            and self.position == "end"
+            and ctx.dim() == 3
+            and ctx.shape[0] == 1
+            and _supports_shared_prefix(text)
+        )
 
     def forward(self, text: TextTower, bias: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
         """Normalised class features: [C, D], or [B, C, D] with a per-image ``bias`` [B, w] (CoCoOp).
