@@ -1,0 +1,140 @@
+"""The shared shape of CLIP text towers (causal transformer pooled at one position) and its two exact fast paths.
+
+Both fast paths rest on causality: the hidden state at position i depends only on positions <= i.
+- Truncation: the pooled output depends only on tokens up to the pooled (EOT) position, so sequences are cut at
+  the longest EOT position + 1 instead of running all context slots.
+- Shared prefix: when every row starts with the same P embeddings ([SOS, ctx...]), the prefix's hidden states are
+  the same for every row; they are computed once per layer (batch of one) and each row's own suffix tokens attend
+  to [prefix keys/values, own suffix] with the causal mask.
+Architecture adapters (open_clip, transformers) supply the per-layer pieces; the control flow lives here once.
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+import torch.nn.functional as F
+
+from vlprompt.backbones.base import TextTower
+
+
+def causal_mask(length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask [length, length]: 0 on and below the diagonal, -inf above."""
+    return torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu_(1)
+
+
+def attend_with_prefix(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    prefix_key: torch.Tensor,
+    prefix_value: torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Causal attention of suffix tokens over [shared prefix, own suffix].
+
+    query/key/value: projected suffix [n, S, width]; prefix_key/prefix_value: projected prefix [P, width].
+    Returns the attention output [n, S, width] before the output projection.
+    """
+    n, length, width = query.shape
+    prefix_length = prefix_key.shape[0]
+    head_dim = width // num_heads
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
+
+    prefix_k = heads(prefix_key.unsqueeze(0)).expand(n, -1, -1, -1)
+    prefix_v = heads(prefix_value.unsqueeze(0)).expand(n, -1, -1, -1)
+    keys = torch.cat([prefix_k, heads(key)], dim=2)
+    values = torch.cat([prefix_v, heads(value)], dim=2)
+    mask = torch.cat(
+        [
+            torch.zeros(length, prefix_length, device=query.device, dtype=query.dtype),
+            causal_mask(length, query.device, query.dtype),
+        ],
+        dim=1,
+    )
+    out = F.scaled_dot_product_attention(heads(query), keys, values, attn_mask=mask, dropout_p=dropout, scale=scale)
+    return out.transpose(1, 2).reshape(n, length, width)
+
+
+class CausalTextTower(TextTower):
+    """A TextTower whose encoder is causal and pooled at ``eot_positions``; implements the fast paths once.
+
+    Subclasses implement the per-architecture pieces below and set ``fast_paths_exact`` to False where the
+    architecture breaks causality (bidirectional or padding masks, an appended class token); the fast paths then
+    fall back to the plain path, so results never change.
+    """
+
+    fast_paths_exact: bool = True
+
+    # ----- per-architecture pieces -----
+    @property
+    @abc.abstractmethod
+    def num_layers(self) -> int: ...
+
+    @abc.abstractmethod
+    def add_positions(self, embeddings: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token embeddings [n, L, width] at positions start..start+L-1 -> layer-0 input."""
+
+    @abc.abstractmethod
+    def run_layer(self, index: int, hidden: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """Layer ``index`` on hidden [n, L, width] with an additive mask [L, L]."""
+
+    @abc.abstractmethod
+    def run_layer_after_prefix(self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor) -> torch.Tensor:
+        """Layer ``index`` on suffix hidden [n, S, width] that also attends to prefix_hidden [P, width] (layer input)."""
+
+    @abc.abstractmethod
+    def pool_project(self, pooled_hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and projection of the pooled hidden states [n, width] -> [n, feature_dim]."""
+
+    def encode_full(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """The plain path over every position, as the library computes it (override for non-causal variants)."""
+        return self._encode_causal(embeddings, self.eot_positions(token_ids))
+
+    def _encode_causal(self, embeddings: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        hidden = self.add_positions(embeddings)
+        mask = causal_mask(hidden.shape[1], hidden.device, hidden.dtype)
+        for index in range(self.num_layers):
+            hidden = self.run_layer(index, hidden, mask)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return self.pool_project(hidden[rows, eot.to(hidden.device)])
+
+    # ----- shared control flow -----
+    def encode_embeddings(
+        self, embeddings: torch.Tensor, token_ids: torch.Tensor, truncate: bool = True
+    ) -> torch.Tensor:
+        """Features from token embeddings; ``truncate`` cuts at the longest EOT + 1 (exact under causality)."""
+        if not (truncate and self.fast_paths_exact):
+            return self.encode_full(embeddings, token_ids)
+        eot = self.eot_positions(token_ids)
+        return self._encode_causal(embeddings[:, : int(eot.max()) + 1], eot)
+
+    def encode_shared_prefix(
+        self, prefix_embeddings: torch.Tensor, suffix_embeddings: torch.Tensor, suffix_token_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Features of rows [prefix, suffix_i], the prefix [P, width] shared by all rows, computed once.
+
+        ``suffix_token_ids`` [n, P+S] are the full ids (prefix included); they only locate the pooled token.
+        Equals ``encode_embeddings(cat([prefix expanded, suffix]), ids)``.
+        """
+        n = suffix_embeddings.shape[0]
+        prefix_length = prefix_embeddings.shape[0]
+        eot = self.eot_positions(suffix_token_ids).to(suffix_embeddings.device)
+        cut = int(eot.max()) + 1
+        if not self.fast_paths_exact or int(eot.min()) < prefix_length:
+            full = torch.cat([prefix_embeddings.unsqueeze(0).expand(n, -1, -1), suffix_embeddings], dim=1)
+            return self.encode_embeddings(full, suffix_token_ids[:, : full.shape[1]])
+        suffix = self.add_positions(suffix_embeddings[:, : cut - prefix_length], start=prefix_length)
+        prefix = self.add_positions(prefix_embeddings.unsqueeze(0))
+        prefix_mask = causal_mask(prefix_length, prefix.device, prefix.dtype)
+        for index in range(self.num_layers):
+            # the suffix reads the prefix's input to this layer, so update the suffix first
+            suffix = self.run_layer_after_prefix(index, suffix, prefix[0])
+            if index + 1 < self.num_layers:
+                prefix = self.run_layer(index, prefix, prefix_mask)
+        rows = torch.arange(n, device=suffix.device)
+        return self.pool_project(suffix[rows, eot - prefix_length])

@@ -1,0 +1,145 @@
+"""Tiny random-init backbones of the real architectures, built offline, for tests and quick checks.
+
+They are the libraries' own classes (timm VisionTransformer, open_clip CLIP / CustomTextCLIP, transformers
+CLIPModel) at 32x32 images and widths of 32-64, so tests exercise exactly the adapter code a real checkpoint
+runs through. Every builder is deterministic from ``seed`` and leaves the global RNG untouched.
+
+The HF CLIP tokenizer is a genuine ``transformers.CLIPTokenizer`` whose vocabulary and merges are read from the
+BPE file open_clip ships (the same byte-level BPE OpenAI CLIP uses; its ids match open_clip's tokenizer), because
+transformers ships no vocabulary files and nothing may be downloaded.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+
+from vlprompt.backbones.base import Backbone
+
+TINY_IMAGE_SIZE = 32
+TINY_CONTEXT_LENGTH = 77
+CLIP_VOCAB_SIZE = 49408
+
+
+def _seeded(seed: int, build: Callable[[], Any]) -> Any:
+    """Build under ``seed`` without touching the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+@functools.lru_cache(maxsize=1)
+def open_clip_tokenizer() -> Any:
+    """open_clip's SimpleTokenizer (BPE file shipped inside the open_clip package)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+@functools.lru_cache(maxsize=1)
+def hf_clip_tokenizer() -> Any:
+    """A transformers CLIPTokenizer built from open_clip's shipped BPE vocabulary and merges."""
+    from transformers import CLIPTokenizer
+
+    simple = open_clip_tokenizer()
+    vocab = dict(simple.encoder)
+    vocab["<|startoftext|>"] = vocab.pop("<start_of_text>")
+    vocab["<|endoftext|>"] = vocab.pop("<end_of_text>")
+    merges = [pair for pair, _ in sorted(simple.bpe_ranks.items(), key=lambda item: item[1])]
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def tiny_timm_vit(kind: str = "vit", seed: int = 0, **overrides: Any) -> Backbone:
+    """timm ViT: 32 px, patch 8, width 32, 2 blocks. ``kind="mae"`` uses mean pooling (timm global_pool='avg')."""
+    import timm
+
+    from vlprompt.backbones.timm_vit import wrap_timm_vit
+
+    options = dict(
+        pretrained=False, num_classes=0, img_size=TINY_IMAGE_SIZE, patch_size=8, embed_dim=32, depth=2,
+        num_heads=2, mlp_ratio=2.0, global_pool="avg" if kind == "mae" else "token",
+    )
+    options.update(overrides)
+    model = _seeded(seed, lambda: timm.create_model("vit_tiny_patch16_224", **options)).eval()
+    return wrap_timm_vit(model, backbone_id=f"tiny:timm_vit_{kind}@seed{seed}", kind=kind)
+
+
+def _tiny_clip_cfgs(text_overrides: dict) -> tuple[dict, dict]:
+    vision = dict(image_size=TINY_IMAGE_SIZE, patch_size=8, width=64, layers=2, head_width=32, mlp_ratio=2.0)
+    text = dict(context_length=TINY_CONTEXT_LENGTH, vocab_size=CLIP_VOCAB_SIZE, width=32, heads=2, layers=2,
+                mlp_ratio=2.0)
+    text.update(text_overrides)
+    return vision, text
+
+
+def tiny_open_clip(seed: int = 0) -> Backbone:
+    """open_clip ``CLIP`` (text parts on the model): embed 32, vision width 64, text width 32, 2+2 layers."""
+    import open_clip
+
+    from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
+
+    vision, text = _tiny_clip_cfgs({})
+    model = _seeded(seed, lambda: open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)).eval()
+    return wrap_open_clip(model, open_clip_tokenizer(), open_clip_preprocess(model), f"tiny:open_clip@seed{seed}")
+
+
+def tiny_open_clip_custom_text(seed: int = 0, **text_overrides: Any) -> Backbone:
+    """open_clip ``CustomTextCLIP`` (text parts in ``model.text``); text options (pool_type, embed_cls...) overridable."""
+    import open_clip
+
+    from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
+
+    vision, text = _tiny_clip_cfgs(text_overrides)
+    model = _seeded(seed, lambda: open_clip.CustomTextCLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)).eval()
+    return wrap_open_clip(
+        model, open_clip_tokenizer(), open_clip_preprocess(model), f"tiny:open_clip_custom_text@seed{seed}"
+    )
+
+
+def tiny_hf_clip(seed: int = 0, eos_token_id: int = 49407) -> Backbone:
+    """transformers ``CLIPModel``: vision width 64, text width 32, 2+2 layers, projection 32.
+
+    ``eos_token_id=2`` reproduces legacy configs (pooling at the largest id).
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    from vlprompt.backbones.hf_clip import wrap_hf_clip
+
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=TINY_CONTEXT_LENGTH,
+            bos_token_id=49406, eos_token_id=eos_token_id, pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            image_size=TINY_IMAGE_SIZE, patch_size=8,
+        ),
+        projection_dim=32,
+    )
+    model = _seeded(seed, lambda: CLIPModel(config)).eval()
+    return wrap_hf_clip(model, hf_clip_tokenizer(), f"tiny:hf_clip@seed{seed}")
+
+
+def vit_b16_shaped(seed: int = 0) -> Backbone:
+    """A random-init timm ViT-B/16 at 224 px, for speed and memory benchmarks (not for accuracy)."""
+    import timm
+
+    from vlprompt.backbones.timm_vit import wrap_timm_vit
+
+    model = _seeded(seed, lambda: timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)).eval()
+    return wrap_timm_vit(model, backbone_id=f"random:timm:vit_base_patch16_224@seed{seed}")
+
+
+def clip_b16_shaped(seed: int = 0) -> Backbone:
+    """A random-init open_clip ViT-B-16 (pretrained=None), for speed and memory benchmarks."""
+    import open_clip
+
+    from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
+
+    model = _seeded(seed, lambda: open_clip.create_model("ViT-B-16", pretrained=None)).eval()
+    return wrap_open_clip(
+        model, open_clip.get_tokenizer("ViT-B-16"), open_clip_preprocess(model),
+        f"random:open_clip:ViT-B-16@seed{seed}",
+    )
