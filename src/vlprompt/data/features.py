@@ -1,12 +1,117 @@
-"""Frozen image features, computed once per dataset instead of once per step."""
+"""Frozen image features, computed once per dataset instead of once per step, optionally kept on disk.
+
+With the image tower frozen, a CLIP text method (or a linear probe) needs each image's feature only once:
+exactly with the dataset's own (eval) transform, or K augmented views per image. On disk a cache file is
+named by a hash of everything that determines its content: the caller's key (backbone id, weights hash,
+transform name), the data (item ids, labels, how images are loaded), the transform itself, the number of
+views and their seed. A file is written to a temporary name and moved into place, and it records its full
+key and a checksum of its tensor, so an interrupted write, a truncated file or a file from another backbone
+is never read as complete: it is rebuilt.
+"""
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import logging
+import os
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from vlprompt.data.base import ImageDataset
+from vlprompt.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+_SIMPLE = (str, int, float, bool, type(None))
+
+
+def _describe(obj: object) -> str:
+    """A process-independent description of a loader or transform (no memory addresses)."""
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    state = getattr(obj, "__dict__", None)
+    if state is not None and all(isinstance(v, _SIMPLE) for v in state.values()):
+        return f"{kind}{sorted(state.items())}"
+    text = repr(obj)
+    return kind if " at 0x" in text else text
+
+
+def dataset_fingerprint(dataset: ImageDataset) -> str:
+    """Hash of what the dataset's images and labels are: ids, labels, loader; in-memory images by content."""
+    digest = hashlib.sha256()
+    digest.update(_describe(dataset.load).encode())
+    digest.update(json.dumps(dataset.labels).encode())
+    for source, item_id in zip(dataset.sources, dataset.ids):
+        if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+            digest.update(str(source).encode() if not isinstance(source, bytes) else source)
+        else:  # an in-memory object: its repr may hold an address, so hash the decoded pixels
+            digest.update(np.asarray(dataset.load(source)).tobytes())
+        digest.update(item_id.encode())
+    return digest.hexdigest()
+
+
+def _checksum(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _full_key(cache_key: dict, dataset: ImageDataset, transform, views: int, seed: int) -> str:
+    key = {
+        "format": CACHE_FORMAT,
+        "caller": cache_key,
+        "data": dataset_fingerprint(dataset),
+        "transform": _describe(transform) if transform is not None else None,
+        "views": views,
+        "seed": seed if views > 1 else None,
+    }
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _read(path: Path, key: str) -> torch.Tensor | None:
+    """The cached tensor if the file is complete and belongs to ``key``; None (rebuild) otherwise."""
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as handle:  # metadata lives in the safetensors header
+            header_len = int.from_bytes(handle.read(8), "little")
+            metadata = json.loads(handle.read(header_len)).get("__metadata__", {})
+    except Exception as error:  # safetensors raises several types for damaged files
+        log.warning("Feature cache %s is unreadable (%s); rebuilding it.", path, error)
+        return None
+    features = tensors.get("features")
+    if features is None or metadata.get("key") != key:
+        log.warning("Feature cache %s belongs to another backbone, dataset or transform; rebuilding it.", path)
+        return None
+    if metadata.get("checksum") != _checksum(features):
+        log.warning("Feature cache %s fails its checksum (interrupted or damaged write); rebuilding it.", path)
+        return None
+    return features
+
+
+def _write(path: Path, features: torch.Tensor, key: str) -> None:
+    """Atomic: a temporary file in the same folder, flushed, then renamed over the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({"features": features.contiguous()}, str(temporary), metadata={"key": key, "checksum": _checksum(features)})
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _encode_pass(encoder, dataset: ImageDataset, batch_size: int, device) -> torch.Tensor:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    chunks = [encoder(images.to(device)).float().cpu() for images, _ in loader]
+    return torch.cat(chunks)
 
 
 @torch.no_grad()
@@ -16,13 +121,47 @@ def encode_dataset(
     *,
     batch_size: int = 128,
     device: str | torch.device = "cpu",
-    cache_dir=None,
+    cache_dir: str | os.PathLike | None = None,
     cache_key: dict | None = None,
     views: int = 1,
     augment: Callable | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Encode every image of ``dataset`` (with its own transform) in order -> [N, D]."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    chunks = [encoder(images.to(device)).float().cpu() for images, _ in loader]
-    return torch.cat(chunks)
+    """Encode every image of ``dataset`` in order -> [N, D]; with ``views`` > 1 -> [views, N, D].
+
+    ``views`` = 1 uses the dataset's own transform (exact features). ``views`` > 1 draws each view with
+    ``augment`` (default: the dataset's transform, expected to be random) under a generator seeded by
+    (seed, view), so the views are reproducible. ``cache_dir`` needs ``cache_key`` (at least the backbone id
+    and its weights hash) so that features of one backbone are never served to another.
+    """
+    if views < 1:
+        raise ConfigError(f"encode_dataset: views = {views} must be at least 1.")
+    if views > 1 and augment is not None:
+        dataset = dataset.with_transform(augment)
+    key = path = None
+    if cache_dir is not None:
+        if not cache_key:
+            raise ConfigError(
+                "encode_dataset: a cache_dir was given without a cache_key; pass at least the backbone id and its "
+                "weights hash (Backbone.weights_hash()) so that cached features can never be served to another model."
+            )
+        key = _full_key(cache_key, dataset, dataset.transform, views, seed)
+        path = Path(cache_dir) / f"features-{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+        if path.exists():
+            cached = _read(path, key)
+            if cached is not None:
+                log.info("Image features read from %s", path)
+                return cached
+    if views == 1:
+        features = _encode_pass(encoder, dataset, batch_size, device)
+    else:
+        passes = []
+        for view in range(views):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1_000_003 + view)
+                passes.append(_encode_pass(encoder, dataset, batch_size, device))
+        features = torch.stack(passes)
+    if path is not None:
+        _write(path, features, key)
+        log.info("Image features written to %s", path)
+    return features
