@@ -1,0 +1,261 @@
+"""A user's own images listed in CSV: ``path,label`` rows, header optional.
+
+Either one CSV per split (``<root>/train.csv``, ``test.csv``, optional ``val.csv``) or a single CSV (``file=`` or
+a root that is the CSV) with an optional ``split`` column; a single CSV without one is split reproducibly by
+``seed``. Labels are integers or class names: integers index the ``classnames`` file when one is given (else the
+classes are 0..max), names must appear in it (else the classes are the sorted distinct names). Image paths are
+relative to ``image_root`` (default: the CSV's folder).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlprompt.config_utils import check_range
+from vlprompt.data.formats.common import (
+    DEFAULT_TEMPLATE,
+    ParsedDataset,
+    Problem,
+    Sample,
+    SplitData,
+    labels_in_range,
+    normalise_relpath,
+    parse_int,
+    read_classnames_file,
+    resolve_option_path,
+    seeded_split,
+)
+from vlprompt.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
+PATH_COLUMNS = ("path", "image", "image_path", "filename", "file")
+LABEL_COLUMNS = ("label", "class", "target", "classname", "class_name")
+LAYOUT = "<root>/train.csv and <root>/test.csv (val.csv optional), or one CSV with columns path,label[,split]"
+
+
+@dataclass
+class CsvOptions:
+    """file: a single CSV (relative to root); image_root: folder the paths are relative to; classnames: a
+    class-name file; fractions and seed split a single CSV that has no split column."""
+
+    file: str | None = None
+    image_root: str | None = None
+    classnames: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        check_range("csv", "val_fraction", self.val_fraction, 0.0, 1.0)
+        check_range("csv", "test_fraction", self.test_fraction, 0.0, 1.0)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                "csv: val_fraction + test_fraction must stay below 1 so that training keeps images."
+            )
+
+
+@dataclass
+class _Row:
+    file: Path
+    line: int
+    path: str | None
+    label: str
+    split: str | None
+
+
+def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[_Row], bool]:
+    """Rows of one CSV and whether it has a split column."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        problems.append(
+            Problem(str(path), None, f"cannot read the file ({error.strerror or error})", "missing")
+        )
+        return [], False
+    except UnicodeDecodeError:
+        problems.append(Problem(str(path), None, "the file is not UTF-8 text; save it as UTF-8", "format"))
+        return [], False
+    rows: list[_Row] = []
+    columns = {"path": 0, "label": 1, "split": None}
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for record in reader:
+            cells = [cell.strip() for cell in record]
+            if not any(cells):
+                continue
+            if reader.line_num == 1 and _is_header(cells):
+                lowered = [cell.lower() for cell in cells]
+                columns = {
+                    "path": next(lowered.index(c) for c in PATH_COLUMNS if c in lowered),
+                    "label": next(lowered.index(c) for c in LABEL_COLUMNS if c in lowered),
+                    "split": lowered.index("split") if "split" in lowered else None,
+                }
+                continue
+            if reader.line_num == 1 and len(cells) >= 3:
+                columns["split"] = 2
+            needed = max(c for c in columns.values() if c is not None)
+            if len(cells) <= needed:
+                problems.append(
+                    Problem(str(path), reader.line_num, f"expected path,label columns, got {record!r}")
+                )
+                continue
+            rel, why = normalise_relpath(cells[columns["path"]])
+            if why is not None:
+                problems.append(Problem(str(path), reader.line_num, why, "path"))
+            split = cells[columns["split"]] if columns["split"] is not None else None
+            rows.append(_Row(path, reader.line_num, rel, cells[columns["label"]], split))
+    except csv.Error as error:
+        problems.append(Problem(str(path), reader.line_num, f"not readable as CSV ({error})"))
+    return rows, columns["split"] is not None
+
+
+def _is_header(cells: list[str]) -> bool:
+    lowered = {cell.lower() for cell in cells}
+    return bool(lowered & set(PATH_COLUMNS)) and bool(lowered & set(LABEL_COLUMNS))
+
+
+def _locate_files(root: Path, options: CsvOptions) -> tuple[Path, dict[str, Path] | Path]:
+    """(folder, {split: csv}) for per-split files, or (folder, csv) for one file."""
+    if root.is_file():
+        return root.parent, root
+    if options.file is not None:
+        single = resolve_option_path(options.file, root)
+        if not single.is_file():
+            raise DataError(f"csv: file '{single}' does not exist. Expected {LAYOUT}.")
+        return root, single
+    per_split = {split: root / f"{split}.csv" for split in SPLITS if (root / f"{split}.csv").is_file()}
+    if per_split:
+        return root, per_split
+    candidates = sorted(root.glob("*.csv")) if root.is_dir() else []
+    if len(candidates) == 1:
+        return root, candidates[0]
+    found = (
+        f"found {len(candidates)} CSV files; name one with file=<name>" if candidates else "found no CSV file"
+    )
+    raise DataError(f"csv: in '{root}' {found}. Expected {LAYOUT}.")
+
+
+def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
+    folder, located = _locate_files(root, options)
+    problems: list[Problem] = []
+    rows_by_split: dict[str, list[_Row]] = {}
+    meta: dict = {}
+    if isinstance(located, dict):
+        for split, path in located.items():
+            rows_by_split[split], _ = _read_csv(path, problems)
+        if "test" not in located:
+            problems.append(Problem(str(folder / "test.csv"), None, "test.csv is missing", "missing"))
+        files = dict(located)
+    else:
+        rows, has_split = _read_csv(located, problems)
+        files = {split: located for split in SPLITS}
+        if has_split:
+            for row in rows:
+                split = SPLIT_NAMES.get((row.split or "").lower())
+                if split is None:
+                    problems.append(
+                        Problem(
+                            str(located),
+                            row.line,
+                            f"split {row.split!r} is not one of train, val, test",
+                            "format",
+                        )
+                    )
+                    continue
+                rows_by_split.setdefault(split, []).append(row)
+        else:
+            rows_by_split = {"all": rows}
+    image_root = resolve_option_path(options.image_root, folder) if options.image_root else folder
+    classnames, labelled, class_source = _label_rows(folder, options, rows_by_split, problems)
+    if "all" in labelled:
+        parts = seeded_split(labelled.pop("all"), options.val_fraction, options.test_fraction, options.seed)
+        labelled = {split: samples for split, samples in parts.items() if samples or split != "val"}
+        meta["seeded_split"] = {
+            "seed": options.seed,
+            "val_fraction": options.val_fraction,
+            "test_fraction": options.test_fraction,
+        }
+    splits = {
+        split: SplitData(labelled.get(split, []), files.get(split)) for split in SPLITS if split in labelled
+    }
+    parsed = ParsedDataset(
+        name=f"csv:{folder.name}",
+        format="csv",
+        root=folder,
+        image_root=image_root,
+        classnames=classnames,
+        splits=splits,
+        roles={split: split for split in SPLITS if split in splits or split != "val"},
+        templates=[options.template or DEFAULT_TEMPLATE],
+        problems=problems,
+        meta=meta,
+        class_source=class_source,
+    )
+    labels_in_range(parsed)
+    return parsed
+
+
+def _label_rows(
+    folder: Path, options: CsvOptions, rows_by_split: dict[str, list[_Row]], problems: list[Problem]
+) -> tuple[list[str], dict[str, list[Sample]], Path | None]:
+    """Class names and labelled samples. Labels are all integers or all names; in a file that mixes them the
+    minority kind is reported at its line."""
+    all_rows = [row for rows in rows_by_split.values() for row in rows]
+    class_source = resolve_option_path(options.classnames, folder) if options.classnames else None
+    names: dict[int, tuple[str, int]] = {}
+    if class_source is not None:
+        names, _ = read_classnames_file(class_source, problems)
+    integers = sum(parse_int(row.label) is not None for row in all_rows)
+    integer_mode = integers * 2 >= len(all_rows) if all_rows else True
+    if integer_mode and names:
+        classnames = [names.get(i, (f"class_{i}", 0))[0] for i in range(max(names) + 1)]
+    elif integer_mode:
+        found = [value for row in all_rows if (value := parse_int(row.label)) is not None]
+        classnames = [f"class_{i}" for i in range(max(found) + 1)] if found else []
+    elif names:
+        classnames = [names[i][0] for i in sorted(names)]
+    else:
+        classnames = sorted({row.label for row in all_rows})
+    index_of = {name: label for label, name in enumerate(classnames)}
+    labelled: dict[str, list[Sample]] = {}
+    for split, rows in rows_by_split.items():
+        samples = labelled.setdefault(split, [])
+        for row in rows:
+            if integer_mode:
+                label = parse_int(row.label)
+                if label is None:
+                    problems.append(
+                        Problem(
+                            str(row.file),
+                            row.line,
+                            f"label {row.label!r} is not an integer (most labels here are)",
+                            "label",
+                        )
+                    )
+            else:
+                label = index_of.get(row.label)
+                if label is None:
+                    source = class_source.name if class_source is not None else "the class list"
+                    problems.append(
+                        Problem(
+                            str(row.file),
+                            row.line,
+                            f"class name {row.label!r} is not in {source}",
+                            "classname",
+                        )
+                    )
+            if label is not None and row.path is not None:
+                samples.append(Sample(row.path, label, row.line))
+    return classnames, labelled, class_source

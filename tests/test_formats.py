@@ -1,0 +1,290 @@
+"""Dataset formats read as distributed: small fake trees with real JPEG/PNG files written by PIL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlprompt.data.formats.common import ImageLoader, split_checksum
+from vlprompt.data.registry import list_datasets, load_dataset
+from vlprompt.errors import ConfigError, DataError, VlpromptError
+
+
+def write_image(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "L" if path.suffix == ".png" and color[0] == color[1] == color[2] else "RGB"
+    image = Image.new(mode, (size, size), color[0] if mode == "L" else color)
+    image.save(path)
+    return path
+
+
+def write_truncated_jpeg(path: Path) -> Path:
+    write_image(path, size=64)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def coop_pets(root: Path, entries: dict | None = None) -> Path:
+    """oxford_pets/ with images/ and a split file written like CoOp's (indent=4, one value per line)."""
+    folder = root / "oxford_pets"
+    names = ["abyssinian", "beagle"]
+    if entries is None:
+        entries = {
+            split: [[f"{names[c]}_{split}_{i}.jpg", c, names[c]] for c in range(2) for i in range(n)]
+            for split, n in (("train", 3), ("val", 1), ("test", 2))
+        }
+    for split_entries in entries.values():
+        for path, *_ in split_entries:
+            if isinstance(path, str) and ".." not in path and not path.startswith("/"):
+                write_image(folder / "images" / path)
+    (folder / "split_zhou_OxfordPets.json").write_text(json.dumps(entries, indent=4))
+    return folder
+
+
+def test_coop_split_file_loads_with_template_and_stable_names(tmp_path):
+    coop_pets(tmp_path)
+    task = load_dataset("coop:OxfordPets", str(tmp_path))
+    assert task.name == "coop:OxfordPets"
+    assert task.labels.classnames == ["abyssinian", "beagle"]
+    assert task.labels.templates == ["a photo of a {}, a type of pet."]
+    assert (len(task.train), len(task.val), len(task.test)) == (6, 2, 4)
+    assert task.train.labels == [0, 0, 0, 1, 1, 1]
+    assert task.train.sources[0] == "abyssinian_train_0.jpg"
+    assert task.train.name == "coop:OxfordPets/train"
+    image, label = task.train[0]
+    assert image.mode == "RGB" and image.size == (8, 8) and label == 0
+    assert task.meta["checksums"]["train"] == split_checksum(task.train.sources, task.train.labels)
+    # The dataset folder itself works as root too.
+    assert load_dataset("coop:OxfordPets", str(tmp_path / "oxford_pets")).labels.num_classes == 2
+
+
+def test_coop_templates_and_folders_are_data():
+    from vlprompt.data.formats.coop import coop_datasets
+
+    specs = coop_datasets()
+    assert len(specs) == 11
+    assert specs["DTD"]["template"] == "{} texture."
+    assert specs["EuroSAT"]["template"] == "a centered satellite photo of {}."
+    assert specs["Flowers102"]["split_file"] == "split_zhou_OxfordFlowers.json"
+    assert {f"coop:{name}" for name in specs} <= set(list_datasets())
+
+
+def test_coop_split_errors_stop_loading_with_file_and_line(tmp_path):
+    entries = {
+        "train": [
+            ["a.jpg", 0, "cat"],
+            ["../outside.jpg", 0, "cat"],
+            ["b.jpg", "one", "dog"],
+            ["c.jpg", 1, "dog"],
+        ],
+        "val": [],
+        "test": [["d.jpg", 0, "cat"], ["e.jpg", 1, "dog"]],
+    }
+    coop_pets(tmp_path, entries)
+    with pytest.raises(DataError) as info:
+        load_dataset("coop:OxfordPets", str(tmp_path))
+    message = str(info.value)
+    assert "split_zhou_OxfordPets.json:" in message
+    lines = (tmp_path / "oxford_pets" / "split_zhou_OxfordPets.json").read_text().splitlines()
+    outside_line = next(i for i, text in enumerate(lines, 1) if "../outside.jpg" in text)
+    assert f"split_zhou_OxfordPets.json:{outside_line}: image path '../outside.jpg' climbs out" in message
+    assert "label 'one'" in message and "not an integer" in message
+
+
+def test_imagenet_own_files(tmp_path):
+    folder = tmp_path / "imagenet"
+    folder.mkdir()
+    (folder / "classnames.txt").write_text("n02000002 goldfish\nn01000001 tench\n")
+    for split, count in (("train", 2), ("val", 1)):
+        for wnid in ("n01000001", "n02000002"):
+            for i in range(count):
+                write_image(folder / "images" / split / wnid / f"{wnid}_{i}.JPEG")
+    task = load_dataset("coop:ImageNet", str(tmp_path))
+    assert task.labels.classnames == ["tench", "goldfish"]  # sorted wnid order, as CoOp labels them
+    assert task.val is None  # never validate on ImageNet's val, which is its test set
+    assert task.train.labels == [0, 0, 1, 1] and len(task.test) == 2
+    assert task.test.sources[0] == "val/n01000001/n01000001_0.JPEG"
+    assert task.train[0][0].size == (8, 8)
+
+
+def test_fgvc_aircraft_own_list_files(tmp_path):
+    folder = tmp_path / "fgvc_aircraft"
+    folder.mkdir()
+    (folder / "variants.txt").write_text("707-320\nA300B4\n")
+    for split in ("train", "val", "test"):
+        lines = []
+        for i, variant in enumerate(("707-320", "A300B4")):
+            image_id = f"{split}{i}"
+            write_image(folder / "images" / f"{image_id}.jpg")
+            lines.append(f"{image_id} {variant}")
+        (folder / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+    task = load_dataset("coop:FGVCAircraft", str(tmp_path))
+    assert task.labels.classnames == ["707-320", "A300B4"]
+    assert task.labels.templates == ["a photo of a {}, a type of aircraft."]
+    assert task.train.sources == ["train0.jpg", "train1.jpg"] and task.train.labels == [0, 1]
+
+    (folder / "images_variant_test.txt").write_text("test0 707-320\ntest1 Boeing 999\n")
+    with pytest.raises(
+        DataError, match=r"images_variant_test.txt:2: variant 'Boeing 999' is not in variants.txt"
+    ):
+        load_dataset("coop:FGVCAircraft", str(tmp_path))
+
+
+def vtab_task(root: Path, task: str = "eurosat", labels=(0, 1)) -> Path:
+    folder = root / task
+    files = {"train800": 2, "val200": 1, "test": 2}
+    listing = {}
+    for name, per_class in files.items():
+        lines = []
+        for label in labels:
+            for i in range(per_class):
+                rel = f"images/{name}_{label}_{i}.jpg"
+                write_image(folder / rel)
+                lines.append(f"{rel} {label}")
+        listing[name] = lines
+    listing["train800val200"] = listing["train800"] + listing["val200"]
+    for name, lines in listing.items():
+        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_vtab_select_and_final_splits(tmp_path):
+    vtab_task(tmp_path)
+    select = load_dataset("vtab:eurosat", str(tmp_path))
+    assert select.labels.num_classes == 10  # from the VTAB task table, not from the labels seen
+    assert (len(select.train), len(select.val), len(select.test)) == (4, 2, 4)
+    assert select.meta["vtab_group"] == "specialized"
+    final = load_dataset("vtab", str(tmp_path), task="eurosat", split="final")
+    assert len(final.train) == 6 and final.val is None
+    assert final.train.sources[0] == "images/train800_0_0.jpg"
+    with pytest.raises(ConfigError, match="split"):
+        load_dataset("vtab:eurosat", str(tmp_path), split="everything")
+
+
+def test_vtab_label_out_of_range_named_with_line(tmp_path):
+    folder = vtab_task(tmp_path, task="kitti")
+    with open(folder / "test.txt", "a") as handle:
+        handle.write("images/test_0_0.jpg 7\n")
+    with pytest.raises(DataError, match=r"test.txt:5: label 7 of 'images/test_0_0.jpg' is out of range"):
+        load_dataset("vtab:kitti", str(tmp_path))
+
+
+def test_fgvc_json_images_subfolder_sparse_ids_and_classnames(tmp_path):
+    root = tmp_path / "CUB_200_2011"
+    ids = {"001.Black_footed_Albatross": 3, "002.Laysan_Albatross": 7}
+    for split, count in (("train", 2), ("val", 1), ("test", 1)):
+        mapping = {}
+        for folder, class_id in ids.items():
+            for i in range(count):
+                rel = f"{folder}/{split}_{i}.jpg"
+                write_image(root / "images" / rel)
+                mapping[rel] = class_id
+        (root / f"{split}.json").write_text(json.dumps(mapping))
+    (root / "classes.txt").write_text("3 001.Black_footed_Albatross\n7 002.Laysan_Albatross\n")
+    task = load_dataset("fgvc", str(root))
+    assert task.name == "fgvc:CUB_200_2011"
+    assert task.labels.classnames == ["Black footed Albatross", "Laysan Albatross"]
+    assert task.train.labels == [0, 0, 1, 1] and task.meta["class_ids"] == [3, 7]
+    assert task.test[0][0].size == (8, 8)
+
+
+def test_fgvc_unknown_test_id_is_out_of_range(tmp_path):
+    root = tmp_path / "cars"
+    write_image(root / "a.jpg")
+    write_image(root / "b.jpg")
+    (root / "train.json").write_text(json.dumps({"a.jpg": 1}))
+    (root / "test.json").write_text(json.dumps({"b.jpg": 5}))
+    with pytest.raises(DataError, match=r"test.json:1: class id 5 of 'b.jpg' is out of range"):
+        load_dataset("fgvc", str(root))
+
+
+def test_imagefolder_with_split_folders(tmp_path):
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            write_image(tmp_path / split / name / f"{name}_0.png")
+    write_image(tmp_path / "train" / "cat" / "cat_1.jpg")
+    task = load_dataset("imagefolder", str(tmp_path))
+    assert task.labels.classnames == ["cat", "dog"] and task.val is None
+    assert task.train.sources == ["train/cat/cat_0.png", "train/cat/cat_1.jpg", "train/dog/dog_0.png"]
+
+
+def test_imagefolder_flat_gets_a_documented_seeded_split(tmp_path):
+    for name in ("a", "b"):
+        for i in range(10):
+            write_image(tmp_path / name / f"{i}.png")
+    first = load_dataset("imagefolder", str(tmp_path), seed=3)
+    again = load_dataset("imagefolder", str(tmp_path), seed="3")
+    other = load_dataset("imagefolder", str(tmp_path), seed=4)
+    assert (len(first.train), len(first.val), len(first.test)) == (14, 2, 4)
+    assert first.test.sources == again.test.sources
+    assert first.test.sources != other.test.sources
+    assert set(first.train.sources).isdisjoint(first.test.sources)
+    assert first.meta["seeded_split"]["seed"] == 3
+
+
+def test_csv_per_split_with_header_and_class_names(tmp_path):
+    for split in ("train", "test"):
+        rows = ["path,label"]
+        for name in ("zebra", "ant"):
+            write_image(tmp_path / "img" / f"{split}_{name}.jpg")
+            rows.append(f"img/{split}_{name}.jpg,{name}")
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    task = load_dataset("csv", str(tmp_path), template="a photo of an {}, an animal.")
+    assert task.labels.classnames == ["ant", "zebra"]
+    assert task.train.labels == [1, 0]
+    assert task.labels.templates == ["a photo of an {}, an animal."]
+
+
+def test_csv_single_file_with_split_column_and_integer_labels(tmp_path):
+    rows = []
+    for split in ("train", "val", "test"):
+        for label in (0, 1):
+            write_image(tmp_path / f"{split}{label}.png")
+            rows.append(f"{split}{label}.png,{label},{split}")
+    rows.append("bad.png,x,train")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"data.csv:7: label 'x' is not an integer"):
+        load_dataset("csv", str(tmp_path / "data.csv"))
+    (tmp_path / "data.csv").write_text("\n".join(rows[:-1]) + "\n")
+    task = load_dataset("csv", str(tmp_path), file="data.csv")
+    assert (len(task.train), len(task.val), len(task.test)) == (2, 2, 2)
+    assert task.labels.classnames == ["class_0", "class_1"]
+
+
+def test_missing_root_says_which_layout_is_expected(tmp_path):
+    with pytest.raises(DataError, match="split_zhou_OxfordPets.json"):
+        load_dataset("coop:OxfordPets", None)
+    with pytest.raises(DataError, match="train800"):
+        load_dataset("vtab:cifar", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="oxford_pets"):
+        load_dataset("coop:OxfordPets", str(tmp_path))
+
+
+def test_unknown_option_is_a_config_error(tmp_path):
+    coop_pets(tmp_path)
+    with pytest.raises(ConfigError, match="unknown field 'shots'"):
+        load_dataset("coop:OxfordPets", str(tmp_path), shots=4)
+    with pytest.raises(VlpromptError, match="Did you mean"):
+        load_dataset("coop:OxfordPet", str(tmp_path))
+
+
+def test_image_loader_names_missing_and_corrupt_files(tmp_path):
+    write_truncated_jpeg(tmp_path / "broken.jpg")
+    loader = ImageLoader(tmp_path)
+    with pytest.raises(DataError, match="broken.jpg' cannot be decoded"):
+        loader("broken.jpg")
+    with pytest.raises(DataError, match="gone.jpg' is missing"):
+        loader("gone.jpg")
+
+
+def test_missing_image_fails_loading_before_training(tmp_path):
+    folder = coop_pets(tmp_path)
+    (folder / "images" / "beagle_test_1.jpg").unlink()
+    with pytest.raises(DataError, match="image 'beagle_test_1.jpg' is missing"):
+        load_dataset("coop:OxfordPets", str(tmp_path))
+    task = load_dataset("coop:OxfordPets", str(tmp_path), check_files="false")
+    assert len(task.test) == 4
