@@ -489,7 +489,7 @@ def refuse_errors(parsed: ParsedDataset, problems: Iterable[Problem], limit: int
     more = f"\n  ... and {len(errors) - limit} more" if len(errors) > limit else ""
     raise DataError(
         f"Dataset {parsed.name} at '{parsed.root}' has {len(errors)} error(s) that must be fixed before training; "
-        f"'vlprompt data check' lists them all:\n{listed}{more}"
+        f"'vlprompt data check {parsed.name} {parsed.root}' lists them all:\n{listed}{more}"
     )
 
 
