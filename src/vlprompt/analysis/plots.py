@@ -1,0 +1,143 @@
+"""PNG plots for reports: accuracy vs shots, base/new/HM bars, NMI per block over training.
+
+Figures are built as ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, so plotting never touches
+pyplot's global state or needs a display.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from vlprompt.analysis.report import RunRecord, Table
+
+log = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.jsonl"
+NMI_PREFIX = "nmi/block"
+DPI = 120
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_accuracy_vs_shots(series: dict[str, list[tuple[int, float, float]]], title: str, path: Path) -> Path:
+    """One line per method: (shots, mean, std) points, shots on a log2 axis, std as error bars."""
+    figure = Figure(figsize=(6.4, 4.2))
+    axes = figure.add_subplot()
+    for label, points in sorted(series.items()):
+        points = sorted(p for p in points if p[1] is not None)
+        if not points:
+            continue
+        shots, means, stds = zip(*points)
+        axes.errorbar(shots, means, yerr=[s or 0.0 for s in stds], marker="o", capsize=3, label=label)
+    axes.set_xscale("log", base=2)
+    all_shots = sorted({p[0] for points in series.values() for p in points})
+    axes.set_xticks(all_shots, [str(s) for s in all_shots])
+    axes.set_xlabel("shots per class")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    return _save(figure, path)
+
+
+def plot_base_new_bars(rows: list[tuple[str, float | None, float | None, float | None]], title: str,
+                       path: Path) -> Path:
+    """Grouped bars per method: Base, New, HM (a missing value draws no bar)."""
+    figure = Figure(figsize=(max(6.4, 0.9 * len(rows) + 2), 4.2))
+    axes = figure.add_subplot()
+    width = 0.27
+    for offset, (name, index) in zip((-width, 0.0, width), (("Base", 1), ("New", 2), ("HM", 3))):
+        xs = [i + offset for i, row in enumerate(rows) if row[index] is not None]
+        ys = [row[index] for row in rows if row[index] is not None]
+        axes.bar(xs, ys, width, label=name)
+    axes.set_xticks(range(len(rows)), [row[0] for row in rows], rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def read_nmi(folder: Path) -> dict[int, list[tuple[int, float]]]:
+    """block -> [(step, nmi)] from a run's metrics.jsonl (the last record wins for a repeated step)."""
+    path = Path(folder) / METRICS_NAME
+    if not path.exists():
+        return {}
+    by_block: dict[int, dict[int, float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: the rest of the file is still good
+        for key, value in record.items():
+            if key.startswith(NMI_PREFIX) and key[len(NMI_PREFIX):].isdigit():
+                by_block.setdefault(int(key[len(NMI_PREFIX):]), {})[int(record.get("step", 0))] = float(value)
+    return {block: sorted(steps.items()) for block, steps in by_block.items()}
+
+
+def plot_nmi(curves: dict[str, list[dict[int, list[tuple[int, float]]]]], title: str, path: Path) -> Path:
+    """One panel per block; per method, the mean over its runs of NMI at each logged step."""
+    blocks = sorted({b for runs in curves.values() for run in runs for b in run})
+    columns = min(4, len(blocks))
+    rows = math.ceil(len(blocks) / columns)
+    figure = Figure(figsize=(3.2 * columns, 2.6 * rows))
+    for position, block in enumerate(blocks):
+        axes = figure.add_subplot(rows, columns, position + 1)
+        for label, runs in sorted(curves.items()):
+            by_step: dict[int, list[float]] = {}
+            for run in runs:
+                for step, value in run.get(block, []):
+                    by_step.setdefault(step, []).append(value)
+            if by_step:
+                steps = sorted(by_step)
+                axes.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], label=label)
+        axes.set_title(f"block {block}", fontsize=9)
+        axes.set_xlabel("step", fontsize=8)
+        axes.set_ylabel("NMI", fontsize=8)
+        axes.tick_params(labelsize=7)
+        axes.grid(alpha=0.3)
+        if position == 0:
+            axes.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
+
+
+def write_plots(tables: Iterable["Table"], runs: Iterable["RunRecord"], out: Path) -> list[tuple[str, Path]]:
+    """Every plot a report shows: (table slug or "nmi", png path)."""
+    written: list[tuple[str, Path]] = []
+    for table in tables:
+        if table.kind == "fewshot":
+            series = {row.label: [(int(c), row.cells[c].mean, row.cells[c].std) for c in table.columns
+                                  if c in row.cells] for row in table.rows}
+            written.append((table.slug, plot_accuracy_vs_shots(series, table.title, out / f"{table.slug}.png")))
+        elif table.kind == "base2new":
+            bars = [(row.label, *(row.cells[c].mean if c in row.cells else None for c in ("Base", "New", "HM")))
+                    for row in table.rows]
+            written.append((table.slug, plot_base_new_bars(bars, table.title, out / f"{table.slug}.png")))
+    groups: dict[tuple, dict[str, list]] = {}
+    seen: set[str] = set()
+    for run in runs:
+        if run.folder in seen:
+            continue
+        seen.add(run.folder)
+        curves = read_nmi(run.path)
+        if curves:
+            key = (run.record.get("dataset", "?"), run.record.get("shots"), run.backbone)
+            groups.setdefault(key, {}).setdefault(run.label, []).append(curves)
+    for (dataset, shots, backbone), curves in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"nmi_{dataset}_{shots}shot_{backbone}")
+        title = f"NMI per block over training: {dataset}, {shots} shots ({backbone})"
+        written.append(("nmi", plot_nmi(curves, title, out / f"{name}.png")))
+    return written
