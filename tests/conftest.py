@@ -1,4 +1,5 @@
 """Shared test fixtures: tiny random-init backbones of the real architectures, built offline."""
+
 from __future__ import annotations
 
 import pytest

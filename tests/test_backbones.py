@@ -1,4 +1,5 @@
 """Adapters equal the libraries' own forwards; the text fast paths equal the plain path."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,9 @@ ATOL = 1e-5
 
 
 def _images(n: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, 3, tiny.TINY_IMAGE_SIZE, tiny.TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        n, 3, tiny.TINY_IMAGE_SIZE, tiny.TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def _pipeline(visual, images: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,9 @@ def test_timm_pipeline_equals_timm_forward(kind, overrides):
         torch.testing.assert_close(_pipeline(visual, images), expected, atol=ATOL, rtol=0)
         torch.testing.assert_close(visual(images), expected, atol=ATOL, rtol=0)
     assert visual.pooling == ("mean" if kind == "mae" or overrides.get("global_pool") == "avg" else "cls")
-    assert visual.num_prefix_tokens == int(overrides.get("class_token", True)) + overrides.get("reg_tokens", 0)
+    assert visual.num_prefix_tokens == int(overrides.get("class_token", True)) + overrides.get(
+        "reg_tokens", 0
+    )
     assert backbone.preprocess.image_size == tiny.TINY_IMAGE_SIZE
     assert backbone.kind == kind
 
@@ -61,8 +66,12 @@ def test_timm_mean_pool_prompts_included_or_not(tiny_timm_mae):
             tokens = visual.block(index, tokens)
         normed = visual.model.norm(tokens)
         fc_norm = visual.model.fc_norm
-        torch.testing.assert_close(visual.finalize(tokens, 3, pool_prompts=True), fc_norm(normed[:, 1:].mean(1)))
-        torch.testing.assert_close(visual.finalize(tokens, 3, pool_prompts=False), fc_norm(normed[:, 4:].mean(1)))
+        torch.testing.assert_close(
+            visual.finalize(tokens, 3, pool_prompts=True), fc_norm(normed[:, 1:].mean(1))
+        )
+        torch.testing.assert_close(
+            visual.finalize(tokens, 3, pool_prompts=False), fc_norm(normed[:, 4:].mean(1))
+        )
 
 
 def test_timm_cls_pool_ignores_prompts(tiny_timm_vit):
@@ -147,7 +156,9 @@ def test_hf_text_equals_get_text_features(eos_token_id):
 
 def test_hf_tokenizer_matches_open_clip_ids():
     simple = tiny.open_clip_tokenizer()
-    hf_ids = tiny.hf_clip_tokenizer()(TEXTS, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    hf_ids = tiny.hf_clip_tokenizer()(TEXTS, padding="max_length", max_length=77, return_tensors="pt")[
+        "input_ids"
+    ]
     oc_ids = simple(TEXTS, context_length=77)
     for row_hf, row_oc in zip(hf_ids, oc_ids):
         length = int(row_oc.argmax()) + 1
@@ -175,8 +186,9 @@ def test_truncated_path_equals_plain_path(case):
     embeddings = text.embed_tokens(ids) + 0.01 * torch.randn(ids.shape[0], ids.shape[1], text.width)
     with torch.no_grad():
         plain = text.encode_embeddings(embeddings, ids, truncate=False)
-        torch.testing.assert_close(text.encode_embeddings(embeddings, ids, truncate=True), plain, atol=ATOL, rtol=0,
-                                   msg=name)
+        torch.testing.assert_close(
+            text.encode_embeddings(embeddings, ids, truncate=True), plain, atol=ATOL, rtol=0, msg=name
+        )
 
 
 @pytest.mark.parametrize("case", range(7))
@@ -206,8 +218,12 @@ def test_shared_prefix_with_eot_inside_prefix_falls_back():
     prefix_length = 4  # row 0 ends at position 2, inside the prefix
     with torch.no_grad():
         shared = text.encode_shared_prefix(embeddings[0, :prefix_length], embeddings[:, prefix_length:], ids)
-        full = torch.cat([embeddings[0, :prefix_length].expand(2, -1, -1), embeddings[:, prefix_length:]], dim=1)
-        torch.testing.assert_close(shared, text.encode_embeddings(full, ids, truncate=False), atol=ATOL, rtol=0)
+        full = torch.cat(
+            [embeddings[0, :prefix_length].expand(2, -1, -1), embeddings[:, prefix_length:]], dim=1
+        )
+        torch.testing.assert_close(
+            shared, text.encode_embeddings(full, ids, truncate=False), atol=ATOL, rtol=0
+        )
 
 
 def test_eot_positions(tiny_clip):

@@ -8,6 +8,7 @@ Both fast paths rest on causality: the hidden state at position i depends only o
   to [prefix keys/values, own suffix] with the causal mask.
 Architecture adapters (open_clip, transformers) supply the per-layer pieces; the control flow lives here once.
 """
+
 from __future__ import annotations
 
 import abc
@@ -56,7 +57,9 @@ def attend_with_prefix(
         ],
         dim=1,
     )
-    out = F.scaled_dot_product_attention(heads(query), keys, values, attn_mask=mask, dropout_p=dropout, scale=scale)
+    out = F.scaled_dot_product_attention(
+        heads(query), keys, values, attn_mask=mask, dropout_p=dropout, scale=scale
+    )
     return out.transpose(1, 2).reshape(n, length, width)
 
 
@@ -84,7 +87,9 @@ class CausalTextTower(TextTower):
         """Layer ``index`` on hidden [n, L, width] with an additive mask [L, L]."""
 
     @abc.abstractmethod
-    def run_layer_after_prefix(self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor) -> torch.Tensor:
+    def run_layer_after_prefix(
+        self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
+    ) -> torch.Tensor:
         """Layer ``index`` on suffix hidden [n, S, width] that also attends to prefix_hidden [P, width] (layer input)."""
 
     @abc.abstractmethod

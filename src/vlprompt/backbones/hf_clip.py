@@ -5,6 +5,7 @@ post_layernorm on the class token, visual_projection) and ``get_text_features`` 
 final_layer_norm, EOS pooling, text_projection). EOS pooling follows transformers: configs with the legacy
 ``eos_token_id == 2`` pool at the largest token id, newer ones at the first occurrence of ``eos_token_id``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -51,7 +52,9 @@ class HFClipVisionTower(VisionTower):
     def block_modules(self) -> Sequence[nn.Module]:
         return list(self.vision_model.encoder.layers)
 
-    def finalize(self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False) -> torch.Tensor:
+    def finalize(
+        self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False
+    ) -> torch.Tensor:
         return self.visual_projection(self.vision_model.post_layernorm(tokens[:, 0]))
 
 
@@ -72,7 +75,11 @@ class HFClipTextTower(CausalTextTower):
     # ----- TextTower seams -----
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         encoded = self.tokenizer(
-            list(texts), padding="max_length", max_length=self.context_length, truncation=True, return_tensors="pt"
+            list(texts),
+            padding="max_length",
+            max_length=self.context_length,
+            truncation=True,
+            return_tensors="pt",
         )
         return encoded["input_ids"]
 
@@ -90,22 +97,29 @@ class HFClipTextTower(CausalTextTower):
         return len(self.text_model.encoder.layers)
 
     def add_positions(self, embeddings: torch.Tensor, start: int = 0) -> torch.Tensor:
-        positions = self.text_model.embeddings.position_embedding.weight[start:start + embeddings.shape[1]]
+        positions = self.text_model.embeddings.position_embedding.weight[start : start + embeddings.shape[1]]
         return embeddings + positions
 
     def run_layer(self, index: int, hidden: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         layer = self.text_model.encoder.layers[index]
         return _layer_output(layer(hidden, attn_mask.to(hidden.dtype)[None, None]))
 
-    def run_layer_after_prefix(self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor) -> torch.Tensor:
+    def run_layer_after_prefix(
+        self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
+    ) -> torch.Tensor:
         layer = self.text_model.encoder.layers[index]
         attn = layer.self_attn
         normed, prefix_normed = layer.layer_norm1(hidden), layer.layer_norm1(prefix_hidden)
         dropout = attn.dropout if self.training else 0.0
         out = attend_with_prefix(
-            attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed),
-            attn.k_proj(prefix_normed), attn.v_proj(prefix_normed),
-            attn.num_heads, scale=attn.scale, dropout=dropout,
+            attn.q_proj(normed),
+            attn.k_proj(normed),
+            attn.v_proj(normed),
+            attn.k_proj(prefix_normed),
+            attn.v_proj(prefix_normed),
+            attn.num_heads,
+            scale=attn.scale,
+            dropout=dropout,
         )
         hidden = hidden + attn.out_proj(out)
         return hidden + layer.mlp(layer.layer_norm2(hidden))

@@ -6,6 +6,7 @@ transformer, ln_final, text_projection, attn_mask, text_pool_type); ``open_clip.
 padding mask. The adapter mirrors open_clip's own forward step by step so that with no prompts it returns the
 library's features; it owns no weights, only references to the model's modules.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -21,7 +22,9 @@ from vlprompt.errors import VlpromptError
 Tokenizer = Callable[..., torch.Tensor]
 
 
-def _run_block(block: nn.Module, tokens: torch.Tensor, batch_first: bool, attn_mask: torch.Tensor | None = None):
+def _run_block(
+    block: nn.Module, tokens: torch.Tensor, batch_first: bool, attn_mask: torch.Tensor | None = None
+):
     """One open_clip residual block on batch-first tokens, whatever layout the transformer was built with."""
     if batch_first:
         return block(tokens, attn_mask=attn_mask)
@@ -72,7 +75,9 @@ class OpenClipVisionTower(VisionTower):
     def block_modules(self) -> Sequence[nn.Module]:
         return list(self.visual.transformer.resblocks)
 
-    def finalize(self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False) -> torch.Tensor:
+    def finalize(
+        self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False
+    ) -> torch.Tensor:
         visual = self.visual
         if visual.final_ln_after_pool:
             pooled = visual.ln_post(_pool_tokens(tokens, self.pooling, 1, num_prompts, pool_prompts))
@@ -177,13 +182,15 @@ class OpenClipTextTower(CausalTextTower):
 
     def add_positions(self, embeddings: torch.Tensor, start: int = 0) -> torch.Tensor:
         dtype = self._cast_dtype()
-        positions = self.positional_embedding[start:start + embeddings.shape[1]]
+        positions = self.positional_embedding[start : start + embeddings.shape[1]]
         return embeddings.to(dtype) + positions.to(dtype)
 
     def run_layer(self, index: int, hidden: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         return _run_block(self.transformer.resblocks[index], hidden, self._batch_first, attn_mask)
 
-    def run_layer_after_prefix(self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor) -> torch.Tensor:
+    def run_layer_after_prefix(
+        self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
+    ) -> torch.Tensor:
         block = self.transformer.resblocks[index]
         if not self._kv_blocks:  # custom blocks: same result by running the concatenated sequence
             n, prefix_length = hidden.shape[0], prefix_hidden.shape[0]
@@ -226,7 +233,9 @@ class OpenClipTextTower(CausalTextTower):
         hidden = embeddings.to(self._cast_dtype())
         n, seq_len = hidden.shape[0], hidden.shape[1]
         if self.cls_emb is not None:
-            hidden = torch.cat([hidden, self.cls_emb.to(hidden.dtype).view(1, 1, -1).expand(n, -1, -1)], dim=1)
+            hidden = torch.cat(
+                [hidden, self.cls_emb.to(hidden.dtype).view(1, 1, -1).expand(n, -1, -1)], dim=1
+            )
             seq_len += 1
         mask = self.attn_mask[:seq_len, :seq_len] if self.attn_mask is not None else None
         if self.use_pad_mask or self.cls_emb is not None:
@@ -256,7 +265,9 @@ def open_clip_preprocess(model: nn.Module) -> PreprocessConfig:
     )
 
 
-def wrap_open_clip(model: nn.Module, tokenizer: Tokenizer, preprocess: PreprocessConfig, backbone_id: str) -> Backbone:
+def wrap_open_clip(
+    model: nn.Module, tokenizer: Tokenizer, preprocess: PreprocessConfig, backbone_id: str
+) -> Backbone:
     """An open_clip CLIP / CustomTextCLIP as a Backbone (kind "clip"), with its tokenizer and preprocessing."""
     return Backbone(
         backbone_id=backbone_id,

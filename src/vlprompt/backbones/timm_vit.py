@@ -5,6 +5,7 @@ The adapter calls the model's own submodules (``patch_embed``, ``_pos_embed``, `
 does, so that with no prompts the features equal timm's own. The classifier head is dropped: methods bring
 their own head.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,18 +20,22 @@ _TIMM_POOLS = {"token": "cls", "avg": "mean"}
 
 
 def _pool_tokens(
-    tokens: torch.Tensor, pooling: str, num_prefix_tokens: int, num_prompts: int, pool_prompts: bool,
+    tokens: torch.Tensor,
+    pooling: str,
+    num_prefix_tokens: int,
+    num_prompts: int,
+    pool_prompts: bool,
     include_prefix: bool = False,
 ) -> torch.Tensor:
     """CLS pooling takes token 0; mean pooling averages the patches, plus prompts / prefix when asked."""
     if pooling == "cls":
         return tokens[:, 0]
-    patches = tokens[:, num_prefix_tokens + num_prompts:]
+    patches = tokens[:, num_prefix_tokens + num_prompts :]
     parts = []
     if include_prefix:
         parts.append(tokens[:, :num_prefix_tokens])
     if pool_prompts and num_prompts:
-        parts.append(tokens[:, num_prefix_tokens:num_prefix_tokens + num_prompts])
+        parts.append(tokens[:, num_prefix_tokens : num_prefix_tokens + num_prompts])
     if parts:
         patches = torch.cat(parts + [patches], dim=1)
     return patches.mean(dim=1)
@@ -80,7 +85,9 @@ class TimmVisionTower(VisionTower):
     def block_modules(self) -> Sequence[nn.Module]:
         return list(self.model.blocks)
 
-    def finalize(self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False) -> torch.Tensor:
+    def finalize(
+        self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False
+    ) -> torch.Tensor:
         tokens = self.model.norm(tokens)
         pooled = _pool_tokens(
             tokens, self.pooling, self.num_prefix_tokens, num_prompts, pool_prompts, self._pool_include_prefix
@@ -118,5 +125,9 @@ def wrap_timm_vit(model: nn.Module, backbone_id: str, kind: str = "vit") -> Back
         )
     tower = TimmVisionTower(model, pooling="mean" if kind == "mae" else None)
     return Backbone(
-        backbone_id=backbone_id, visual=tower, preprocess=timm_preprocess(model), kind=kind, extra={"model": model}
+        backbone_id=backbone_id,
+        visual=tower,
+        preprocess=timm_preprocess(model),
+        kind=kind,
+        extra={"model": model},
     )

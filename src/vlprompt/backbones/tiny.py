@@ -8,6 +8,7 @@ The HF CLIP tokenizer is a genuine ``transformers.CLIPTokenizer`` whose vocabula
 BPE file open_clip ships (the same byte-level BPE OpenAI CLIP uses; its ids match open_clip's tokenizer), because
 transformers ships no vocabulary files and nothing may be downloaded.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,8 +58,15 @@ def tiny_timm_vit(kind: str = "vit", seed: int = 0, **overrides: Any) -> Backbon
     from vlprompt.backbones.timm_vit import wrap_timm_vit
 
     options = dict(
-        pretrained=False, num_classes=0, img_size=TINY_IMAGE_SIZE, patch_size=8, embed_dim=32, depth=2,
-        num_heads=2, mlp_ratio=2.0, global_pool="avg" if kind == "mae" else "token",
+        pretrained=False,
+        num_classes=0,
+        img_size=TINY_IMAGE_SIZE,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        global_pool="avg" if kind == "mae" else "token",
     )
     options.update(overrides)
     model = _seeded(seed, lambda: timm.create_model("vit_tiny_patch16_224", **options)).eval()
@@ -67,8 +75,14 @@ def tiny_timm_vit(kind: str = "vit", seed: int = 0, **overrides: Any) -> Backbon
 
 def _tiny_clip_cfgs(text_overrides: dict) -> tuple[dict, dict]:
     vision = dict(image_size=TINY_IMAGE_SIZE, patch_size=8, width=64, layers=2, head_width=32, mlp_ratio=2.0)
-    text = dict(context_length=TINY_CONTEXT_LENGTH, vocab_size=CLIP_VOCAB_SIZE, width=32, heads=2, layers=2,
-                mlp_ratio=2.0)
+    text = dict(
+        context_length=TINY_CONTEXT_LENGTH,
+        vocab_size=CLIP_VOCAB_SIZE,
+        width=32,
+        heads=2,
+        layers=2,
+        mlp_ratio=2.0,
+    )
     text.update(text_overrides)
     return vision, text
 
@@ -81,7 +95,9 @@ def tiny_open_clip(seed: int = 0) -> Backbone:
 
     vision, text = _tiny_clip_cfgs({})
     model = _seeded(seed, lambda: open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)).eval()
-    return wrap_open_clip(model, open_clip_tokenizer(), open_clip_preprocess(model), f"tiny:open_clip@seed{seed}")
+    return wrap_open_clip(
+        model, open_clip_tokenizer(), open_clip_preprocess(model), f"tiny:open_clip@seed{seed}"
+    )
 
 
 def tiny_open_clip_custom_text(seed: int = 0, **text_overrides: Any) -> Backbone:
@@ -91,7 +107,9 @@ def tiny_open_clip_custom_text(seed: int = 0, **text_overrides: Any) -> Backbone
     from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
 
     vision, text = _tiny_clip_cfgs(text_overrides)
-    model = _seeded(seed, lambda: open_clip.CustomTextCLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)).eval()
+    model = _seeded(
+        seed, lambda: open_clip.CustomTextCLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
+    ).eval()
     return wrap_open_clip(
         model, open_clip_tokenizer(), open_clip_preprocess(model), f"tiny:open_clip_custom_text@seed{seed}"
     )
@@ -108,13 +126,23 @@ def tiny_hf_clip(seed: int = 0, eos_token_id: int = 49407) -> Backbone:
 
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=TINY_CONTEXT_LENGTH,
-            bos_token_id=49406, eos_token_id=eos_token_id, pad_token_id=49407,
+            vocab_size=CLIP_VOCAB_SIZE,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=TINY_CONTEXT_LENGTH,
+            bos_token_id=49406,
+            eos_token_id=eos_token_id,
+            pad_token_id=49407,
         ),
         vision_config=dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-            image_size=TINY_IMAGE_SIZE, patch_size=8,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=8,
         ),
         projection_dim=32,
     )
@@ -128,7 +156,9 @@ def vit_b16_shaped(seed: int = 0) -> Backbone:
 
     from vlprompt.backbones.timm_vit import wrap_timm_vit
 
-    model = _seeded(seed, lambda: timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)).eval()
+    model = _seeded(
+        seed, lambda: timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    ).eval()
     return wrap_timm_vit(model, backbone_id=f"random:timm:vit_base_patch16_224@seed{seed}")
 
 
@@ -140,6 +170,8 @@ def clip_b16_shaped(seed: int = 0) -> Backbone:
 
     model = _seeded(seed, lambda: open_clip.create_model("ViT-B-16", pretrained=None)).eval()
     return wrap_open_clip(
-        model, open_clip.get_tokenizer("ViT-B-16"), open_clip_preprocess(model),
+        model,
+        open_clip.get_tokenizer("ViT-B-16"),
+        open_clip_preprocess(model),
         f"random:open_clip:ViT-B-16@seed{seed}",
     )
