@@ -237,3 +237,17 @@ def test_missing_image_fails_loading_before_training(tmp_path):
         load_dataset("coop:OxfordPets", str(tmp_path))
     task = load_dataset("coop:OxfordPets", str(tmp_path), check_files="false")
     assert len(task.test) == 4
+
+
+def test_empty_val_split_becomes_none_and_empty_train_is_refused(tmp_path):
+    entries = {
+        "train": [["a.jpg", 0, "cat"], ["b.jpg", 1, "dog"]],
+        "val": [],
+        "test": [["c.jpg", 0, "cat"], ["d.jpg", 1, "dog"]],
+    }
+    coop_pets(tmp_path, entries)
+    task = load_dataset("coop:OxfordPets", str(tmp_path))
+    assert task.val is None and "val" not in task.meta["splits"]
+    coop_pets(tmp_path, {**entries, "train": []})
+    with pytest.raises(DataError, match="the train split has no usable images"):
+        load_dataset("coop:OxfordPets", str(tmp_path))

@@ -63,7 +63,12 @@ def _register(name: str, entry: FormatEntry) -> None:
 
     def load(root: str | None = None, check_files: bool = True, **options: Any) -> TaskData:
         load_options = build_config(LoadOptions, {"check_files": check_files}, where=f"dataset {name}")
-        return build_task(parse_dataset(name, root, **options), check_files=load_options.check_files)
+        extra = "".join(f" {key}={value}" for key, value in options.items())
+        return build_task(
+            parse_dataset(name, root, **options),
+            check_files=load_options.check_files,
+            check_command=f"vlprompt data check {name} {root}{extra}",
+        )
 
     load.__doc__ = f"Load '{name}' from disk. Expected layout: {entry.layout}."
     register_dataset(name)(load)
