@@ -251,3 +251,13 @@ def test_empty_val_split_becomes_none_and_empty_train_is_refused(tmp_path):
     coop_pets(tmp_path, {**entries, "train": []})
     with pytest.raises(DataError, match="the train split has no usable images"):
         load_dataset("coop:OxfordPets", str(tmp_path))
+
+
+def test_imagenet_flat_val_folder_is_explained(tmp_path):
+    folder = tmp_path / "imagenet"
+    folder.mkdir()
+    (folder / "classnames.txt").write_text("n01000001 tench\n")
+    write_image(folder / "images" / "train" / "n01000001" / "a.JPEG")
+    write_image(folder / "images" / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(DataError, match="one folder per wnid"):
+        load_dataset("coop:ImageNet", str(tmp_path))

@@ -113,11 +113,11 @@ class ParsedDataset:
 
     def disjoint_pairs(self) -> list[tuple[str, str]]:
         """Pairs of splits that must share no image: every pair of roles (a test image in training is leakage)."""
-        used = [self.roles[role] for role in ROLES if role in self.roles]
+        used = [self.roles[role] for role in ROLES if self.roles.get(role) in self.splits]
         pairs = [(a, b) for i, a in enumerate(used) for b in used[i + 1 :] if a != b]
         test = self.roles.get("test")
         for split in self.splits:
-            if test is not None and split not in used and split != test:
+            if test in self.splits and split not in used:
                 pairs.append((split, test))
         return pairs
 

@@ -238,6 +238,17 @@ def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:
         if not split_dir.is_dir():
             problems.append(Problem(str(split_dir), None, f"the {split} image folder is missing", "missing"))
             continue
+        loose = list_images(split_dir)
+        if loose:
+            problems.append(
+                Problem(
+                    str(split_dir),
+                    None,
+                    f"{len(loose)} image(s) lie directly in {sub}/; ImageNet images must sit in one folder per "
+                    "wnid (sort the official flat val set into wnid folders, as CoOp's instructions say)",
+                    "format",
+                )
+            )
         samples = []
         for class_dir in list_subfolders(split_dir):
             label = label_of.get(class_dir.name)
