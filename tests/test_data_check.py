@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from test_formats_trees import coop_pets, vtab_task, write_image, write_truncated_jpeg
 
 from vlprompt.data.check import check_dataset
+from vlprompt.errors import VlpromptError
 
 
 def line_of(path: Path, needle: str, occurrence: int = 1) -> int:
@@ -142,3 +144,21 @@ def test_fgvc_duplicate_json_key_is_reported(tmp_path):
     report = check_dataset("fgvc", str(tmp_path))
     duplicates = [p for p in report.problems if "listed twice" in p.message]
     assert duplicates and duplicates[0].line == 4 and "first at line 2" in duplicates[0].message
+
+
+def test_missing_split_file_is_one_problem_not_a_crash(tmp_path):
+    folder = vtab_task(tmp_path)
+    (folder / "train800.txt").unlink()
+    report = check_dataset("vtab:eurosat", str(tmp_path))
+    missing = [p for p in report.errors if p.kind == "missing"]
+    assert (
+        len(missing) == 1
+        and missing[0].file.endswith("train800.txt")
+        and "split=select" in missing[0].message
+    )
+    assert check_dataset("vtab:eurosat", str(tmp_path), split="final").ok
+
+
+def test_unknown_dataset_name_lists_close_names(tmp_path):
+    with pytest.raises(VlpromptError, match="coop:OxfordPets"):
+        check_dataset("coop:OxfordPet", str(tmp_path))
