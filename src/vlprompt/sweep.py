@@ -409,30 +409,42 @@ def union(first: ImageDataset, second: ImageDataset, name: str) -> ImageDataset:
 
 
 def final_view(task: TaskData) -> TaskData:
-    """Train on train800val200 (the union of train and val, or the dataset's own trainval split), test on test;
-    no val split, so nothing is selected during the final training."""
-    trainval = task.meta.get("train800val200")
-    if not isinstance(trainval, ImageDataset):
-        if task.val is None:
-            raise DataError(f"Task '{task.name}' has no val split to join to train for the final VTAB stage.")
+    """Train on train800val200, test on test, with no val split (nothing is selected in the final training).
+
+    A task loaded as VTAB's final split (no val, ``meta["vtab_split"] == "final"``) already trains on
+    train800val200; otherwise train800val200 is the union of the task's train and val splits."""
+    if task.val is None and task.meta.get("vtab_split") == "final":
+        trainval = task.train
+    elif task.val is None:
+        raise DataError(f"Task '{task.name}' has no val split to join to train for the final VTAB stage.")
+    else:
         trainval = union(task.train, task.val, f"{task.train.name}+{task.val.name}")
-    meta = {k: v for k, v in task.meta.items() if k != "train800val200"}
-    return TaskData(task.name, task.labels, trainval, task.test, None, {**meta, "vtab_stage": "final"})
+    return TaskData(task.name, task.labels, trainval, task.test, None, {**task.meta, "vtab_stage": "final"})
 
 
-def _stage_loader(view: Callable[[TaskData], TaskData]) -> Callable[..., TaskData]:
+def _is_vtab_format(name: str) -> bool:
+    return name == "vtab" or name.startswith("vtab:")
+
+
+def _stage_loader(stage: str, view: Callable[[TaskData], TaskData]) -> Callable[..., TaskData]:
     def load(root: str | None = None, source: str = "", options: dict | None = None) -> TaskData:
         if not source:
             raise ConfigError("dataset_options.source is empty: name the VTAB task's dataset.")
-        return view(load_dataset(source, root=root, **(options or {})))
+        options = dict(options or {})
+        if _is_vtab_format(source):
+            # The VTAB-1k reader picks the split files of a stage itself (select: train800/val200; final:
+            # train800val200).
+            options["split"] = stage
+        return view(load_dataset(source, root=root, **options))
 
     load.__doc__ = view.__doc__
     return load
 
 
-for _name, _view in ((VTAB_SELECT_DATASET, selection_view), (VTAB_FINAL_DATASET, final_view)):
+for _name, _stage, _view in ((VTAB_SELECT_DATASET, "select", selection_view),
+                             (VTAB_FINAL_DATASET, "final", final_view)):
     if _name not in DATASETS:
-        register_dataset(_name)(_stage_loader(_view))
+        register_dataset(_name)(_stage_loader(_stage, _view))
 
 
 def select_best(specs: list[RunSpec], out_dir: Path) -> dict[str, RunSpec | None]:
@@ -498,8 +510,9 @@ def execute_run(folder: str | Path) -> bool:
         run["index_dir"] = run["index_dir"] or str(folder.parent.parent / INDEX_DIR)
         run_experiment(run_config_from_dict({**run, "out": str(folder)}))
     except Exception as error:  # a failed run is recorded and must not stop the sweep
-        detail = str(error) if isinstance(error, VlpromptError) else traceback.format_exc()
-        atomic_write_text(error_path, f"{type(error).__name__}: {detail}\n")
+        # First line: what went wrong (the sweep summary shows it); then the traceback for anything unexpected.
+        detail = "" if isinstance(error, VlpromptError) else "\n" + traceback.format_exc()
+        atomic_write_text(error_path, f"{type(error).__name__}: {' '.join(str(error).split())}\n{detail}")
         log.error("run %s failed: %s", folder.name, str(error).splitlines()[0] if str(error) else type(error).__name__)
         return False
     return True

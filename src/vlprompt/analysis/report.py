@@ -15,7 +15,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
@@ -319,12 +318,12 @@ def shift_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[T
 
 
 def vtab_task_groups() -> dict[str, str]:
-    """VTAB-1k task name -> group (natural / specialized / structured), read from the formats package's data."""
+    """VTAB-1k task name -> group (natural / specialized / structured), from the formats package's task table."""
     try:
-        text = resources.files("vlprompt.data.formats").joinpath("vtab_tasks.json").read_text(encoding="utf-8")
-    except (FileNotFoundError, ModuleNotFoundError):
+        from vlprompt.data.formats.vtab import vtab_tasks
+    except ImportError:
         return {}
-    return {name: entry["group"] for name, entry in json.loads(text).items() if isinstance(entry, dict)}
+    return {name: spec["group"] for name, spec in vtab_tasks().items()}
 
 
 def _task_name(dataset: str) -> str:
