@@ -428,6 +428,7 @@ def structural_problems(parsed: ParsedDataset, check_files: bool = True) -> list
 
 
 def _empty_class_problems(parsed: ParsedDataset) -> list[Problem]:
+    """One problem per split naming its classes without images (VTAB's small splits would give hundreds)."""
     problems: list[Problem] = []
     train = parsed.roles.get("train")
     file = str(parsed.class_source) if parsed.class_source is not None else str(parsed.root)
@@ -440,16 +441,13 @@ def _empty_class_problems(parsed: ParsedDataset) -> list[Problem]:
             continue
         severity = parsed.empty_class_severity if split == train else WARNING
         split_file = str(data.file) if data.file is not None else file
-        for label in empty:
-            problems.append(
-                Problem(
-                    split_file,
-                    None,
-                    f"class {label} ('{parsed.classnames[label]}') has no images in {split}",
-                    "empty_class",
-                    severity,
-                )
-            )
+        named = [f"{label} ('{parsed.classnames[label]}')" for label in empty]
+        if len(named) == 1:
+            message = f"class {named[0]} has no images in {split}"
+        else:
+            more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+            message = f"{len(named)} classes have no images in {split}: {', '.join(named[:10])}{more}"
+        problems.append(Problem(split_file, None, message, "empty_class", severity))
     return problems
 
 
