@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -113,24 +115,24 @@ def _features(output):
 
 
 # ----- text towers: plain path -----
+@functools.lru_cache(maxsize=1)
 def _open_clip_models():
-    """(backbone, the library's encode_text) for every open_clip text layout and pooling variant."""
-    cases = []
-    clip = tiny.tiny_open_clip(seed=0)
-    cases.append(("clip", clip))
+    """(name, frozen backbone) for every open_clip text layout and pooling variant."""
+    cases = [("clip", tiny.tiny_open_clip(seed=0).freeze())]
     for name, options in [
         ("custom_argmax", {}),
         ("custom_eos", {"pool_type": "eos", "eos_id": 49407}),
         ("custom_first", {"pool_type": "first"}),
         ("custom_last", {"pool_type": "last"}),
         ("custom_cls_emb", {"embed_cls": True}),
-        ("custom_no_causal_pad", {"no_causal_mask": True}),
+        ("custom_no_causal", {"no_causal_mask": True}),
+        ("custom_blocks", {"qk_norm": True}),
     ]:
-        cases.append((name, tiny.tiny_open_clip_custom_text(seed=0, **options)))
+        cases.append((name, tiny.tiny_open_clip_custom_text(seed=0, **options).freeze()))
     return cases
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_open_clip_text_equals_encode_text(case):
     name, backbone = _open_clip_models()[case]
     text = backbone.text
@@ -166,15 +168,17 @@ def test_hf_tokenizer_matches_open_clip_ids():
 
 
 # ----- text towers: fast paths -----
+@functools.lru_cache(maxsize=1)
 def _fast_text_towers():
+    """Built once per session and frozen: the tests only read them."""
     return [
-        ("open_clip", tiny.tiny_open_clip(seed=0).text),
-        ("custom_text", tiny.tiny_open_clip_custom_text(seed=0).text),
-        ("custom_eos", tiny.tiny_open_clip_custom_text(seed=0, pool_type="eos", eos_id=49407).text),
-        ("custom_blocks", tiny.tiny_open_clip_custom_text(seed=0, qk_norm=True).text),
-        ("custom_cls_emb", tiny.tiny_open_clip_custom_text(seed=0, embed_cls=True).text),
-        ("hf", tiny.tiny_hf_clip(seed=0).text),
-        ("hf_legacy_eos", tiny.tiny_hf_clip(seed=0, eos_token_id=2).text),
+        ("open_clip", tiny.tiny_open_clip(seed=0).freeze().text),
+        ("custom_text", tiny.tiny_open_clip_custom_text(seed=0).freeze().text),
+        ("custom_eos", tiny.tiny_open_clip_custom_text(seed=0, pool_type="eos", eos_id=49407).freeze().text),
+        ("custom_blocks", tiny.tiny_open_clip_custom_text(seed=0, qk_norm=True).freeze().text),
+        ("custom_cls_emb", tiny.tiny_open_clip_custom_text(seed=0, embed_cls=True).freeze().text),
+        ("hf", tiny.tiny_hf_clip(seed=0).freeze().text),
+        ("hf_legacy_eos", tiny.tiny_hf_clip(seed=0, eos_token_id=2).freeze().text),
     ]
 
 
@@ -255,3 +259,34 @@ def test_backbone_freeze_and_feature_dims(tiny_clip):
     assert text_features.shape == (2, backbone.text.feature_dim)
     assert backbone.visual.feature_dim == backbone.text.feature_dim
     assert backbone.preprocess.image_size == tiny.TINY_IMAGE_SIZE
+
+
+def test_timm_refuses_readouts_it_cannot_split():
+    import timm
+
+    from vlprompt.backbones.timm_vit import wrap_timm_vit
+    from vlprompt.errors import VlpromptError
+
+    small = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    with pytest.raises(VlpromptError, match="attention head"):
+        wrap_timm_vit(timm.create_model("vit_tiny_patch16_224", global_pool="map", **small), "map")
+    with pytest.raises(VlpromptError, match="distilled"):
+        wrap_timm_vit(timm.create_model("deit_tiny_distilled_patch16_224", **small), "deit")
+    with pytest.raises(VlpromptError, match="not a VisionTransformer"):
+        wrap_timm_vit(timm.create_model("resnet18"), "resnet")
+
+
+def test_open_clip_refuses_attentional_pool():
+    import open_clip
+
+    from vlprompt.backbones.open_clip import OpenClipVisionTower
+    from vlprompt.errors import VlpromptError
+
+    visual = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16,
+                    "attentional_pool": True, "attn_pooler_queries": 4, "attn_pooler_heads": 2},
+        text_cfg={"width": 32, "heads": 2, "layers": 1, "vocab_size": 100, "context_length": 8},
+    ).visual
+    with pytest.raises(VlpromptError, match="attentional pooler"):
+        OpenClipVisionTower(visual)

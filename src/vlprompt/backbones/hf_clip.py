@@ -67,7 +67,7 @@ class HFClipTextTower(CausalTextTower):
         self.text_projection = model.text_projection
         self.tokenizer = tokenizer
         config = model.config.text_config
-        self.eos_token_id = int(config.eos_token_id)
+        self.eos_token_id = int(config.eos_token_id if config.eos_token_id is not None else 2)
         self.width = int(config.hidden_size)
         self.context_length = int(config.max_position_embeddings)
         self.feature_dim = int(self.text_projection.out_features)

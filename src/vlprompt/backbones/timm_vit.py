@@ -52,6 +52,11 @@ class TimmVisionTower(VisionTower):
                 "out per token. Create it with global_pool='token' or 'avg' (timm.create_model(..., "
                 "global_pool='avg')), or pick a ViT without a MAP head."
             )
+        if getattr(model, "dist_token", None) is not None:
+            raise VlpromptError(
+                "This timm ViT is a distilled DeiT (class + distillation token, averaged heads); vlprompt reads out "
+                "one class token. Use the non-distilled variant (e.g. 'deit_base_patch16_224')."
+            )
         if pooling is None:
             if model.global_pool not in _TIMM_POOLS:
                 raise VlpromptError(
