@@ -33,7 +33,8 @@ def test_coop_templates_and_folders_are_data():
     from vlprompt.data.formats.coop import coop_datasets
 
     specs = coop_datasets()
-    assert len(specs) == 11
+    few_shot = [name for name, spec in specs.items() if "variant_of" not in spec]
+    assert len(few_shot) == 11 and len(specs) == 15
     assert specs["DTD"]["template"] == "{} texture."
     assert specs["EuroSAT"]["template"] == "a centered satellite photo of {}."
     assert specs["Flowers102"]["split_file"] == "split_zhou_OxfordFlowers.json"
@@ -259,5 +260,26 @@ def test_imagenet_flat_val_folder_is_explained(tmp_path):
     (folder / "classnames.txt").write_text("n01000001 tench\n")
     write_image(folder / "images" / "train" / "n01000001" / "a.JPEG")
     write_image(folder / "images" / "val" / "ILSVRC2012_val_00000001.JPEG")
-    with pytest.raises(DataError, match="one folder per wnid"):
+    with pytest.raises(DataError, match="one folder per class"):
         load_dataset("coop:ImageNet", str(tmp_path))
+
+
+def test_imagenet_variants_are_test_only_targets(tmp_path):
+    names = "n01000001 tench\nn02000002 goldfish\nn03000003 shark\n"
+    rendition = tmp_path / "imagenet-rendition"
+    rendition.mkdir()
+    (rendition / "classnames.txt").write_text(names)
+    for wnid in ("n03000003", "n01000001"):  # ImageNet-R holds a subset of the classes
+        write_image(rendition / "imagenet-r" / wnid / "art_0.jpg")
+    task = load_dataset("coop:ImageNetR", str(tmp_path))
+    assert task.labels.classnames == ["tench", "shark"] and task.meta["wnids"] == ["n01000001", "n03000003"]
+    assert len(task.train) == 0 and task.meta["test_only"] and task.test.labels == [0, 1]
+
+    v2 = tmp_path / "imagenetv2"
+    v2.mkdir()
+    (v2 / "classnames.txt").write_text(names)
+    for index in range(3):
+        write_image(v2 / "imagenetv2-matched-frequency-format-val" / str(index) / "a.jpeg")
+    task = load_dataset("coop:ImageNetV2", str(tmp_path))
+    assert task.labels.classnames == ["tench", "goldfish", "shark"]
+    assert task.test.sources == ["0/a.jpeg", "1/a.jpeg", "2/a.jpeg"] and task.test.labels == [0, 1, 2]

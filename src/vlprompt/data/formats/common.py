@@ -80,7 +80,8 @@ class ParsedDataset:
 
     ``splits`` holds every split the format defines (VTAB has four files); ``roles`` says which of them serve as
     train / val / test for this load. ``empty_class_severity`` is "warning" where the protocol itself leaves classes
-    without training images (VTAB-1k's 800 images over up to 397 classes).
+    without training images (VTAB-1k's 800 images over up to 397 classes). ``test_only`` datasets (domain-shift
+    targets) have no train split: their TaskData gets an empty train set and ``meta["test_only"] = True``.
     """
 
     name: str
@@ -95,6 +96,7 @@ class ParsedDataset:
     meta: dict = field(default_factory=dict)
     empty_class_severity: str = ERROR
     class_source: Path | None = None
+    test_only: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -160,9 +162,10 @@ def display_path(path: str | Path, root: str | Path | None = None) -> str:
     if root is None:
         return str(path)
     try:
-        return str(Path(path).relative_to(Path(root)))
+        relative = Path(path).relative_to(Path(root))
     except ValueError:
         return str(path)
+    return str(path) if relative == Path(".") else str(relative)
 
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:/")
@@ -512,7 +515,7 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
     """
     missing_roles = [
         Problem(str(parsed.root), None, f"no {role} split was found ({parsed.roles[role]})", "missing")
-        for role in ("train", "test")
+        for role in (("test",) if parsed.test_only else ("train", "test"))
         if role not in parsed.roles or parsed.roles[role] not in parsed.splits
     ]
     already_refused = any(p.severity == ERROR for p in parsed.problems)
@@ -540,6 +543,9 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
         "checksums": {role: split_checksum(d.sources, d.labels) for role, d in datasets.items()},
         **parsed.meta,
     }
+    if parsed.test_only:
+        datasets["train"] = ImageDataset([], [], loader, name=f"{parsed.name}/train")
+        meta["test_only"] = True
     return TaskData(
         name=parsed.name,
         labels=LabelSpace(list(parsed.classnames), list(parsed.templates)),

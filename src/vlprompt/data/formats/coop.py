@@ -3,7 +3,9 @@
 A split file is ``{"train": [[relpath, label, classname], ...], "val": [...], "test": [...]}`` with paths relative
 to the dataset's image folder. ImageNet (classnames.txt + images/{train,val}/<wnid>/) and FGVCAircraft
 (variants.txt + images_variant_{train,val,test}.txt) are read from their own files when no split file is there.
-Folder names, image folders, split file names and templates are data: ``coop_datasets.json``.
+ImageNetV2 / -Sketch / -A / -R are test-only domain-shift targets laid out as CoOp asks (ImageNet's classnames.txt
+in their folder, one image folder per class). Folder names, image folders, split file names and templates are
+data: ``coop_datasets.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class CoopOptions:
 
 def expected_layout(dataset: str) -> str:
     spec = coop_datasets()[dataset]
+    if "variant_of" in spec:
+        named = "<class index>" if spec["class_folders"] == "index" else "<wnid>"
+        return (
+            f"<root>/{spec['folder']}/classnames.txt (ImageNet's) with images under "
+            f"<root>/{spec['folder']}/{spec['image_dir']}/{named}/"
+        )
     images = spec["image_dir"] or "<image folders>"
     layout = (
         f"<root>/{spec['folder']}/{spec['split_file']} with images under <root>/{spec['folder']}/{images}/"
@@ -65,7 +73,7 @@ def expected_layout(dataset: str) -> str:
 def _dataset_folder(root: Path, dataset: str) -> Path:
     """``<root>/<folder>`` as CoOp expects, or ``root`` itself when it already is the dataset folder."""
     spec = coop_datasets()[dataset]
-    markers = [spec["split_file"], spec.get("classnames_file", spec["split_file"])]
+    markers = [spec[key] for key in ("split_file", "classnames_file") if key in spec]
     candidate = root / spec["folder"]
     if candidate.is_dir():
         return candidate
@@ -81,6 +89,10 @@ def parse_coop(root: Path, options: CoopOptions) -> ParsedDataset:
     dataset = options.dataset
     spec = coop_datasets()[dataset]
     folder = _dataset_folder(root, dataset)
+    if "variant_of" in spec:
+        parsed = _parse_imagenet_variant(folder, dataset, spec)
+        parsed.meta["coop_dataset"] = dataset
+        return parsed
     split_file = folder / spec["split_file"]
     if split_file.is_file():
         parsed = _parse_split_file(folder, split_file, dataset, spec)
@@ -207,10 +219,8 @@ def _classnames_from_labels(names_by_label: dict[int, tuple[str, int]]) -> list[
     return [names_by_label.get(label, (f"class_{label}", 0))[0] for label in range(max(names_by_label) + 1)]
 
 
-def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:
-    """classnames.txt ("<wnid> <name>" per line) + one image folder per wnid under images/train and images/val."""
-    problems: list[Problem] = []
-    names_file = folder / spec["classnames_file"]
+def _read_wnids(names_file: Path, problems: list[Problem]) -> dict[str, tuple[str, int]]:
+    """ImageNet's classnames.txt: '<wnid> <class name>' per line -> {wnid: (name, line)} in file order."""
     wnids: dict[str, tuple[str, int]] = {}
     for number, text in read_text_lines(names_file, problems):
         parts = text.split(None, 1)
@@ -229,6 +239,48 @@ def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:
             )
             continue
         wnids[wnid] = (name.strip(), number)
+    return wnids
+
+
+def _class_folder_samples(
+    split_dir: Path, prefix: str, label_of: dict[str, int], names_file: Path, problems: list[Problem]
+) -> list[Sample]:
+    """Images in one folder per class under ``split_dir``; folder names map to labels through ``label_of``."""
+    loose = list_images(split_dir)
+    if loose:
+        problems.append(
+            Problem(
+                str(split_dir),
+                None,
+                f"{len(loose)} image(s) lie directly in {split_dir.name}/; images must sit in one folder per class "
+                "(sort ImageNet's official flat val set into wnid folders, as CoOp's instructions say)",
+                "format",
+            )
+        )
+    samples: list[Sample] = []
+    for class_dir in list_subfolders(split_dir):
+        label = label_of.get(class_dir.name)
+        if label is None:
+            problems.append(
+                Problem(
+                    str(class_dir),
+                    None,
+                    f"folder '{class_dir.name}' is not a class of {names_file.name}; its images are ignored",
+                    "classname",
+                    WARNING,
+                )
+            )
+            continue
+        samples += [Sample(f"{prefix}{class_dir.name}/{p.name}", label) for p in list_images(class_dir)]
+    return samples
+
+
+def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:
+    """classnames.txt + one image folder per wnid under images/train and images/val; labels in sorted wnid
+    order, as CoOp assigns them."""
+    problems: list[Problem] = []
+    names_file = folder / spec["classnames_file"]
+    wnids = _read_wnids(names_file, problems)
     order = sorted(wnids)
     label_of = {wnid: label for label, wnid in enumerate(order)}
     image_root = folder / spec["image_dir"] if (folder / spec["image_dir"]).is_dir() else folder
@@ -238,34 +290,7 @@ def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:
         if not split_dir.is_dir():
             problems.append(Problem(str(split_dir), None, f"the {split} image folder is missing", "missing"))
             continue
-        loose = list_images(split_dir)
-        if loose:
-            problems.append(
-                Problem(
-                    str(split_dir),
-                    None,
-                    f"{len(loose)} image(s) lie directly in {sub}/; ImageNet images must sit in one folder per "
-                    "wnid (sort the official flat val set into wnid folders, as CoOp's instructions say)",
-                    "format",
-                )
-            )
-        samples = []
-        for class_dir in list_subfolders(split_dir):
-            label = label_of.get(class_dir.name)
-            if label is None:
-                problems.append(
-                    Problem(
-                        str(class_dir),
-                        None,
-                        f"folder '{class_dir.name}' is not listed in {names_file.name}; "
-                        "its images are ignored",
-                        "classname",
-                        WARNING,
-                    )
-                )
-                continue
-            samples += [Sample(f"{sub}/{class_dir.name}/{p.name}", label) for p in list_images(class_dir)]
-        splits[split] = SplitData(samples)
+        splits[split] = SplitData(_class_folder_samples(split_dir, f"{sub}/", label_of, names_file, problems))
     return ParsedDataset(
         name="coop:ImageNet",
         format="coop-imagenet",
@@ -281,6 +306,41 @@ def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:
             "note": "ImageNet has no val split; CoOp's used the test set, which we never do",
         },
         class_source=names_file,
+    )
+
+
+def _parse_imagenet_variant(folder: Path, dataset: str, spec: dict) -> ParsedDataset:
+    """A test-only ImageNet domain-shift target. Class folders named by index (ImageNetV2: label i is line i of
+    classnames.txt) or by wnid (Sketch, A, R: labels over the wnid folders present, sorted, so ImageNet-A/R have
+    their 200 classes). ``meta["wnids"]`` maps each label to its wnid, for relating it to ImageNet's labels."""
+    problems: list[Problem] = []
+    names_file = folder / spec["classnames_file"]
+    wnids = _read_wnids(names_file, problems)
+    image_root = folder / spec["image_dir"]
+    if not image_root.is_dir():
+        raise DataError(
+            f"coop:{dataset}: image folder '{image_root}' is missing. Expected {expected_layout(dataset)}."
+        )
+    if spec["class_folders"] == "index":
+        order = list(wnids)
+        label_of = {str(label): label for label in range(len(order))}
+    else:
+        order = [d.name for d in list_subfolders(image_root) if d.name in wnids]
+        label_of = {wnid: label for label, wnid in enumerate(order)}
+    samples = _class_folder_samples(image_root, "", label_of, names_file, problems)
+    return ParsedDataset(
+        name=f"coop:{dataset}",
+        format="coop-imagenet-variant",
+        root=folder,
+        image_root=image_root,
+        classnames=[wnids[wnid][0] for wnid in order],
+        splits={"test": SplitData(samples)},
+        roles={"test": "test"},
+        templates=[spec["template"]],
+        problems=problems,
+        meta={"wnids": order, "variant_of": spec["variant_of"]},
+        class_source=names_file,
+        test_only=True,
     )
 
 
