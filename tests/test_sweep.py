@@ -1,6 +1,7 @@
 """Sweeps: grid expansion and names, unknown keys, skip-finished, failures, resume, parallel == serial, VTAB
 selection that never reads test. Runs use the tiny random-init timm ViT and a small synthetic colour dataset
 registered by a plugin module (the sweep's ``imports``), so worker processes see it too."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,11 @@ from vlprompt.sweep import (
     ERROR_NAME,
     RUNS_DIR,
     SELECTION_NAME,
+    SweepConfig,
     load_sweep_config,
     plan_sweep,
     run_sweep,
     selection_view,
-    SweepConfig,
 )
 
 PLUGIN = "vlprompt_sweeptest_plugin"
@@ -62,7 +63,8 @@ PLUGIN_SOURCE = textwrap.dedent('''
         for split, count in zip(("train", "val", "test"), per_class):
             sources = [f"{split}/{i}" for i in range(count * 4)]
             loader = ColourLoader(guard=guard_test and split == "test")
-            splits[split] = ImageDataset(sources, [i % 4 for i in range(count * 4)], loader, name=f"{name}:{split}")
+            labels = [i % 4 for i in range(count * 4)]
+            splits[split] = ImageDataset(sources, labels, loader, name=f"{name}:{split}")
         return TaskData(name, LabelSpace(list(NAMES)), splits["train"], splits["test"], splits["val"])
 
 
@@ -94,13 +96,23 @@ def plugin_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def plugin(plugin_dir, monkeypatch) -> Path:
     """The plugin importable here and in worker processes."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")]))
+    )
     return plugin_dir
 
 
 def _config(**values) -> SweepConfig:
-    base = {"name": "t", "backbone": "tiny:timm_vit", "imports": [PLUGIN], "methods": ["linear"],
-            "datasets": ["sweeptest:colours"], "shots": [1], "seeds": [1], "train": dict(TRAIN)}
+    base = {
+        "name": "t",
+        "backbone": "tiny:timm_vit",
+        "imports": [PLUGIN],
+        "methods": ["linear"],
+        "datasets": ["sweeptest:colours"],
+        "shots": [1],
+        "seeds": [1],
+        "train": dict(TRAIN),
+    }
     return build_config(SweepConfig, {**base, **values}, where="sweep")
 
 
@@ -112,7 +124,9 @@ def test_grid_expansion_names_and_hashes(plugin):
     config = _config(
         methods=["linear", {"name": "vpt-shallow", "grid": {"train.lr": [0.1, 0.01]}}],
         grid={"method_options.num_tokens": [2, 4]},
-        shots=[1, 2], seeds=[1, 2, 3], protocols=["fewshot", "base2new"],
+        shots=[1, 2],
+        seeds=[1, 2, 3],
+        protocols=["fewshot", "base2new"],
     )
     specs = plan_sweep(config)
     # linear has no num_tokens: 1 variant; vpt-shallow: 2 x 2 variants; x 2 shots x 3 seeds x 2 protocols.
@@ -120,14 +134,27 @@ def test_grid_expansion_names_and_hashes(plugin):
     names = [s.folder for s in specs]
     assert len(set(names)) == len(names)
     assert names == [s.folder for s in plan_sweep(config)]  # stable
-    vpt = [s for s in specs if s.run["method"] == "vpt-shallow" and s.run["seed"] == 2 and s.run["shots"] == 1
-           and s.protocol == "fewshot"]
+    vpt = [
+        s
+        for s in specs
+        if s.run["method"] == "vpt-shallow"
+        and s.run["seed"] == 2
+        and s.run["shots"] == 1
+        and s.protocol == "fewshot"
+    ]
     assert {(s.run["train"]["lr"], s.run["method_options"]["num_tokens"]) for s in vpt} == {
-        (0.1, 2), (0.01, 2), (0.1, 4), (0.01, 4)}
+        (0.1, 2),
+        (0.01, 2),
+        (0.1, 4),
+        (0.01, 4),
+    }
     name = next(s.folder for s in vpt if s.variant == "num_tokens=4,lr=0.01")
     assert name.startswith("fewshot__sweeptest_colours__vpt-shallow__num_tokens=4_lr=0.01__1shot__seed2__")
     assert all("num_tokens" not in s.run["method_options"] for s in specs if s.run["method"] == "linear")
-    assert next(s for s in vpt if s.variant == "num_tokens=4,lr=0.01").label == "vpt-shallow (num_tokens=4,lr=0.01)"
+    assert (
+        next(s for s in vpt if s.variant == "num_tokens=4,lr=0.01").label
+        == "vpt-shallow (num_tokens=4,lr=0.01)"
+    )
 
 
 def test_unknown_keys_name_the_key_and_the_file(plugin, tmp_path):
@@ -185,8 +212,10 @@ def test_interrupted_sweep_resumes_to_the_same_result(plugin, tmp_path, monkeypa
     monkeypatch.setattr(trainer_module.Trainer, "_save_resume", original)
     resumed = run_sweep(config, tmp_path / "resumed")
     assert resumed["ran"] == reference["ran"]
-    assert _results(tmp_path / "resumed")[folder.name][0]["accuracy"] == _results(
-        tmp_path / "reference")[folder.name][0]["accuracy"]
+    assert (
+        _results(tmp_path / "resumed")[folder.name][0]["accuracy"]
+        == _results(tmp_path / "reference")[folder.name][0]["accuracy"]
+    )
     ref = load_file(tmp_path / "reference" / RUNS_DIR / folder.name / "prompts.safetensors")
     got = load_file(folder / "prompts.safetensors")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -197,9 +226,15 @@ def test_parallel_workers_match_serial(plugin, tmp_path):
     config = _config(seeds=[1, 2])
     serial = run_sweep(config, tmp_path / "serial", workers=1)
     parallel = run_sweep(config, tmp_path / "parallel", workers=2)
-    assert sorted(serial["ran"]) == sorted(parallel["ran"]) and len(serial["ran"]) == 2 and not parallel["failed"]
+    assert (
+        sorted(serial["ran"]) == sorted(parallel["ran"])
+        and len(serial["ran"]) == 2
+        and not parallel["failed"]
+    )
     a, b = _results(tmp_path / "serial"), _results(tmp_path / "parallel")
-    assert {k: [r["accuracy"] for r in v] for k, v in a.items()} == {k: [r["accuracy"] for r in v] for k, v in b.items()}
+    assert {k: [r["accuracy"] for r in v] for k, v in a.items()} == {
+        k: [r["accuracy"] for r in v] for k, v in b.items()
+    }
     for name in serial["ran"]:
         ref = load_file(tmp_path / "serial" / RUNS_DIR / name / "prompts.safetensors")
         got = load_file(tmp_path / "parallel" / RUNS_DIR / name / "prompts.safetensors")
@@ -217,13 +252,19 @@ def test_selection_view_holds_no_test_split(plugin):
 
 
 def test_vtab_selection_never_reads_test(plugin, tmp_path, monkeypatch):
-    config = _config(datasets=["sweeptest:guarded"], protocols=["vtab"], grid={"train.lr": [0.5, 1e-4]},
-                     vtab={"select_seed": 1, "final_seeds": [1, 2]})
+    config = _config(
+        datasets=["sweeptest:guarded"],
+        protocols=["vtab"],
+        grid={"train.lr": [0.5, 1e-4]},
+        vtab={"select_seed": 1, "final_seeds": [1, 2]},
+    )
     # Reading any test image raises: the selection stage must complete anyway; only the final stage may fail.
     monkeypatch.setenv("SWEEPTEST_GUARD_TEST", "1")
     guarded = run_sweep(config, tmp_path)
     select = [n for n in guarded["ran"] if n.startswith("vtab-select")]
-    assert len(select) == 2 and not any(n.startswith("vtab-select") for n in (f["run"] for f in guarded["failed"]))
+    assert len(select) == 2 and not any(
+        n.startswith("vtab-select") for n in (f["run"] for f in guarded["failed"])
+    )
     assert len(guarded["failed"]) == 2 and all("test split read" in f["error"] for f in guarded["failed"])
     scores = {n: _results(tmp_path)[n][0]["accuracy"] for n in select}
     best = max(scores, key=scores.get)
@@ -250,7 +291,11 @@ def test_world_sweep_configs_plan_every_method():
     assert {s.run["method"] for s in specs} == set(list_methods())
     assert {s.protocol for s in specs} == {"fewshot", "base2new", "shift"}
     fewshot = [s for s in specs if s.protocol == "fewshot"]
-    assert {s.run["shots"] for s in fewshot} == {1, 2, 4, 8, 16} and {s.run["seed"] for s in fewshot} == {1, 2, 3}
+    assert {s.run["shots"] for s in fewshot} == {1, 2, 4, 8, 16} and {s.run["seed"] for s in fewshot} == {
+        1,
+        2,
+        3,
+    }
     quick = load_sweep_config(root / "world_quick.yaml")
     assert len({m.name for m in quick.method_entries}) == 2 and len(plan_sweep(quick)) > 0
 

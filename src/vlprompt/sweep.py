@@ -1,9 +1,9 @@
-"""Sweeps: a grid of runs (methods x datasets x protocols x shots x seeds x hyper-parameters), one folder each.
+"""Sweeps: a grid of runs (methods x datasets x protocols x shots x seeds x hyper-parameters), a folder each.
 
 A sweep is planned into ``RunSpec``s before anything trains. Every run gets a stable folder name (readable
 parts plus a short hash of its resolved RunConfig), so re-running a sweep skips the runs whose results.json
 exists and resumes the interrupted ones (the trainer's resume state lives in the run folder). Runs go one
-after another in this process (``workers=1``) or as separate processes (``python -m vlprompt.sweep RUN_FOLDER``),
+after another in this process (``workers=1``) or as separate processes (``python -m vlprompt.sweep FOLDER``),
 at most ``workers`` at once. A failing run writes ``error.txt`` in its folder and the others go on.
 
 VTAB-1k is a sweep-level protocol in two stages. *select*: every hyper-parameter combination trains on
@@ -11,6 +11,7 @@ train800 and is scored on val200, through a task view whose test split IS the va
 reference to the real test split (``selection_view``); the best combination is chosen from those scores
 only. *final*: the chosen combination trains on train800val200 and is tested on test, over several seeds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,17 +27,18 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from vlprompt.config_utils import build_config, check_choice
 from vlprompt.data.base import ImageDataset, TaskData
-from vlprompt.data.registry import load_dataset, register_dataset, DATASETS
+from vlprompt.data.registry import DATASETS, load_dataset, register_dataset
 from vlprompt.errors import ConfigError, DataError, VlpromptError
-from vlprompt.experiment import PROTOCOLS, RESULTS_NAME, RunConfig, run_config_from_dict
+from vlprompt.experiment import PROTOCOLS, RESULTS_NAME, run_config_from_dict
 from vlprompt.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
 from vlprompt.methods import import_all, list_methods
 from vlprompt.methods.base import METHODS
@@ -125,9 +127,13 @@ class SweepConfig:
         if isinstance(self.methods, str):
             self.methods = [self.methods]
         if not self.methods:
-            raise ConfigError("sweep.methods is empty: list method names (or 'all' for every registered method).")
+            raise ConfigError(
+                "sweep.methods is empty: list method names (or 'all' for every registered method)."
+            )
         if not self.datasets:
-            raise ConfigError("sweep.datasets is empty: list at least one dataset (a name or {dataset: ..., ...}).")
+            raise ConfigError(
+                "sweep.datasets is empty: list at least one dataset (a name or {dataset: ..., ...})."
+            )
         self.method_entries = [_method_entry(m, i) for i, m in enumerate(self.methods)]
         self.dataset_entries = [_dataset_entry(d, i) for i, d in enumerate(self.datasets)]
         self.vtab_config = build_config(VtabConfig, self.vtab, where="sweep.vtab")
@@ -146,21 +152,26 @@ def _import_plugin(module: str, where: str) -> None:
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as error:
-        raise ConfigError(f"{where}: cannot import module '{module}' ({error}). Check the name and that it is on "
-                          "PYTHONPATH.") from None
+        raise ConfigError(
+            f"{where}: cannot import module '{module}' ({error}). Check the name and that it is on "
+            "PYTHONPATH."
+        ) from None
 
 
 def _method_entry(value: Any, index: int) -> MethodEntry:
     where = f"sweep.methods[{index}]"
-    entry = build_config(MethodEntry, {"name": value} if isinstance(value, str) else _mapping(value, where), where)
+    entry = build_config(
+        MethodEntry, {"name": value} if isinstance(value, str) else _mapping(value, where), where
+    )
     METHODS.get(entry.name)
     return entry
 
 
 def _dataset_entry(value: Any, index: int) -> DatasetEntry:
     where = f"sweep.datasets[{index}]"
-    return build_config(DatasetEntry, {"dataset": value} if isinstance(value, str) else _mapping(value, where),
-                        where)
+    return build_config(
+        DatasetEntry, {"dataset": value} if isinstance(value, str) else _mapping(value, where), where
+    )
 
 
 def _mapping(value: Any, where: str) -> dict:
@@ -176,8 +187,10 @@ def _check_grid(grid: Any, where: str) -> None:
     for key, values in grid.items():
         root, _, rest = str(key).partition(".")
         if root not in GRID_ROOTS:
-            raise ConfigError(f"{where}: unknown key '{key}'; a grid key starts with one of {list(GRID_ROOTS)} "
-                              "(e.g. train.lr, method_options.num_tokens).")
+            raise ConfigError(
+                f"{where}: unknown key '{key}'; a grid key starts with one of {list(GRID_ROOTS)} "
+                "(e.g. train.lr, method_options.num_tokens)."
+            )
         if root == "backbone" and rest:
             raise ConfigError(f"{where}: '{key}': backbone takes no sub-field; write 'backbone'.")
         if root != "backbone" and not rest:
@@ -239,12 +252,16 @@ def run_hash(run: dict, stage: str) -> str:
 
 
 def run_folder_name(spec: RunSpec) -> str:
-    """Readable and stable: protocol, dataset, method, variant, shots, seed, then a hash of the whole config."""
+    """Readable and stable: protocol, dataset, method, variant, shots, seed, then a hash of the config."""
     run = spec.run
     dataset = run["dataset"]
     if spec.protocol == "vtab":
         dataset = run["dataset_options"]["source"]
-    parts = [spec.protocol if spec.stage == "run" else f"{spec.protocol}-{spec.stage}", dataset, run["method"]]
+    parts = [
+        spec.protocol if spec.stage == "run" else f"{spec.protocol}-{spec.stage}",
+        dataset,
+        run["method"],
+    ]
     if spec.variant:
         parts.append(spec.variant)
     if spec.protocol != "vtab":
@@ -318,27 +335,45 @@ def plan_sweep(config: SweepConfig) -> list[RunSpec]:
                     if protocol == "vtab":
                         # Variants compete in the selection: the table row is the method, not the variant.
                         row = method.label or method.name
-                        specs.append(_vtab_spec(base, "select", config.vtab_config.select_seed, variant, row, point))
+                        specs.append(
+                            _vtab_spec(base, "select", config.vtab_config.select_seed, variant, row, point)
+                        )
                         continue
                     for shots in entry.shots or config.shots:
                         for seed in entry.seeds or config.seeds:
-                            run = {**base, "protocol": protocol, "shots": shots, "seed": seed,
-                                   "targets": list(entry.targets) if protocol == "shift" else []}
-                            specs.append(RunSpec(run, "run", protocol, variant, _label(method, variant), point=point))
+                            run = {
+                                **base,
+                                "protocol": protocol,
+                                "shots": shots,
+                                "seed": seed,
+                                "targets": list(entry.targets) if protocol == "shift" else [],
+                            }
+                            specs.append(
+                                RunSpec(run, "run", protocol, variant, _label(method, variant), point=point)
+                            )
     seen: dict[str, RunSpec] = {}
     for spec in specs:
         _validate_run(spec)
         if spec.folder in seen:
-            raise ConfigError(f"The sweep plans the run '{spec.folder}' twice (the same method, dataset, protocol, "
-                              "shots, seed and options); remove the duplicate entry.")
+            raise ConfigError(
+                f"The sweep plans the run '{spec.folder}' twice (the same method, dataset, protocol, "
+                "shots, seed and options); remove the duplicate entry."
+            )
         seen[spec.folder] = spec
     return specs
 
 
 def _vtab_spec(base: dict, stage: str, seed: int, variant: str, label: str, point: dict) -> RunSpec:
     source = {"source": base["dataset"], "options": base["dataset_options"]}
-    run = {**base, "dataset": VTAB_SELECT_DATASET if stage == "select" else VTAB_FINAL_DATASET,
-           "dataset_options": source, "protocol": "fewshot", "shots": 0, "seed": seed, "targets": []}
+    run = {
+        **base,
+        "dataset": VTAB_SELECT_DATASET if stage == "select" else VTAB_FINAL_DATASET,
+        "dataset_options": source,
+        "protocol": "fewshot",
+        "shots": 0,
+        "seed": seed,
+        "targets": [],
+    }
     group = "|".join([base["dataset"], json.dumps(base["dataset_options"], sort_keys=True), label])
     return RunSpec(run, stage, "vtab", variant, label, group, point)
 
@@ -347,8 +382,9 @@ def _validate_run(spec: RunSpec) -> None:
     try:
         config = run_config_from_dict(spec.run)
         config.train_config()
-        build_config(METHODS.get(config.method).config_class, config.method_options,
-                     where=f"method '{config.method}'")
+        build_config(
+            METHODS.get(config.method).config_class, config.method_options, where=f"method '{config.method}'"
+        )
     except VlpromptError as error:
         raise type(error)(f"Run '{spec.folder}': {error}") from None
 
@@ -368,8 +404,10 @@ def incompatibility(spec: RunSpec) -> str | None:
     """Why a run cannot run on its backbone (a text method on an image-only backbone), or None."""
     method = METHODS.get(spec.run["method"])
     if method.needs_text_tower and not _has_text_tower(spec.run["backbone"]):
-        return (f"method '{spec.run['method']}' needs a text tower; backbone '{spec.run['backbone']}' has only an "
-                "image tower")
+        return (
+            f"method '{spec.run['method']}' needs a text tower; backbone '{spec.run['backbone']}' "
+            "has only an image tower"
+        )
     return None
 
 
@@ -380,8 +418,10 @@ def selection_view(task: TaskData) -> TaskData:
     """Train on train800, score on val200: the view's test split IS the val split, and the view keeps no
     reference to the real test split, so nothing trained or scored through it can read test."""
     if task.val is None:
-        raise DataError(f"Task '{task.name}' has no val split: VTAB selection scores on val200 and never on test. "
-                        "Give the dataset a val split (val200.txt for VTAB-1k).")
+        raise DataError(
+            f"Task '{task.name}' has no val split: VTAB selection scores on val200 and never on test. "
+            "Give the dataset a val split (val200.txt for VTAB-1k)."
+        )
     meta = {**task.meta, "vtab_stage": "select", "scored_split": task.val.name or "val"}
     return TaskData(task.name, task.labels, task.train, task.val, None, meta)
 
@@ -401,11 +441,19 @@ def union(first: ImageDataset, second: ImageDataset, name: str) -> ImageDataset:
     """train800 + val200 = train800val200 (ids kept; each item loaded by its own split's loader)."""
     duplicates = set(first.ids) & set(second.ids)
     if duplicates:
-        raise DataError(f"'{first.name}' and '{second.name}' share items (e.g. {sorted(duplicates)[0]!r}); "
-                        "train800 and val200 must be disjoint.")
+        raise DataError(
+            f"'{first.name}' and '{second.name}' share items (e.g. {min(duplicates)!r}); "
+            "train800 and val200 must be disjoint."
+        )
     sources = [(0, s) for s in first.sources] + [(1, s) for s in second.sources]
-    return ImageDataset(sources, first.labels + second.labels, _UnionLoader([first.load, second.load]),
-                        first.transform, name, first.ids + second.ids)
+    return ImageDataset(
+        sources,
+        first.labels + second.labels,
+        _UnionLoader([first.load, second.load]),
+        first.transform,
+        name,
+        first.ids + second.ids,
+    )
 
 
 def final_view(task: TaskData) -> TaskData:
@@ -441,8 +489,10 @@ def _stage_loader(stage: str, view: Callable[[TaskData], TaskData]) -> Callable[
     return load
 
 
-for _name, _stage, _view in ((VTAB_SELECT_DATASET, "select", selection_view),
-                             (VTAB_FINAL_DATASET, "final", final_view)):
+for _name, _stage, _view in (
+    (VTAB_SELECT_DATASET, "select", selection_view),
+    (VTAB_FINAL_DATASET, "final", final_view),
+):
     if _name not in DATASETS:
         register_dataset(_name)(_stage_loader(_stage, _view))
 
@@ -485,11 +535,20 @@ def final_specs(config: SweepConfig, chosen: dict[str, RunSpec | None]) -> list[
 def _write_spec(folder: Path, spec: RunSpec, config: SweepConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SPEC_NAME
-    atomic_write_json(path, {
-        "sweep": config.name, "stage": spec.stage, "protocol": spec.protocol, "variant": spec.variant,
-        "label": spec.label, "group": spec.group, "point": spec.point, "imports": list(config.imports),
-        "run": spec.run,
-    })
+    atomic_write_json(
+        path,
+        {
+            "sweep": config.name,
+            "stage": spec.stage,
+            "protocol": spec.protocol,
+            "variant": spec.variant,
+            "label": spec.label,
+            "group": spec.group,
+            "point": spec.point,
+            "imports": list(config.imports),
+            "run": spec.run,
+        },
+    )
     return path
 
 
@@ -509,11 +568,15 @@ def execute_run(folder: str | Path) -> bool:
         run.setdefault("index_dir", None)
         run["index_dir"] = run["index_dir"] or str(folder.parent.parent / INDEX_DIR)
         run_experiment(run_config_from_dict({**run, "out": str(folder)}))
-    except Exception as error:  # a failed run is recorded and must not stop the sweep
-        # First line: what went wrong (the sweep summary shows it); then the traceback for anything unexpected.
+    except Exception as error:  # noqa: BLE001 - any failure of one run is recorded and must not stop the sweep
+        # First line: what went wrong (the sweep summary shows it); then the traceback of anything unexpected.
         detail = "" if isinstance(error, VlpromptError) else "\n" + traceback.format_exc()
         atomic_write_text(error_path, f"{type(error).__name__}: {' '.join(str(error).split())}\n{detail}")
-        log.error("run %s failed: %s", folder.name, str(error).splitlines()[0] if str(error) else type(error).__name__)
+        log.error(
+            "run %s failed: %s",
+            folder.name,
+            str(error).splitlines()[0] if str(error) else type(error).__name__,
+        )
         return False
     return True
 
@@ -535,30 +598,35 @@ def _run_all(folders: list[Path], workers: int) -> dict[str, bool]:
             outcome[folder.name] = execute_run(folder)
         return outcome
     pending = list(folders)
-    running: dict[subprocess.Popen, tuple[Path, Any]] = {}
+    running: dict[subprocess.Popen, Path] = {}
     env = _worker_env(workers)
     try:
         while pending or running:
             while pending and len(running) < workers:
                 folder = pending.pop(0)
                 log.info("sweep: starting %s", folder.name)
-                handle = open(folder / LOG_NAME, "w", encoding="utf-8")
-                process = subprocess.Popen([sys.executable, "-m", "vlprompt.sweep", str(folder)], stdout=handle,
-                                           stderr=subprocess.STDOUT, env=env)
-                running[process] = (folder, handle)
+                # The child writes to its own copy of the log's file descriptor.
+                with open(folder / LOG_NAME, "w", encoding="utf-8") as handle:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "vlprompt.sweep", str(folder)],
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                running[process] = folder
             time.sleep(0.1)
             for process in [p for p in running if p.poll() is not None]:
-                folder, handle = running.pop(process)
-                handle.close()
+                folder = running.pop(process)
                 outcome[folder.name] = process.returncode == 0 and (folder / RESULTS_NAME).exists()
                 if not outcome[folder.name] and not (folder / ERROR_NAME).exists():
-                    atomic_write_text(folder / ERROR_NAME, f"worker exited with status {process.returncode}; see "
-                                      f"{LOG_NAME}\n")
+                    atomic_write_text(
+                        folder / ERROR_NAME,
+                        f"worker exited with status {process.returncode}; see {LOG_NAME}\n",
+                    )
     finally:
-        for process, (folder, handle) in running.items():
+        for process in running:
             process.terminate()
             process.wait()
-            handle.close()
     return outcome
 
 
@@ -592,22 +660,41 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, workers: int = 1) -> dic
     started = time.perf_counter()
     specs = plan_sweep(config)
     runs_dir = out / RUNS_DIR
-    summary: dict = {"sweep": config.name, "out_dir": str(out), "workers": workers, "planned": 0,
-                     "finished_before": [], "ran": [], "failed": [], "skipped": []}
+    summary: dict = {
+        "sweep": config.name,
+        "out_dir": str(out),
+        "workers": workers,
+        "planned": 0,
+        "finished_before": [],
+        "ran": [],
+        "failed": [],
+        "skipped": [],
+    }
     _execute(specs, config, runs_dir, workers, summary)
     if any(spec.stage == "select" for spec in specs):
         chosen = select_best(specs, out)
-        atomic_write_json(out / SELECTION_NAME, {
-            group: None if best is None else {"folder": best.folder, "variant": best.variant, "point": best.point}
-            for group, best in chosen.items()
-        })
+        atomic_write_json(
+            out / SELECTION_NAME,
+            {
+                group: None
+                if best is None
+                else {"folder": best.folder, "variant": best.variant, "point": best.point}
+                for group, best in chosen.items()
+            },
+        )
         summary["vtab_selection"] = {g: (b.variant or "(no grid)") if b else None for g, b in chosen.items()}
         _execute(final_specs(config, chosen), config, runs_dir, workers, summary)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / SUMMARY_NAME, summary)
-    log.info("sweep %s: %d planned, %d ran, %d already done, %d failed, %d skipped", config.name,
-             summary["planned"], len(summary["ran"]), len(summary["finished_before"]), len(summary["failed"]),
-             len(summary["skipped"]))
+    log.info(
+        "sweep %s: %d planned, %d ran, %d already done, %d failed, %d skipped",
+        config.name,
+        summary["planned"],
+        len(summary["ran"]),
+        len(summary["finished_before"]),
+        len(summary["failed"]),
+        len(summary["skipped"]),
+    )
     return summary
 
 

@@ -1,15 +1,17 @@
 """PNG plots for reports: accuracy vs shots, base/new/HM bars, NMI per block over training.
 
-Figures are built as ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, so plotting never touches
-pyplot's global state or needs a display.
+Figures are ``matplotlib.figure.Figure`` objects drawn by the Agg canvas, so plotting never touches pyplot's
+global state or needs a display.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -27,13 +29,13 @@ DPI = 120
 def _save(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    figure.savefig(path, dpi=DPI)
     return path
 
 
 def plot_accuracy_vs_shots(series: dict[str, list[tuple[int, float, float]]], title: str, path: Path) -> Path:
     """One line per method: (shots, mean, std) points, shots on a log2 axis, std as error bars."""
-    figure = Figure(figsize=(6.4, 4.2))
+    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
     axes = figure.add_subplot()
     for label, points in sorted(series.items()):
         points = sorted(p for p in points if p[1] is not None)
@@ -52,10 +54,11 @@ def plot_accuracy_vs_shots(series: dict[str, list[tuple[int, float, float]]], ti
     return _save(figure, path)
 
 
-def plot_base_new_bars(rows: list[tuple[str, float | None, float | None, float | None]], title: str,
-                       path: Path) -> Path:
+def plot_base_new_bars(
+    rows: list[tuple[str, float | None, float | None, float | None]], title: str, path: Path
+) -> Path:
     """Grouped bars per method: Base, New, HM (a missing value draws no bar)."""
-    figure = Figure(figsize=(max(6.4, 0.9 * len(rows) + 2), 4.2))
+    figure = Figure(figsize=(max(6.4, 0.9 * len(rows) + 2), 4.2), layout="constrained")
     axes = figure.add_subplot()
     width = 0.27
     for offset, (name, index) in zip((-width, 0.0, width), (("Base", 1), ("New", 2), ("HM", 3))):
@@ -82,8 +85,10 @@ def read_nmi(folder: Path) -> dict[int, list[tuple[int, float]]]:
         except json.JSONDecodeError:
             continue  # a line cut by a kill: the rest of the file is still good
         for key, value in record.items():
-            if key.startswith(NMI_PREFIX) and key[len(NMI_PREFIX):].isdigit():
-                by_block.setdefault(int(key[len(NMI_PREFIX):]), {})[int(record.get("step", 0))] = float(value)
+            if key.startswith(NMI_PREFIX) and key[len(NMI_PREFIX) :].isdigit():
+                by_block.setdefault(int(key[len(NMI_PREFIX) :]), {})[int(record.get("step", 0))] = float(
+                    value
+                )
     return {block: sorted(steps.items()) for block, steps in by_block.items()}
 
 
@@ -92,7 +97,7 @@ def plot_nmi(curves: dict[str, list[dict[int, list[tuple[int, float]]]]], title:
     blocks = sorted({b for runs in curves.values() for run in runs for b in run})
     columns = min(4, len(blocks))
     rows = math.ceil(len(blocks) / columns)
-    figure = Figure(figsize=(3.2 * columns, 2.6 * rows))
+    figure = Figure(figsize=(3.2 * columns, 2.6 * rows), layout="constrained")
     for position, block in enumerate(blocks):
         axes = figure.add_subplot(rows, columns, position + 1)
         for label, runs in sorted(curves.items()):
@@ -114,17 +119,25 @@ def plot_nmi(curves: dict[str, list[dict[int, list[tuple[int, float]]]]], title:
     return _save(figure, path)
 
 
-def write_plots(tables: Iterable["Table"], runs: Iterable["RunRecord"], out: Path) -> list[tuple[str, Path]]:
+def write_plots(tables: Iterable[Table], runs: Iterable[RunRecord], out: Path) -> list[tuple[str, Path]]:
     """Every plot a report shows: (table slug or "nmi", png path)."""
     written: list[tuple[str, Path]] = []
     for table in tables:
         if table.kind == "fewshot":
-            series = {row.label: [(int(c), row.cells[c].mean, row.cells[c].std) for c in table.columns
-                                  if c in row.cells] for row in table.rows}
-            written.append((table.slug, plot_accuracy_vs_shots(series, table.title, out / f"{table.slug}.png")))
+            series = {
+                row.label: [
+                    (int(c), row.cells[c].mean, row.cells[c].std) for c in table.columns if c in row.cells
+                ]
+                for row in table.rows
+            }
+            written.append(
+                (table.slug, plot_accuracy_vs_shots(series, table.title, out / f"{table.slug}.png"))
+            )
         elif table.kind == "base2new":
-            bars = [(row.label, *(row.cells[c].mean if c in row.cells else None for c in ("Base", "New", "HM")))
-                    for row in table.rows]
+            bars = [
+                (row.label, *(row.cells[c].mean if c in row.cells else None for c in ("Base", "New", "HM")))
+                for row in table.rows
+            ]
             written.append((table.slug, plot_base_new_bars(bars, table.title, out / f"{table.slug}.png")))
     groups: dict[tuple, dict[str, list]] = {}
     seen: set[str] = set()
@@ -137,7 +150,9 @@ def write_plots(tables: Iterable["Table"], runs: Iterable["RunRecord"], out: Pat
             key = (run.record.get("dataset", "?"), run.record.get("shots"), run.backbone)
             groups.setdefault(key, {}).setdefault(run.label, []).append(curves)
     for (dataset, shots, backbone), curves in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"nmi_{dataset}_{shots}shot_{backbone}")
+        name = "".join(
+            c if c.isalnum() or c in "-_." else "_" for c in f"nmi_{dataset}_{shots}shot_{backbone}"
+        )
         title = f"NMI per block over training: {dataset}, {shots} shots ({backbone})"
         written.append(("nmi", plot_nmi(curves, title, out / f"{name}.png")))
     return written

@@ -1,12 +1,13 @@
 """Result tables from run folders: few-shot, base-to-new, domain shift and VTAB, as markdown and CSV.
 
-Every run folder holds results.json (records), config.json (resolved config, library version, backbone id) and,
-for sweep runs, sweep.json (stage, variant, table label). Numbers are mean +- sample std over seeds, in percent;
+Every run folder holds results.json (records), config.json (resolved config, library version, backbone id)
+and, for sweep runs, sweep.json (stage, variant, table label). Numbers are mean +- sample std over seeds (%);
 each table's CSV lists the run folders behind every row, and trace.csv maps each number to its folders.
 
 Base-to-new HM is the harmonic mean of the AVERAGED base and new accuracies (not the mean of per-seed HMs).
 A table whose runs come from different backbones is an error (or one table per backbone on request).
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,9 +15,9 @@ import io
 import json
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from vlprompt.errors import VlpromptError
 from vlprompt.io_utils import atomic_write_text, check_writable_dir
@@ -56,7 +57,9 @@ def _read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise VlpromptError(f"Cannot read '{path}' ({error}); re-run that run or remove its folder.") from None
+        raise VlpromptError(
+            f"Cannot read '{path}' ({error}); re-run that run or remove its folder."
+        ) from None
 
 
 def load_runs(runs_dir: str | Path) -> list[RunRecord]:
@@ -76,18 +79,22 @@ def load_runs(runs_dir: str | Path) -> list[RunRecord]:
         if not config:
             log.warning("%s has no %s: its numbers cannot be traced to a resolved config", name, CONFIG_NAME)
         for record in results:
-            records.append(RunRecord(
-                folder=name,
-                path=folder,
-                record=record,
-                backbone=str(config.get("backbone_id") or record.get("backbone")),
-                label=str(spec.get("label") or record.get("method")),
-                stage=str(spec.get("stage", "run")),
-                variant=str(spec.get("variant", "")),
-            ))
+            records.append(
+                RunRecord(
+                    folder=name,
+                    path=folder,
+                    record=record,
+                    backbone=str(config.get("backbone_id") or record.get("backbone")),
+                    label=str(spec.get("label") or record.get("method")),
+                    stage=str(spec.get("stage", "run")),
+                    variant=str(spec.get("variant", "")),
+                )
+            )
     if not records:
-        raise VlpromptError(f"No run results under '{root}': no folder there holds a {RESULTS_NAME}. Point the "
-                            "report at a sweep's output folder or at a folder of run folders.")
+        raise VlpromptError(
+            f"No run results under '{root}': no folder there holds a {RESULTS_NAME}. Point the "
+            "report at a sweep's output folder or at a folder of run folders."
+        )
     return records
 
 
@@ -186,7 +193,9 @@ def _strip_part(dataset: str) -> str:
     return dataset
 
 
-def _group_by_backbone(key: tuple, runs: list[RunRecord], split_backbones: bool) -> dict[str, list[RunRecord]]:
+def _group_by_backbone(
+    key: tuple, runs: list[RunRecord], split_backbones: bool
+) -> dict[str, list[RunRecord]]:
     by_backbone: dict[str, list[RunRecord]] = {}
     for run in runs:
         by_backbone.setdefault(run.backbone, []).append(run)
@@ -198,8 +207,9 @@ def _group_by_backbone(key: tuple, runs: list[RunRecord], split_backbones: bool)
         )
         raise VlpromptError(
             f"The {key[0]} table for {'/'.join(str(k) for k in key[1:])} mixes runs of different backbones: "
-            f"{listing}. Numbers from different backbones do not belong in one table: report each backbone's runs "
-            "from its own folder, or pass split_backbones (--split-backbones) for one table per backbone."
+            f"{listing}. Numbers from different backbones do not belong in one table: report each "
+            "backbone's runs from its own folder, or pass split_backbones (--split-backbones) for one table "
+            "per backbone."
         )
     return by_backbone
 
@@ -210,8 +220,9 @@ def _add(cells: dict, column: str, run: RunRecord, table_name: str, row: str) ->
     if seed in cell.seeds:
         other = cell.folders[cell.seeds.index(seed)]
         raise VlpromptError(
-            f"Two runs give the same number for table '{table_name}', row '{row}', column '{column}', seed {seed}: "
-            f"'{other}' and '{run.folder}'. Remove one of them (or give their sweeps different labels)."
+            f"Two runs give the same number for table '{table_name}', row '{row}', column '{column}', "
+            f"seed {seed}: '{other}' and '{run.folder}'. Remove one of them (or give their sweeps different "
+            "labels)."
         )
     # A missing accuracy (e.g. New for a class-tied head) still traces to its folder but adds no value.
     if run.accuracy is not None:
@@ -224,13 +235,17 @@ def _rows(grouped: dict[str, dict]) -> list[Row]:
     return [Row(label, cells) for label, cells in sorted(grouped.items())]
 
 
-def _tables_for(kind: str, runs: list[RunRecord], key_of, split_backbones: bool) -> dict[tuple, dict[str, list]]:
+def _tables_for(
+    kind: str, runs: list[RunRecord], key_of, split_backbones: bool
+) -> dict[tuple, dict[str, list]]:
     """Group runs by table key, then by backbone (checked)."""
     keyed: dict[tuple, list[RunRecord]] = {}
     for run in runs:
         keyed.setdefault((kind, *key_of(run)), []).append(run)
-    return {key: _group_by_backbone(key, group, split_backbones) for key, group in sorted(keyed.items(),
-                                                                                          key=lambda kv: str(kv[0]))}
+    return {
+        key: _group_by_backbone(key, group, split_backbones)
+        for key, group in sorted(keyed.items(), key=lambda kv: str(kv[0]))
+    }
 
 
 def _table_name(key: tuple, backbone: str, multi: bool) -> tuple[str, str]:
@@ -241,18 +256,32 @@ def _table_name(key: tuple, backbone: str, multi: bool) -> tuple[str, str]:
 
 def fewshot_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[Table]:
     """Rows: methods; columns: shots; mean ± std over seeds of test accuracy."""
-    chosen = [r for r in runs if r.record.get("protocol") == "fewshot" and r.record.get("split") == "test"
-              and r.stage == "run"]
+    chosen = [
+        r
+        for r in runs
+        if r.record.get("protocol") == "fewshot" and r.record.get("split") == "test" and r.stage == "run"
+    ]
     tables = []
-    for key, by_backbone in _tables_for("fewshot", chosen, lambda r: (r.record["dataset"],), split_backbones).items():
+    for key, by_backbone in _tables_for(
+        "fewshot", chosen, lambda r: (r.record["dataset"],), split_backbones
+    ).items():
         for backbone, group in sorted(by_backbone.items()):
             slug, title = _table_name(key, backbone, len(by_backbone) > 1)
             grouped: dict[str, dict] = {}
             for run in group:
                 _add(grouped.setdefault(run.label, {}), str(run.record["shots"]), run, slug, run.label)
             columns = sorted({str(r.record["shots"]) for r in group}, key=lambda s: int(s))
-            tables.append(Table(slug, f"Few-shot: {title}", "fewshot", backbone, columns, _rows(grouped),
-                                note="Columns: shots per class; test accuracy (%)."))
+            tables.append(
+                Table(
+                    slug,
+                    f"Few-shot: {title}",
+                    "fewshot",
+                    backbone,
+                    columns,
+                    _rows(grouped),
+                    note="Columns: shots per class; test accuracy (%).",
+                )
+            )
     return tables
 
 
@@ -264,9 +293,14 @@ def harmonic_mean(base: float | None, new: float | None) -> float | None:
 
 def base2new_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[Table]:
     """Base / New / HM per method, HM from the averaged base and new accuracies."""
-    chosen = [r for r in runs if r.record.get("protocol") == "base2new" and r.record.get("split") in ("base", "new")]
+    chosen = [
+        r for r in runs if r.record.get("protocol") == "base2new" and r.record.get("split") in ("base", "new")
+    ]
     tables = []
-    key_of = lambda r: (_strip_part(r.record["dataset"]), f"{r.record['shots']}-shot")  # noqa: E731
+
+    def key_of(r: RunRecord) -> tuple:
+        return _strip_part(r.record["dataset"]), f"{r.record['shots']}-shot"
+
     for key, by_backbone in _tables_for("base2new", chosen, key_of, split_backbones).items():
         for backbone, group in sorted(by_backbone.items()):
             slug, title = _table_name(key, backbone, len(by_backbone) > 1)
@@ -279,28 +313,52 @@ def base2new_tables(runs: list[RunRecord], split_backbones: bool = False) -> lis
             rows = []
             for label, cells in sorted(grouped.items()):
                 base, new = cells.get("Base", Cell()), cells.get("New", Cell())
-                cells["HM"] = DerivedCell(harmonic_mean(base.mean, new.mean), sorted(set(base.folders + new.folders)))
+                cells["HM"] = DerivedCell(
+                    harmonic_mean(base.mean, new.mean), sorted(set(base.folders + new.folders))
+                )
                 seen = seen_new[label]
-                rows.append(Row(label, cells, {"New names seen in training": "yes" if True in seen else "no"}))
-            tables.append(Table(slug, f"Base-to-new: {title}", "base2new", backbone, ["Base", "New", "HM"], rows,
-                                ["New names seen in training"],
-                                note="HM = harmonic mean of the averaged Base and New accuracies (%). New is "
-                                     f"{MISSING} for methods whose trained tensors are tied to the base classes."))
+                rows.append(
+                    Row(label, cells, {"New names seen in training": "yes" if True in seen else "no"})
+                )
+            tables.append(
+                Table(
+                    slug,
+                    f"Base-to-new: {title}",
+                    "base2new",
+                    backbone,
+                    ["Base", "New", "HM"],
+                    rows,
+                    ["New names seen in training"],
+                    note="HM = harmonic mean of the averaged Base and New accuracies (%). New is "
+                    f"{MISSING} for methods whose trained tensors are tied to the base classes.",
+                )
+            )
     return tables
 
 
 def shift_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[Table]:
     """Rows: methods; columns: the source (its own test split) then each target, and the targets' mean."""
-    chosen = [r for r in runs if r.record.get("protocol") == "shift" and r.record.get("split") in ("source", "target")]
+    chosen = [
+        r
+        for r in runs
+        if r.record.get("protocol") == "shift" and r.record.get("split") in ("source", "target")
+    ]
     source_of = {r.folder: r.record["dataset"] for r in chosen if r.record["split"] == "source"}
-    key_of = lambda r: (source_of.get(r.folder, r.record.get("source", "?")), f"{r.record['shots']}-shot")  # noqa: E731
+
+    def key_of(r: RunRecord) -> tuple:
+        return source_of.get(r.folder, r.record.get("source", "?")), f"{r.record['shots']}-shot"
+
     tables = []
     for key, by_backbone in _tables_for("shift", chosen, key_of, split_backbones).items():
         for backbone, group in sorted(by_backbone.items()):
             slug, title = _table_name(key, backbone, len(by_backbone) > 1)
             grouped: dict[str, dict] = {}
             for run in group:
-                column = f"{run.record['dataset']} (source)" if run.record["split"] == "source" else run.record["dataset"]
+                column = (
+                    f"{run.record['dataset']} (source)"
+                    if run.record["split"] == "source"
+                    else run.record["dataset"]
+                )
                 _add(grouped.setdefault(run.label, {}), column, run, slug, run.label)
             sources = sorted({c for cells in grouped.values() for c in cells if c.endswith("(source)")})
             targets = sorted({c for cells in grouped.values() for c in cells if not c.endswith("(source)")})
@@ -309,16 +367,26 @@ def shift_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[T
                 means = [cells[t].mean for t in targets if t in cells]
                 complete = len(means) == len(targets) and all(m is not None for m in means)
                 folders = sorted({f for t in targets if t in cells for f in cells[t].folders})
-                cells["Targets mean"] = DerivedCell(sum(means) / len(means) if complete and means else None, folders)
+                cells["Targets mean"] = DerivedCell(
+                    sum(means) / len(means) if complete and means else None, folders
+                )
                 rows.append(Row(label, cells))
-            tables.append(Table(slug, f"Domain shift: {title}", "shift", backbone,
-                                sources + targets + ["Targets mean"], rows,
-                                note="Trained on the source; evaluated unchanged on each target (%)."))
+            tables.append(
+                Table(
+                    slug,
+                    f"Domain shift: {title}",
+                    "shift",
+                    backbone,
+                    sources + targets + ["Targets mean"],
+                    rows,
+                    note="Trained on the source; evaluated unchanged on each target (%).",
+                )
+            )
     return tables
 
 
 def vtab_task_groups() -> dict[str, str]:
-    """VTAB-1k task name -> group (natural / specialized / structured), from the formats package's task table."""
+    """VTAB-1k task name -> group (natural / specialized / structured), from the formats package's table."""
     try:
         from vlprompt.data.formats.vtab import vtab_tasks
     except ImportError:
@@ -340,7 +408,9 @@ def vtab_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[Ta
             slug, _ = _table_name(key, backbone, len(by_backbone) > 1)
             grouped: dict[str, dict] = {}
             for run in group:
-                _add(grouped.setdefault(run.label, {}), _task_name(run.record["dataset"]), run, slug, run.label)
+                _add(
+                    grouped.setdefault(run.label, {}), _task_name(run.record["dataset"]), run, slug, run.label
+                )
             tasks = sorted({t for cells in grouped.values() for t in cells})
             standard = bool(tasks) and all(t in groups for t in tasks)
             if standard:
@@ -355,20 +425,38 @@ def vtab_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[Ta
                         if not any(groups[t] == name for t in tasks):
                             continue
                         complete = len(members) == sum(groups[t] == name for t in tasks)
-                        value = sum(c.mean for c in members) / len(members) if complete and all(
-                            c.mean is not None for c in members) else None
-                        cells[name.capitalize()] = DerivedCell(value, sorted({f for c in members for f in c.folders}))
+                        value = (
+                            sum(c.mean for c in members) / len(members)
+                            if complete and all(c.mean is not None for c in members)
+                            else None
+                        )
+                        cells[name.capitalize()] = DerivedCell(
+                            value, sorted({f for c in members for f in c.folders})
+                        )
                 rows.append(Row(label, cells, {"Seeds": str(max(c.n for c in cells.values()))}))
-            tables.append(Table(slug, "VTAB-1k (selected on val200, final train800val200 → test)", "vtab", backbone,
-                                tasks + (group_columns if standard else []), rows, ["Seeds"],
-                                note="Hyper-parameters chosen per task on val200 only; group means are means of "
-                                     "the task means (%)."))
+            tables.append(
+                Table(
+                    slug,
+                    "VTAB-1k (selected on val200, final train800val200 → test)",
+                    "vtab",
+                    backbone,
+                    tasks + (group_columns if standard else []),
+                    rows,
+                    ["Seeds"],
+                    note="Hyper-parameters chosen per task on val200 only; group means are means of "
+                    "the task means (%).",
+                )
+            )
     return tables
 
 
 def build_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[Table]:
-    return [*fewshot_tables(runs, split_backbones), *base2new_tables(runs, split_backbones),
-            *shift_tables(runs, split_backbones), *vtab_tables(runs, split_backbones)]
+    return [
+        *fewshot_tables(runs, split_backbones),
+        *base2new_tables(runs, split_backbones),
+        *shift_tables(runs, split_backbones),
+        *vtab_tables(runs, split_backbones),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -400,8 +488,11 @@ def table_csv(table: Table) -> str:
         for column in table.columns:
             cell = row.cells.get(column)
             values += [_number(cell.mean), _number(cell.std), cell.n or ""] if cell else ["", "", ""]
-        writer.writerow(values + [row.extra.get(c, "") for c in table.extra_columns]
-                        + [table.backbone, ";".join(row.folders)])
+        writer.writerow(
+            values
+            + [row.extra.get(c, "") for c in table.extra_columns]
+            + [table.backbone, ";".join(row.folders)]
+        )
     return buffer.getvalue()
 
 
@@ -414,13 +505,24 @@ def trace_csv(tables: Iterable[Table]) -> str:
             for column in table.columns:
                 cell = row.cells.get(column)
                 if cell is not None:
-                    writer.writerow([table.slug, row.label, column, _number(cell.mean), _number(cell.std),
-                                     cell.n or "", table.backbone, ";".join(cell.folders)])
+                    writer.writerow(
+                        [
+                            table.slug,
+                            row.label,
+                            column,
+                            _number(cell.mean),
+                            _number(cell.std),
+                            cell.n or "",
+                            table.backbone,
+                            ";".join(cell.folders),
+                        ]
+                    )
     return buffer.getvalue()
 
 
-def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, split_backbones: bool = False,
-                 plots: bool = True) -> dict[str, Path]:
+def write_report(
+    runs_dir: str | Path, out_dir: str | Path | None = None, split_backbones: bool = False, plots: bool = True
+) -> dict[str, Path]:
     """Scan run folders, write report.md, one CSV per table, trace.csv and (optionally) PNG plots.
 
     Returns {name: path} of everything written.
@@ -437,18 +539,27 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, split_
         for section, path in write_plots(tables, runs, out):
             written[path.name] = path
             figures.setdefault(section, []).append(path.name)
-    sections = [f"# Results: {runs_dir}", "",
-                f"{len({r.folder for r in runs})} run folders. Accuracy in %, mean ± sample std over seeds "
-                "(a single seed shows no ±). Every number traces to its run folders in trace.csv (and each "
-                "table's CSV, column 'runs'); each folder holds the resolved config, library version and backbone "
-                "id in config.json.", ""]
+    intro = (
+        f"{len({r.folder for r in runs})} run folders. Accuracy in %, mean ± sample std over seeds (a single "
+        "seed shows no ±). Every number traces to its run folders in trace.csv (and each table's CSV, column "
+        "'runs'); each folder holds the resolved config, library version and backbone id in config.json."
+    )
+    sections = [f"# Results: {runs_dir}", "", intro, ""]
     if not tables:
         sections.append("No run matched a table (few-shot, base-to-new, shift or VTAB final runs).")
     for table in tables:
         name = f"{table.slug}.csv"
         written[name] = atomic_write_text(out / name, table_csv(table))
-        sections += [f"## {table.title}", "", f"Backbone: `{table.backbone}`. {table.note}", "",
-                     table_markdown(table), "", f"CSV: [{name}]({name})", ""]
+        sections += [
+            f"## {table.title}",
+            "",
+            f"Backbone: `{table.backbone}`. {table.note}",
+            "",
+            table_markdown(table),
+            "",
+            f"CSV: [{name}]({name})",
+            "",
+        ]
         sections += [f"![{image}]({image})\n" for image in figures.get(table.slug, [])]
     nmi_images = figures.get("nmi", [])
     if nmi_images:
