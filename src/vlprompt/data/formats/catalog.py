@@ -1,7 +1,7 @@
 """Dataset names for data on disk, registered with the data registry (which imports this module lazily).
 
-coop:<Name> for CoOp's 11 datasets, vtab (task=...) and vtab:<task> for the 19 VTAB-1k tasks, fgvc, imagefolder
-and csv. Every loader takes (root, **options): options are checked against the format's options dataclass, and
+coop:<Name> for CoOp's 11 datasets and its 4 test-only ImageNet domain-shift targets (ImageNetV2, ImageNetSketch,
+ImageNetA, ImageNetR), vtab (task=...) and vtab:<task> for the 19 VTAB-1k tasks, fgvc, imagefolder and csv. Every loader takes (root, **options): options are checked against the format's options dataclass, and
 ``check_files=False`` skips the up-front existence check of every image (for slow network disks).
 """
 
