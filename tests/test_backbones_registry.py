@@ -192,3 +192,26 @@ def test_boolean_options_from_strings(offline):
 def test_open_clip_name_without_weights_is_refused():
     with pytest.raises(VlpromptError, match="@none"):
         create_backbone("open_clip:ViT-B-32")
+
+
+def test_open_clip_local_dir(offline, tmp_path):
+    source = tiny.tiny_open_clip(seed=4)
+    config = {
+        "model_cfg": {
+            "embed_dim": 32,
+            "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32,
+                           "mlp_ratio": 2.0},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2,
+                         "mlp_ratio": 2.0},
+        },
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    }
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    save_file(source.extra["model"].state_dict(), str(tmp_path / "open_clip_model.safetensors"))
+    loaded = create_backbone(f"open_clip:local-dir:{tmp_path}")
+    assert loaded.preprocess.mean == (0.5, 0.5, 0.5) and loaded.preprocess.image_size == 32
+    ids = loaded.text.tokenize(["a photo of a dog"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.text(ids), source.text(ids), atol=0, rtol=0)
+    with pytest.raises(VlpromptError, match="not an open_clip model folder"):
+        create_backbone(f"open_clip:local-dir:{tmp_path / 'missing'}")

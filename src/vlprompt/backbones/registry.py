@@ -2,7 +2,8 @@
 
 - ``timm:<arch>[.<tag>]``          a timm ViT; weights from ``weights=PATH``, the local HF / torch-hub cache, or
                                    the hub when reachable; ``pretrained=False`` or ``random_init=True`` for random init.
-- ``open_clip:<arch>@<pretrained>`` an open_clip CLIP; ``<pretrained>`` is a local file or a tag found in the cache.
+- ``open_clip:<arch>@<pretrained>`` an open_clip CLIP; ``<pretrained>`` is a local file or a tag found in the cache;
+                                   ``open_clip:local-dir:<folder>`` reads an open_clip model folder.
 - ``hf:<repo-or-path>``            a transformers CLIPModel from a local folder or the HF cache.
 
 Loading never waits on an unreachable network: the cache is searched first, offline mode (HF_HUB_OFFLINE=1) is
@@ -27,7 +28,12 @@ log = logging.getLogger(__name__)
 
 BackboneFactory = Callable[..., Backbone]
 BACKBONES: Registry[BackboneFactory] = Registry("backbone")
-NAME_PATTERNS = ("timm:<arch>[.<tag>]", "open_clip:<arch>@<pretrained>", "hf:<repo-or-path>")
+NAME_PATTERNS = (
+    "timm:<arch>[.<tag>]",
+    "open_clip:<arch>@<pretrained>",
+    "open_clip:local-dir:<folder>",
+    "hf:<repo-or-path>",
+)
 # modules that register names when imported; optional while they are being written
 _REGISTERING_MODULES = ("vlprompt.backbones.world",)
 _HUB_HOST = "huggingface.co"
@@ -251,8 +257,10 @@ def _create_open_clip(spec: str, name: str, **kwargs: Any) -> Backbone:
 
     from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
 
-    arch, _, pretrained = spec.partition("@")
     random_init = _as_bool(kwargs.pop("random_init", False), "random_init")
+    if spec.startswith("local-dir:"):
+        return _create_open_clip_dir(spec, name, random_init, **kwargs)
+    arch, _, pretrained = spec.partition("@")
     if arch not in open_clip.list_models():
         raise VlpromptError(
             f"open_clip has no architecture '{arch}' (from backbone '{name}').{_close_names(arch, open_clip.list_models())}"
@@ -305,6 +313,26 @@ def _create_open_clip(spec: str, name: str, **kwargs: Any) -> Backbone:
             crop_pct=preprocess.crop_pct,
         )
     return wrap_open_clip(model.eval(), _open_clip_tokenizer(arch, name), preprocess, name)
+
+
+def _create_open_clip_dir(spec: str, name: str, random_init: bool, **kwargs: Any) -> Backbone:
+    """``open_clip:local-dir:<folder>``: a folder with open_clip_config.json and a weights file, as open_clip
+    itself reads it (config, preprocessing and tokenizer all come from the folder)."""
+    import open_clip
+
+    from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
+
+    folder = spec[len("local-dir:") :]
+    if not os.path.isfile(os.path.join(folder, "open_clip_config.json")):
+        raise VlpromptError(
+            f"Backbone '{name}': '{folder}' is not an open_clip model folder (no open_clip_config.json). Point "
+            "'open_clip:local-dir:' at a folder holding open_clip_config.json and the weights file."
+        )
+    try:
+        model = open_clip.create_model(spec, load_weights=not random_init, **kwargs)
+    except (RuntimeError, KeyError, AssertionError) as error:
+        raise _wrong_checkpoint(name, folder, error) from error
+    return wrap_open_clip(model.eval(), _open_clip_tokenizer(spec, name), open_clip_preprocess(model), name)
 
 
 def _find_open_clip_weights(tag_config: dict) -> str | None:
