@@ -109,7 +109,8 @@ def test_imagefolder_empty_class_and_corrupt_png(tmp_path):
     assert report.summary["classes"] == 3
     corrupt = by_kind(report, "corrupt")
     assert len(corrupt) == 1 and corrupt[0].file.endswith("train/dog/1.png") and corrupt[0].line is None
-    assert any("'emu'" in p.message and p.severity == "error" for p in by_kind(report, "empty_class"))
+    emu = [p for p in by_kind(report, "empty_class") if "'emu'" in p.message and p.severity == "error"]
+    assert emu and emu[0].file.endswith("train/emu")
     assert any("yak" in p.message for p in by_kind(report, "classname"))
 
 
@@ -162,3 +163,16 @@ def test_missing_split_file_is_one_problem_not_a_crash(tmp_path):
 def test_unknown_dataset_name_lists_close_names(tmp_path):
     with pytest.raises(VlpromptError, match="coop:OxfordPets"):
         check_dataset("coop:OxfordPet", str(tmp_path))
+
+
+def test_imagenet_empty_class_points_at_its_classnames_line(tmp_path):
+    folder = tmp_path / "imagenet"
+    folder.mkdir()
+    (folder / "classnames.txt").write_text("n01000001 tench\nn02000002 goldfish\n")
+    for split in ("train", "val"):
+        write_image(folder / "images" / split / "n01000001" / "a.JPEG")
+    write_image(folder / "images" / "val" / "n02000002" / "a.JPEG")
+    report = check_dataset("coop:ImageNet", str(tmp_path))
+    empty = by_kind(report, "empty_class")
+    assert len(empty) == 1 and empty[0].file.endswith("classnames.txt") and empty[0].line == 2
+    assert "'goldfish'" in empty[0].message and "train" in empty[0].message and not report.ok

@@ -82,6 +82,8 @@ class ParsedDataset:
     train / val / test for this load. ``empty_class_severity`` is "warning" where the protocol itself leaves classes
     without training images (VTAB-1k's 800 images over up to 397 classes). ``test_only`` datasets (domain-shift
     targets) have no train split: their TaskData gets an empty train set and ``meta["test_only"] = True``.
+    ``class_locations`` says where each class is defined (a class-list line, a class folder), so that an empty
+    class can be reported there.
     """
 
     name: str
@@ -96,6 +98,7 @@ class ParsedDataset:
     meta: dict = field(default_factory=dict)
     empty_class_severity: str = ERROR
     class_source: Path | None = None
+    class_locations: dict[int, tuple[str, int | None]] = field(default_factory=dict)
     test_only: bool = False
 
     @property
@@ -446,10 +449,12 @@ def _empty_class_problems(parsed: ParsedDataset) -> list[Problem]:
         split_file = str(data.file) if data.file is not None else file
         named = [f"{label} ('{parsed.classnames[label]}')" for label in empty]
         if len(named) == 1:
+            where, line = parsed.class_locations.get(empty[0], (split_file, None))
             message = f"class {named[0]} has no images in {split}"
-        else:
-            more = f" and {len(named) - 10} more" if len(named) > 10 else ""
-            message = f"{len(named)} classes have no images in {split}: {', '.join(named[:10])}{more}"
+            problems.append(Problem(where, line, message, "empty_class", severity))
+            continue
+        more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+        message = f"{len(named)} classes have no images in {split}: {', '.join(named[:10])}{more}"
         problems.append(Problem(split_file, None, message, "empty_class", severity))
     return problems
 

@@ -147,6 +147,7 @@ def _parse_split_file(folder: Path, split_file: Path, dataset: str, spec: dict) 
         templates=[spec["template"]],
         problems=problems,
         class_source=split_file,
+        class_locations={label: (str(split_file), line) for label, (_, line) in names_by_label.items()},
     )
 
 
@@ -306,6 +307,7 @@ def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:
             "note": "ImageNet has no val split; CoOp's used the test set, which we never do",
         },
         class_source=names_file,
+        class_locations={label: (str(names_file), wnids[wnid][1]) for label, wnid in enumerate(order)},
     )
 
 
@@ -340,6 +342,7 @@ def _parse_imagenet_variant(folder: Path, dataset: str, spec: dict) -> ParsedDat
         problems=problems,
         meta={"wnids": order, "variant_of": spec["variant_of"]},
         class_source=names_file,
+        class_locations={label: (str(names_file), wnids[wnid][1]) for label, wnid in enumerate(order)},
         test_only=True,
     )
 
@@ -405,4 +408,5 @@ def _parse_aircraft(folder: Path, spec: dict) -> ParsedDataset:
         templates=[spec["template"]],
         problems=problems,
         class_source=names_file,
+        class_locations={label: (str(names_file), line) for label, line in label_of.values()},
     )

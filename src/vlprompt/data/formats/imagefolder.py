@@ -115,6 +115,7 @@ def _parse_split_folders(root: Path, options: ImageFolderOptions) -> ParsedDatas
         templates=[options.template or DEFAULT_TEMPLATE],
         problems=problems,
         class_source=root / "train",
+        class_locations={label: (str(root / "train" / name), None) for label, name in enumerate(classes)},
     )
 
 
@@ -144,4 +145,5 @@ def _parse_flat(root: Path, options: ImageFolderOptions) -> ParsedDataset:
         problems=[],
         meta=meta,
         class_source=root,
+        class_locations={label: (str(root / name), None) for label, name in enumerate(classes)},
     )
