@@ -16,7 +16,7 @@ from torch import nn
 
 from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
 from vlprompt.backbones.causal_text import CausalTextTower, attend_with_prefix, causal_mask
-from vlprompt.backbones.timm_vit import _pool_tokens
+from vlprompt.backbones.timm_vit import pool_tokens
 from vlprompt.errors import VlpromptError
 
 Tokenizer = Callable[..., torch.Tensor]
@@ -80,9 +80,9 @@ class OpenClipVisionTower(VisionTower):
     ) -> torch.Tensor:
         visual = self.visual
         if visual.final_ln_after_pool:
-            pooled = visual.ln_post(_pool_tokens(tokens, self.pooling, 1, num_prompts, pool_prompts))
+            pooled = visual.ln_post(pool_tokens(tokens, self.pooling, 1, num_prompts, pool_prompts))
         else:
-            pooled = _pool_tokens(visual.ln_post(tokens), self.pooling, 1, num_prompts, pool_prompts)
+            pooled = pool_tokens(visual.ln_post(tokens), self.pooling, 1, num_prompts, pool_prompts)
         return pooled @ visual.proj if visual.proj is not None else pooled
 
 

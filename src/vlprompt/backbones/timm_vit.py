@@ -19,7 +19,7 @@ from vlprompt.errors import VlpromptError
 _TIMM_POOLS = {"token": "cls", "avg": "mean"}
 
 
-def _pool_tokens(
+def pool_tokens(
     tokens: torch.Tensor,
     pooling: str,
     num_prefix_tokens: int,
@@ -94,7 +94,7 @@ class TimmVisionTower(VisionTower):
         self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False
     ) -> torch.Tensor:
         tokens = self.model.norm(tokens)
-        pooled = _pool_tokens(
+        pooled = pool_tokens(
             tokens, self.pooling, self.num_prefix_tokens, num_prompts, pool_prompts, self._pool_include_prefix
         )
         return self.model.fc_norm(pooled)
