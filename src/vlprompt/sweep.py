@@ -55,6 +55,7 @@ SUMMARY_NAME = "summary.json"
 SELECTION_NAME = "vtab_selection.json"
 RUNS_DIR = "runs"
 INDEX_DIR = "indices"
+FEATURES_DIR = "features"
 VTAB_SELECT_DATASET = "vtab-select"
 VTAB_FINAL_DATASET = "vtab-final"
 # RunConfig fields a grid may vary (the others are set by the sweep's own axes).
@@ -100,10 +101,10 @@ class VtabConfig:
 
 @dataclass
 class SweepConfig:
-    """A grid of runs. ``methods: all`` means every registered method. ``grid`` maps a dotted RunConfig field
-    (``train.lr``, ``train.weight_decay``, ``method_options.num_tokens``, ``backbone``...) to its values; a
-    ``method_options`` key applies only to the methods whose config has that field. The lr/256*batch rule is
-    ``train: {scale_lr_by_batch: true}``."""
+    """A grid of runs. ``all`` in ``methods`` stands for every registered method not listed with its own
+    settings. ``grid`` maps a dotted RunConfig field (``train.lr``, ``train.weight_decay``,
+    ``method_options.num_tokens``, ``backbone``...) to its values; a ``method_options`` key applies only to
+    the methods whose config has that field. The lr/256*batch rule is ``train: {scale_lr_by_batch: true}``."""
 
     name: str = "sweep"
     backbone: str = "world:clip"
@@ -117,15 +118,22 @@ class SweepConfig:
     vtab: dict = field(default_factory=dict)
     # Modules imported before any run (in every worker): plugins that register datasets or backbones.
     imports: list[str] = field(default_factory=list)
+    # Share frozen image features between runs (<out>/features) unless a run sets train.cache_dir itself: the
+    # cache is keyed by backbone weights and data, so every frozen-feature method encodes each split once.
+    feature_cache: bool = True
 
     def __post_init__(self) -> None:
         for module in self.imports:
             _import_plugin(module, "sweep.imports")
         import_all()
-        if self.methods in ("all", ["all"]):
-            self.methods = list_methods()
         if isinstance(self.methods, str):
             self.methods = [self.methods]
+        if "all" in self.methods:
+            # 'all' stands for every registered method that the list does not name with its own settings.
+            named = {m["name"] if isinstance(m, dict) else m for m in self.methods if m != "all"}
+            index = self.methods.index("all")
+            rest = [m for m in self.methods[index + 1 :] if m != "all"]
+            self.methods = self.methods[:index] + [m for m in list_methods() if m not in named] + rest
         if not self.methods:
             raise ConfigError(
                 "sweep.methods is empty: list method names (or 'all' for every registered method)."
@@ -546,6 +554,7 @@ def _write_spec(folder: Path, spec: RunSpec, config: SweepConfig) -> Path:
             "group": spec.group,
             "point": spec.point,
             "imports": list(config.imports),
+            "feature_cache": config.feature_cache,
             "run": spec.run,
         },
     )
@@ -564,9 +573,11 @@ def execute_run(folder: str | Path) -> bool:
             _import_plugin(module, "sweep.imports")
         from vlprompt.experiment import run_experiment
 
+        # Sweep-wide folders are set here, not in the run's hashed config, so a moved sweep keeps its names.
         run = dict(spec["run"])
-        run.setdefault("index_dir", None)
-        run["index_dir"] = run["index_dir"] or str(folder.parent.parent / INDEX_DIR)
+        run["index_dir"] = run.get("index_dir") or str(folder.parent.parent / INDEX_DIR)
+        if spec.get("feature_cache") and not run["train"].get("cache_dir"):
+            run["train"] = {**run["train"], "cache_dir": str(folder.parent.parent / FEATURES_DIR)}
         run_experiment(run_config_from_dict({**run, "out": str(folder)}))
     except Exception as error:  # noqa: BLE001 - any failure of one run is recorded and must not stop the sweep
         # First line: what went wrong (the sweep summary shows it); then the traceback of anything unexpected.
