@@ -215,6 +215,36 @@ def test_shared_prefix_path_equals_plain_path(case):
     torch.testing.assert_close(grad_shared, grad_plain, atol=1e-4, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("case", range(7))
+def test_grouped_prefixes_equal_plain_path(case):
+    """m prefixes x n suffixes (CoCoOp: one context per image): [m, n, D] equal to the m*n plain rows."""
+    name, text = _fast_text_towers()[case]
+    classnames = ["dog", "red circle", "small blue square with stripes"]
+    ids = text.tokenize([f"X X X {c}." for c in classnames])
+    groups, prefix_length = 2, 4
+    context = torch.randn(groups, prefix_length - 1, text.width, requires_grad=True)
+    sos = text.embed_tokens(ids[:1, :1])[0]
+    prefixes = torch.cat([sos.unsqueeze(0).expand(groups, -1, -1), context], dim=1)
+    suffix = text.embed_tokens(ids[:, prefix_length:])
+
+    shared = text.encode_shared_prefix(prefixes, suffix, ids)
+    assert shared.shape == (groups, len(classnames), text.feature_dim)
+    (grad_shared,) = torch.autograd.grad(shared.square().sum(), context)
+    plain = torch.stack(
+        [
+            text.encode_embeddings(
+                torch.cat([prefixes[g].unsqueeze(0).expand(len(classnames), -1, -1), suffix], dim=1),
+                ids,
+                truncate=False,
+            )
+            for g in range(groups)
+        ]
+    )
+    (grad_plain,) = torch.autograd.grad(plain.square().sum(), context)
+    torch.testing.assert_close(shared, plain, atol=ATOL, rtol=0, msg=name)
+    torch.testing.assert_close(grad_shared, grad_plain, atol=1e-4, rtol=1e-4, msg=name)
+
+
 def test_shared_prefix_with_eot_inside_prefix_falls_back():
     text = tiny.tiny_open_clip(seed=0).text
     ids = text.tokenize(["a", "a photo of a dog"])
@@ -284,8 +314,16 @@ def test_open_clip_refuses_attentional_pool():
 
     visual = open_clip.CLIP(
         embed_dim=32,
-        vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16,
-                    "attentional_pool": True, "attn_pooler_queries": 4, "attn_pooler_heads": 2},
+        vision_cfg={
+            "image_size": 32,
+            "patch_size": 8,
+            "width": 32,
+            "layers": 1,
+            "head_width": 16,
+            "attentional_pool": True,
+            "attn_pooler_queries": 4,
+            "attn_pooler_heads": 2,
+        },
         text_cfg={"width": 32, "heads": 2, "layers": 1, "vocab_size": 100, "context_length": 8},
     ).visual
     with pytest.raises(VlpromptError, match="attentional pooler"):

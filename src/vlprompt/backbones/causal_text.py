@@ -4,8 +4,9 @@ Both fast paths rest on causality: the hidden state at position i depends only o
 - Truncation: the pooled output depends only on tokens up to the pooled (EOT) position, so sequences are cut at
   the longest EOT position + 1 instead of running all context slots.
 - Shared prefix: when every row starts with the same P embeddings ([SOS, ctx...]), the prefix's hidden states are
-  the same for every row; they are computed once per layer (batch of one) and each row's own suffix tokens attend
-  to [prefix keys/values, own suffix] with the causal mask.
+  the same for every row; they are computed once per layer and each row's own suffix tokens attend to
+  [prefix keys/values, own suffix] with the causal mask. With m prefixes (CoCoOp: one context per image) and n
+  suffixes (classes), the prefixes run m times instead of m*n.
 Architecture adapters (open_clip, transformers) supply the per-layer pieces; the control flow lives here once.
 """
 
@@ -34,22 +35,24 @@ def attend_with_prefix(
     scale: float | None = None,
     dropout: float = 0.0,
 ) -> torch.Tensor:
-    """Causal attention of suffix tokens over [shared prefix, own suffix].
+    """Causal attention of suffix tokens over [their prefix, own suffix].
 
-    query/key/value: projected suffix [n, S, width]; prefix_key/prefix_value: projected prefix [P, width].
-    Returns the attention output [n, S, width] before the output projection.
+    query/key/value: projected suffixes [m*n, S, width], grouped by prefix (rows g*n .. g*n+n-1 read prefix g);
+    prefix_key/prefix_value: projected prefixes [m, P, width]. Returns [m*n, S, width] before the output projection.
     """
-    n, length, width = query.shape
-    prefix_length = prefix_key.shape[0]
+    rows, length, width = query.shape
+    groups, prefix_length = prefix_key.shape[0], prefix_key.shape[1]
     head_dim = width // num_heads
 
     def heads(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
 
-    prefix_k = heads(prefix_key.unsqueeze(0)).expand(n, -1, -1, -1)
-    prefix_v = heads(prefix_value.unsqueeze(0)).expand(n, -1, -1, -1)
-    keys = torch.cat([prefix_k, heads(key)], dim=2)
-    values = torch.cat([prefix_v, heads(value)], dim=2)
+    def per_row(x: torch.Tensor) -> torch.Tensor:
+        x = heads(x)
+        return x.unsqueeze(1).expand(groups, rows // groups, *x.shape[1:]).reshape(rows, *x.shape[1:])
+
+    keys = torch.cat([per_row(prefix_key), heads(key)], dim=2)
+    values = torch.cat([per_row(prefix_value), heads(value)], dim=2)
     mask = torch.cat(
         [
             torch.zeros(length, prefix_length, device=query.device, dtype=query.dtype),
@@ -60,7 +63,7 @@ def attend_with_prefix(
     out = F.scaled_dot_product_attention(
         heads(query), keys, values, attn_mask=mask, dropout_p=dropout, scale=scale
     )
-    return out.transpose(1, 2).reshape(n, length, width)
+    return out.transpose(1, 2).reshape(rows, length, width)
 
 
 class CausalTextTower(TextTower):
@@ -90,7 +93,7 @@ class CausalTextTower(TextTower):
     def run_layer_after_prefix(
         self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
     ) -> torch.Tensor:
-        """Layer ``index`` on suffix hidden [n, S, width] that also attends to prefix_hidden [P, width] (layer input)."""
+        """Layer ``index`` on suffixes [m*n, S, width] that also attend to their prefix's layer input [m, P, width]."""
 
     @abc.abstractmethod
     def pool_project(self, pooled_hidden: torch.Tensor) -> torch.Tensor:
@@ -121,25 +124,41 @@ class CausalTextTower(TextTower):
     def encode_shared_prefix(
         self, prefix_embeddings: torch.Tensor, suffix_embeddings: torch.Tensor, suffix_token_ids: torch.Tensor
     ) -> torch.Tensor:
-        """Features of rows [prefix, suffix_i], the prefix [P, width] shared by all rows, computed once.
+        """Features of rows [prefix, suffix_i]: each prefix's hidden states are computed once, not once per row.
 
-        ``suffix_token_ids`` [n, P+S] are the full ids (prefix included); they only locate the pooled token.
-        Equals ``encode_embeddings(cat([prefix expanded, suffix]), ids)``.
+        prefix_embeddings: [P, width] shared by all n rows -> returns [n, feature_dim]; or [m, P, width], m
+        prefixes each combined with every suffix -> returns [m, n, feature_dim].
+        suffix_embeddings: [n, S, width]. suffix_token_ids: [n, P+S], the full ids (prefix slots included) that
+        locate the pooled token. Equals ``encode_embeddings(cat([prefix, suffix_i]), ids_i)`` for every pair.
         """
+        grouped = prefix_embeddings.dim() == 3
+        prefixes = prefix_embeddings if grouped else prefix_embeddings.unsqueeze(0)
+        groups, prefix_length = prefixes.shape[0], prefixes.shape[1]
         n = suffix_embeddings.shape[0]
-        prefix_length = prefix_embeddings.shape[0]
         eot = self.eot_positions(suffix_token_ids).to(suffix_embeddings.device)
-        cut = int(eot.max()) + 1
         if not self.fast_paths_exact or int(eot.min()) < prefix_length:
-            full = torch.cat([prefix_embeddings.unsqueeze(0).expand(n, -1, -1), suffix_embeddings], dim=1)
-            return self.encode_embeddings(full, suffix_token_ids[:, : full.shape[1]])
-        suffix = self.add_positions(suffix_embeddings[:, : cut - prefix_length], start=prefix_length)
-        prefix = self.add_positions(prefix_embeddings.unsqueeze(0))
+            full = torch.cat(
+                [
+                    prefixes.unsqueeze(1).expand(groups, n, -1, -1),
+                    suffix_embeddings.unsqueeze(0).expand(groups, -1, -1, -1),
+                ],
+                dim=2,
+            ).flatten(0, 1)
+            ids = suffix_token_ids[:, : full.shape[1]].repeat(groups, 1)
+            features = self.encode_embeddings(full, ids).unflatten(0, (groups, n))
+            return features if grouped else features[0]
+        suffix = self.add_positions(
+            suffix_embeddings[:, : int(eot.max()) + 1 - prefix_length], start=prefix_length
+        )
+        suffix = suffix.unsqueeze(0).expand(groups, -1, -1, -1).flatten(0, 1)
+        prefix = self.add_positions(prefixes)
         prefix_mask = causal_mask(prefix_length, prefix.device, prefix.dtype)
         for index in range(self.num_layers):
-            # the suffix reads the prefix's input to this layer, so update the suffix first
-            suffix = self.run_layer_after_prefix(index, suffix, prefix[0])
+            # the suffixes read the prefix's input to this layer, so update them first
+            suffix = self.run_layer_after_prefix(index, suffix, prefix)
             if index + 1 < self.num_layers:
                 prefix = self.run_layer(index, prefix, prefix_mask)
-        rows = torch.arange(n, device=suffix.device)
-        return self.pool_project(suffix[rows, eot - prefix_length])
+        rows = torch.arange(groups * n, device=suffix.device)
+        features = self.pool_project(suffix[rows, (eot - prefix_length).repeat(groups)])
+        features = features.unflatten(0, (groups, n))
+        return features if grouped else features[0]

@@ -192,9 +192,11 @@ class OpenClipTextTower(CausalTextTower):
         self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
     ) -> torch.Tensor:
         block = self.transformer.resblocks[index]
-        if not self._kv_blocks:  # custom blocks: same result by running the concatenated sequence
-            n, prefix_length = hidden.shape[0], prefix_hidden.shape[0]
-            full = torch.cat([prefix_hidden.unsqueeze(0).expand(n, -1, -1), hidden], dim=1)
+        if not self._kv_blocks:  # custom blocks: same result by running the concatenated sequences
+            groups, prefix_length = prefix_hidden.shape[0], prefix_hidden.shape[1]
+            per_group = hidden.shape[0] // groups
+            prefixes = prefix_hidden.unsqueeze(1).expand(groups, per_group, -1, -1).flatten(0, 1)
+            full = torch.cat([prefixes, hidden], dim=1)
             mask = causal_mask(full.shape[1], full.device, full.dtype)
             return self.run_layer(index, full, mask)[:, prefix_length:]
         attn = block.attn
