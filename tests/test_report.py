@@ -171,6 +171,9 @@ def test_duplicate_seed_and_empty_folder_errors(tmp_path):
     with pytest.raises(VlpromptError, match="No run results"):
         write_report(tmp_path)
     runs = tmp_path / "runs"
+    # A results.json without config.json (e.g. the demo's summary of its runs) is not a run folder.
+    runs.mkdir()
+    (runs / "results.json").write_text(json.dumps([{"method": "coop", "accuracy": 0.5}]))
     for name in ("x", "y"):
         make_run(runs, name, [{"method": "coop", "dataset": "world:shapes", "accuracy": 0.5}])
     with pytest.raises(VlpromptError, match="'x' and 'y'"):

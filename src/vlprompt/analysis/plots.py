@@ -66,6 +66,7 @@ def plot_base_new_bars(
         ys = [row[index] for row in rows if row[index] is not None]
         axes.bar(xs, ys, width, label=name)
     axes.set_xticks(range(len(rows)), [row[0] for row in rows], rotation=30, ha="right", fontsize=8)
+    axes.set_xlim(-0.6, len(rows) - 0.4)
     axes.set_ylabel("accuracy (%)")
     axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)

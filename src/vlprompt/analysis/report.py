@@ -63,7 +63,10 @@ def _read_json(path: Path) -> object:
 
 
 def load_runs(runs_dir: str | Path) -> list[RunRecord]:
-    """Every record of every run folder (a folder with results.json) under ``runs_dir``."""
+    """Every record of every run folder under ``runs_dir``: a folder with results.json AND config.json.
+
+    A results.json without config.json beside it is not a run (e.g. the demo's summary of its runs) and is
+    skipped: every number in a table must trace to a folder holding its resolved config."""
     root = Path(runs_dir)
     if not root.is_dir():
         raise VlpromptError(f"Runs folder '{root}' does not exist or is not a folder.")
@@ -71,13 +74,19 @@ def load_runs(runs_dir: str | Path) -> list[RunRecord]:
     for results_path in sorted(root.rglob(RESULTS_NAME)):
         folder = results_path.parent
         name = folder.relative_to(root).as_posix()
+        if not (folder / CONFIG_NAME).exists():
+            log.info(
+                "skipping %s: no %s beside its %s, so it is not a run folder", name, CONFIG_NAME, RESULTS_NAME
+            )
+            continue
         results = _read_json(results_path)
-        if not isinstance(results, list):
-            continue  # not a run's results (e.g. a demo's aggregated file is a list too, but of other runs)
-        config = _read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).exists() else {}
+        config = _read_json(folder / CONFIG_NAME)
         spec = _read_json(folder / SPEC_NAME) if (folder / SPEC_NAME).exists() else {}
-        if not config:
-            log.warning("%s has no %s: its numbers cannot be traced to a resolved config", name, CONFIG_NAME)
+        if not isinstance(results, list) or not isinstance(config, dict):
+            raise VlpromptError(
+                f"'{results_path}' or its {CONFIG_NAME} is not what a run writes (a list of records and a "
+                "mapping); re-run that run or remove its folder."
+            )
         for record in results:
             records.append(
                 RunRecord(
@@ -92,8 +101,8 @@ def load_runs(runs_dir: str | Path) -> list[RunRecord]:
             )
     if not records:
         raise VlpromptError(
-            f"No run results under '{root}': no folder there holds a {RESULTS_NAME}. Point the "
-            "report at a sweep's output folder or at a folder of run folders."
+            f"No run results under '{root}': no folder there holds a {RESULTS_NAME} with its {CONFIG_NAME}. "
+            "Point the report at a sweep's output folder or at a folder of run folders."
         )
     return records
 
