@@ -67,7 +67,8 @@ def test_kmeans_not_worse_than_its_seeding_and_deterministic():
     generator = torch.Generator().manual_seed(0)
     centers = torch.randn(6, 8, generator=generator) * 4
     x = (centers[torch.randint(6, (3000,), generator=generator)] + torch.randn(3000, 8, generator=generator))
-    seeds = kmeans_plus_plus(x, 6, torch.Generator().manual_seed(1))
+    seeds, potential = kmeans_plus_plus(x, 6, torch.Generator().manual_seed(1))
+    assert potential == pytest.approx(inertia(x, seeds), rel=1e-5)
     result = minibatch_kmeans(x, 6, torch.Generator().manual_seed(1), iterations=30, batch_size=256)
     assert result.seeding_inertia == pytest.approx(inertia(x, seeds))
     assert result.inertia <= result.seeding_inertia

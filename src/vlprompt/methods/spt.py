@@ -33,8 +33,8 @@ class SPTConfig(VPTConfig):
     init: str = "kmeans"
     token_budget: int = 50000
     init_batch_size: int = 64
-    kmeans_iterations: int = 100
-    kmeans_batch_size: int = 2048
+    kmeans_iterations: int = 50
+    kmeans_batch_size: int = 1024
     kmeans_refine: int = 20
 
     def __post_init__(self) -> None:

@@ -28,16 +28,20 @@ def _uniform(generator: torch.Generator, count: int, device: torch.device) -> to
     return torch.rand(count, generator=generator, dtype=torch.float64).to(device)
 
 
-def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """||x_i - c_j||^2 as [n, k], clamped at 0 against rounding."""
-    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centers.T + centers.pow(2).sum(1)).clamp_min_(0)
+def squared_distances(x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """||x_i - c_j||^2 as [n, k], clamped at 0 against rounding; ``x_sq`` = precomputed ||x_i||^2."""
+    x_sq = x.pow(2).sum(1) if x_sq is None else x_sq
+    return torch.addmm(x_sq.unsqueeze(1) + centers.pow(2).sum(1), x, centers.T, alpha=-2).clamp_min_(0)
 
 
-def _assign(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _assign(
+    x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centre index and squared distance of every row, computed in chunks."""
+    x_sq = x.pow(2).sum(1) if x_sq is None else x_sq
     labels, dists = [], []
     for start in range(0, x.shape[0], _CHUNK):
-        d = squared_distances(x[start : start + _CHUNK], centers)
+        d = squared_distances(x[start : start + _CHUNK], centers, x_sq[start : start + _CHUNK])
         best, index = d.min(dim=1)
         labels.append(index)
         dists.append(best)
@@ -49,22 +53,28 @@ def inertia(x: torch.Tensor, centers: torch.Tensor) -> float:
     return float(_assign(x, centers)[1].double().sum())
 
 
-def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ seeding (2 + log k candidates per centre, keep the one lowering the potential most)."""
+def kmeans_plus_plus(
+    x: torch.Tensor, k: int, generator: torch.Generator, x_sq: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """Greedy k-means++ seeding (2 + log k candidates per centre, keep the one lowering the potential most).
+
+    Returns the seeds and their inertia (the final potential, known for free).
+    """
     n = x.shape[0]
+    x_sq = x.pow(2).sum(1) if x_sq is None else x_sq
     trials = 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=generator))
-    centers = [x[first]]
-    closest = squared_distances(x, x[first : first + 1]).squeeze(1)
+    chosen = [first]
+    closest = squared_distances(x, x[first : first + 1], x_sq).squeeze(1)
     for _ in range(1, k):
         cumulative = closest.double().cumsum(0)
         targets = _uniform(generator, trials, x.device) * cumulative[-1]
         candidates = torch.searchsorted(cumulative, targets).clamp_max_(n - 1)
-        candidate_closest = torch.minimum(closest.unsqueeze(1), squared_distances(x, x[candidates]))
+        candidate_closest = torch.minimum(closest.unsqueeze(1), squared_distances(x, x[candidates], x_sq))
         best = int(candidate_closest.double().sum(0).argmin())
-        centers.append(x[candidates[best]])
+        chosen.append(int(candidates[best]))
         closest = candidate_closest[:, best]
-    return torch.stack(centers)
+    return x[torch.tensor(chosen, device=x.device)].clone(), float(closest.double().sum())
 
 
 def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,39 +94,43 @@ def minibatch_kmeans(
     x: torch.Tensor,
     k: int,
     generator: torch.Generator,
-    iterations: int = 100,
-    batch_size: int = 2048,
+    iterations: int = 50,
+    batch_size: int = 1024,
     refine_iterations: int = 20,
+    tolerance: float = 1e-3,
 ) -> KMeansResult:
     """Mini-batch k-means (per-centre learning rate 1/count) from k-means++ seeds, then Lloyd refinement.
 
+    The Lloyd passes stop early once a pass lowers the objective by less than ``tolerance`` (relative).
     Lloyd passes never raise the objective; mini-batch steps can, so the result is never allowed to be worse
     than the seeding it started from.
     """
     if x.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} points, got {x.shape[0]}")
-    seeds = kmeans_plus_plus(x, k, generator)
+    x_sq = x.pow(2).sum(1)
+    seeds, seeded = kmeans_plus_plus(x, k, generator, x_sq)
     centers = seeds.clone()
     counts = torch.zeros(k, dtype=x.dtype, device=x.device)
     for _ in range(iterations):
         index = torch.randint(x.shape[0], (min(batch_size, x.shape[0]),), generator=generator).to(x.device)
         batch = x[index]
-        labels = squared_distances(batch, centers).argmin(dim=1)
+        labels = squared_distances(batch, centers, x_sq[index]).argmin(dim=1)
         sums, batch_counts = _cluster_sums(batch, labels, k)
         new_counts = counts + batch_counts
         moved = batch_counts > 0
         centers[moved] = (centers[moved] * counts[moved, None] + sums[moved]) / new_counts[moved, None]
         counts = new_counts
-    previous = None
+    previous = math.inf
     for _ in range(refine_iterations):
-        labels, _ = _assign(x, centers)
-        if previous is not None and torch.equal(labels, previous):
+        labels, dists = _assign(x, centers, x_sq)
+        objective = float(dists.double().sum())  # of the current centres
+        if previous - objective <= tolerance * objective:
             break
+        previous = objective
         sums, cluster_counts = _cluster_sums(x, labels, k)
         filled = cluster_counts > 0  # an empty cluster keeps its centre
         centers[filled] = sums[filled] / cluster_counts[filled, None]
-        previous = labels
-    final, seeded = inertia(x, centers), inertia(x, seeds)
+    final = float(_assign(x, centers, x_sq)[1].double().sum())
     if seeded < final:
         return KMeansResult(seeds, seeded, seeded)
     return KMeansResult(centers, final, seeded)
@@ -195,8 +209,8 @@ def prototype_prompts(
     token_budget: int,
     seed: int,
     device: torch.device | str = "cpu",
-    kmeans_iterations: int = 100,
-    kmeans_batch_size: int = 2048,
+    kmeans_iterations: int = 50,
+    kmeans_batch_size: int = 1024,
     kmeans_refine: int = 20,
 ) -> tuple[torch.Tensor, InitReport]:
     """Prototype prompts [depth, num_prompts, width] from one frozen pass over ``batches`` of images.
