@@ -298,6 +298,10 @@ def test_world_sweep_configs_plan_every_method():
     }
     quick = load_sweep_config(root / "world_quick.yaml")
     assert len({m.name for m in quick.method_entries}) == 2 and len(plan_sweep(quick)) > 0
+    vtab = plan_sweep(load_sweep_config(root / "vtab1k.yaml"))
+    assert {s.stage for s in vtab} == {"select"} and len(
+        {s.run["dataset_options"]["source"] for s in vtab}
+    ) == 19
 
 
 @pytest.mark.slow
@@ -310,3 +314,50 @@ def test_world_quick_sweep_and_report(tmp_path):
     written = write_report(tmp_path)
     text = written["report.md"].read_text()
     assert "Few-shot" in text and "Base-to-new" in text and "Domain shift" in text
+
+
+def _write_vtab_task(folder: Path, with_test_images: bool) -> None:
+    """A 2-class VTAB-1k task as distributed: JPEGs and the four split files."""
+    from PIL import Image
+
+    splits = {"train800": range(0, 8), "val200": range(8, 12), "test": range(12, 16)}
+    splits["train800val200"] = range(0, 12)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, indices in splits.items():
+        lines = [f"images/{i:03d}.jpg {i % 2}" for i in indices]
+        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    (folder / "images").mkdir(exist_ok=True)
+    for i in range(16 if with_test_images else 12):
+        colour = (200, 30, 30) if i % 2 else (30, 30, 200)
+        Image.new("RGB", (32, 32), colour).save(folder / "images" / f"{i:03d}.jpg")
+
+
+def test_vtab_stages_on_the_vtab1k_reader(plugin, tmp_path):
+    root = tmp_path / "vtab-1k"
+    # No test images yet: a selection stage that read the test split would fail.
+    _write_vtab_task(root / "mytask", with_test_images=False)
+    config = _config(
+        datasets=[
+            {"dataset": "vtab", "root": str(root), "options": {"task": "mytask", "check_files": False}}
+        ],
+        protocols=["vtab"],
+        grid={"train.weight_decay": [0.0, 0.01]},
+        vtab={"final_seeds": [1]},
+    )
+    first = run_sweep(config, tmp_path / "out")
+    assert sum(n.startswith("vtab-select") for n in first["ran"]) == 2
+    assert len(first["failed"]) == 1 and first["failed"][0]["run"].startswith("vtab-final")
+    _write_vtab_task(root / "mytask", with_test_images=True)
+    second = run_sweep(config, tmp_path / "out")
+    (final,) = second["ran"]
+    config_json = json.loads((tmp_path / "out" / RUNS_DIR / final / "config.json").read_text())
+    assert config_json["run"]["dataset_options"] == {
+        "source": "vtab",
+        "options": {"task": "mytask", "check_files": False},
+    }
+    results = _results(tmp_path / "out")
+    record = results[final][0]
+    assert record["dataset"] == "vtab:mytask" and record["split"] == "test"
+    # batch 8, 2 epochs: train800 (8 items) is 1 step an epoch, train800val200 (12 items) 2 steps.
+    assert record["steps"] == 4
+    assert all(r[0]["steps"] == 2 for name, r in results.items() if name.startswith("vtab-select"))
