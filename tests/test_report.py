@@ -258,11 +258,17 @@ def test_plots_are_valid_pngs(tmp_path):
                     metrics=metrics if shots == 4 else None,
                 )
         _base2new(runs, method, 1, 0.7, 0.3)
+    # shots 0 (the whole training split) is a table column, 'all', but no point on the shots axis.
+    make_run(
+        runs, "vpt-deep_all", [{"method": "vpt-deep", "dataset": "world:shapes", "shots": 0, "accuracy": 0.6}]
+    )
     written = write_report(runs)
+    header = list(_csv(written["fewshot_world_shapes.csv"])[0])
+    assert header.index("4") < header.index("all")
     pngs = [p for name, p in written.items() if name.endswith(".png")]
     assert {p.name.split("_")[0] for p in pngs} == {"fewshot", "base2new", "nmi"}
     for path in pngs:
         _assert_png(path)
     text = written["report.md"].read_text()
     assert all(f"![{p.name}]({p.name})" in text for p in pngs)
-    assert len(load_runs(runs)) == 2 * 2 * 3 + 2 * 2
+    assert len(load_runs(runs)) == 2 * 2 * 3 + 2 * 2 + 1

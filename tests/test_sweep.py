@@ -22,6 +22,7 @@ from vlprompt.sweep import (
     RUNS_DIR,
     SELECTION_NAME,
     SweepConfig,
+    format_summary,
     load_sweep_config,
     plan_sweep,
     run_sweep,
@@ -177,6 +178,16 @@ def test_unknown_keys_name_the_key_and_the_file(plugin, tmp_path):
         _config(methods=["lineer"])
 
 
+def test_overrides_merge_into_nested_sections(plugin, tmp_path):
+    path = tmp_path / "sweep.yaml"
+    values = {"imports": [PLUGIN], "methods": ["linear"], "datasets": ["sweeptest:colours"]}
+    path.write_text(yaml.safe_dump({**values, "train": {"epochs": 7, "lr": 0.1}}))
+    config = load_sweep_config(path, {"train": {"epochs": 1}, "seeds": [4]})
+    assert config.train == {"epochs": 1, "lr": 0.1} and config.seeds == [4]
+    with pytest.raises(ConfigError, match="epochs"):
+        load_sweep_config(path, {"train": {"epochs": -1}})
+
+
 def test_skip_finished_incompatible_and_failed_runs(plugin, tmp_path):
     config = _config(methods=["linear", "coop"], datasets=["sweeptest:colours", "sweeptest:broken"])
     first = run_sweep(config, tmp_path)
@@ -189,6 +200,9 @@ def test_skip_finished_incompatible_and_failed_runs(plugin, tmp_path):
     second = run_sweep(config, tmp_path)
     assert second["finished_before"] == first["ran"] and second["ran"] == []
     assert [f["run"] for f in second["failed"]] == [f["run"] for f in first["failed"]]
+    text = format_summary(second)
+    assert "4 runs planned, 0 ran, 1 already finished, 1 failed, 2 skipped" in text
+    assert "FAILED" in text and "broken on purpose" in text and "needs a text tower" in text
 
 
 def test_interrupted_sweep_resumes_to_the_same_result(plugin, tmp_path, monkeypatch):

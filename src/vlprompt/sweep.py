@@ -211,8 +211,21 @@ def _check_grid(grid: Any, where: str) -> None:
             raise ConfigError(f"{where}: '{key}' must be a non-empty list of values, not {values!r}.")
 
 
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepConfig:
-    """Read a sweep YAML; any invalid or unknown key is an error naming the key and the file."""
+    """Read a sweep YAML; any invalid or unknown key is an error naming the key and the file.
+
+    ``overrides`` (e.g. ``{"train": {"epochs": 2}}`` from ``train.epochs=2`` on the command line) are merged
+    into the file's mapping, nested mappings key by key."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"Sweep config '{path}' does not exist.")
@@ -222,7 +235,7 @@ def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepC
         raise ConfigError(f"Sweep config '{path}' is not valid YAML: {error}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"Sweep config '{path}' must be a mapping (name:, methods:, datasets:, ...).")
-    values.update(overrides or {})
+    values = _merge(values, overrides or {})
     try:
         return build_config(SweepConfig, values, where="sweep")
     except VlpromptError as error:
@@ -707,6 +720,23 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, workers: int = 1) -> dic
         len(summary["skipped"]),
     )
     return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A few lines for the terminal: counts, then every failed and skipped run with its reason."""
+    lines = [
+        f"sweep '{summary['sweep']}' in {summary['out_dir']}: {summary['planned']} runs planned, "
+        f"{len(summary['ran'])} ran, {len(summary['finished_before'])} already finished, "
+        f"{len(summary['failed'])} failed, {len(summary['skipped'])} skipped ({summary.get('seconds', 0)} s)"
+    ]
+    for group, variant in summary.get("vtab_selection", {}).items():
+        lines.append(f"  VTAB selection {group.split('|')[0]} / {group.split('|')[-1]}: {variant}")
+    lines += [
+        f"  FAILED  {f['run']}: {f['error']} (see {RUNS_DIR}/{f['run']}/{ERROR_NAME})"
+        for f in summary["failed"]
+    ]
+    lines += [f"  skipped {s['run']}: {s['reason']}" for s in summary["skipped"]]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

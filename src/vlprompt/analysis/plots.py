@@ -127,7 +127,9 @@ def write_plots(tables: Iterable[Table], runs: Iterable[RunRecord], out: Path) -
         if table.kind == "fewshot":
             series = {
                 row.label: [
-                    (int(c), row.cells[c].mean, row.cells[c].std) for c in table.columns if c in row.cells
+                    (int(c), row.cells[c].mean, row.cells[c].std)
+                    for c in table.columns
+                    if c in row.cells and c.isdigit()  # 'all' (whole split) has no place on a shots axis
                 ]
                 for row in table.rows
             }

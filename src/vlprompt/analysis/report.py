@@ -263,6 +263,11 @@ def _table_name(key: tuple, backbone: str, multi: bool) -> tuple[str, str]:
     return slug, " · ".join(parts[1:])
 
 
+def _shots_column(shots: int) -> str:
+    """0 shots means the whole training split."""
+    return "all" if int(shots) == 0 else str(shots)
+
+
 def fewshot_tables(runs: list[RunRecord], split_backbones: bool = False) -> list[Table]:
     """Rows: methods; columns: shots; mean ± std over seeds of test accuracy."""
     chosen = [
@@ -278,8 +283,15 @@ def fewshot_tables(runs: list[RunRecord], split_backbones: bool = False) -> list
             slug, title = _table_name(key, backbone, len(by_backbone) > 1)
             grouped: dict[str, dict] = {}
             for run in group:
-                _add(grouped.setdefault(run.label, {}), str(run.record["shots"]), run, slug, run.label)
-            columns = sorted({str(r.record["shots"]) for r in group}, key=lambda s: int(s))
+                _add(
+                    grouped.setdefault(run.label, {}),
+                    _shots_column(run.record["shots"]),
+                    run,
+                    slug,
+                    run.label,
+                )
+            shots = sorted({int(r.record["shots"]) for r in group}, key=lambda k: (k == 0, k))
+            columns = [_shots_column(k) for k in shots]
             tables.append(
                 Table(
                     slug,
@@ -288,7 +300,7 @@ def fewshot_tables(runs: list[RunRecord], split_backbones: bool = False) -> list
                     backbone,
                     columns,
                     _rows(grouped),
-                    note="Columns: shots per class; test accuracy (%).",
+                    note="Columns: shots per class ('all': the whole training split); test accuracy (%).",
                 )
             )
     return tables
