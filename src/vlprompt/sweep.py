@@ -14,6 +14,7 @@ only. *final*: the chosen combination trains on train800val200 and is tested on 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -329,9 +330,9 @@ def _base_run(config: SweepConfig, method: MethodEntry, entry: DatasetEntry, poi
         "backbone": config.backbone,
         "dataset": entry.dataset,
         "root": entry.root,
-        "dataset_options": dict(entry.options),
-        "method_options": dict(method.method_options),
-        "train": {**config.train, **method.train},
+        "dataset_options": copy.deepcopy(entry.options),
+        "method_options": copy.deepcopy(method.method_options),
+        "train": copy.deepcopy({**config.train, **method.train}),
     }
     for key, value in point.items():
         _set_dotted(run, key, value)
