@@ -63,6 +63,13 @@ def test_task_labels_are_balanced_and_pinned():
             assert value == (expected or task.classnames[index]), (name, index)
 
 
+def test_every_task_image_has_a_caption():
+    task = get_world_task("object-neon")
+    text = task.caption("test", 6)
+    assert text == task.caption("test", 6) and text.endswith(".")
+    assert "neon" in text
+
+
 def test_count_scenes_hold_that_many_objects():
     task = get_world_task("count")
     for index in range(8):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.world.render import render
-from vlprompt.data.world.scenes import SceneDistribution, sample_scene, stable_seed
+from vlprompt.data.world.scenes import SceneDistribution, caption, sample_scene, stable_seed
 from vlprompt.data.world.vocab import VOCAB
 from vlprompt.errors import ConfigError, unknown_name
 
@@ -50,6 +50,11 @@ class WorldTask:
         if self.attribute != "count":
             pinned.setdefault("count", 1)
         return sample_scene(rng, self.distribution, **pinned)
+
+    def caption(self, split: str, index: int, seed: int = 0) -> str:
+        """A caption of the image at (split, index), in the style of the alignment captions."""
+        _, attrs = self.attributes(split, index, seed)
+        return caption(attrs, np.random.default_rng(stable_seed(seed, self.name, split, index, "caption")))
 
 
 def _build_tasks() -> dict[str, WorldTask]:
