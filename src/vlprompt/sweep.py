@@ -47,7 +47,7 @@ from vlprompt.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-SWEEP_PROTOCOLS = PROTOCOLS + ("vtab",)
+SWEEP_PROTOCOLS = (*PROTOCOLS, "vtab")
 STAGES = ("run", "select", "final")
 SPEC_NAME = "sweep.json"
 ERROR_NAME = "error.txt"
@@ -725,11 +725,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, workers: int = 1) -> dic
 
 def format_summary(summary: dict) -> str:
     """A few lines for the terminal: counts, then every failed and skipped run with its reason."""
-    lines = [
+    head = (
         f"sweep '{summary['sweep']}' in {summary['out_dir']}: {summary['planned']} runs planned, "
         f"{len(summary['ran'])} ran, {len(summary['finished_before'])} already finished, "
         f"{len(summary['failed'])} failed, {len(summary['skipped'])} skipped ({summary.get('seconds', 0)} s)"
-    ]
+    )
+    lines = [head]
     for group, variant in summary.get("vtab_selection", {}).items():
         lines.append(f"  VTAB selection {group.split('|')[0]} / {group.split('|')[-1]}: {variant}")
     lines += [

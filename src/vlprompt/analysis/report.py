@@ -187,10 +187,6 @@ class Table:
     note: str = ""
 
 
-def _sort_key(value: object) -> tuple:
-    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
-
-
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
 
