@@ -334,8 +334,8 @@ def _write_vtab_task(folder: Path, with_test_images: bool) -> None:
     """A 2-class VTAB-1k task as distributed: JPEGs and the four split files."""
     from PIL import Image
 
-    splits = {"train800": range(0, 8), "val200": range(8, 12), "test": range(12, 16)}
-    splits["train800val200"] = range(0, 12)
+    splits = {"train800": range(8), "val200": range(8, 12), "test": range(12, 16)}
+    splits["train800val200"] = range(12)
     folder.mkdir(parents=True, exist_ok=True)
     for name, indices in splits.items():
         lines = [f"images/{i:03d}.jpg {i % 2}" for i in indices]
