@@ -15,6 +15,7 @@ architecture with random weights (cost does not depend on the weights).
 
     python benchmarks/bench_visual_init.py [--images 512] [--out benchmarks/results]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,11 @@ from pathlib import Path
 
 import torch
 
-TARGETS = {"kmeans_vs_random_sample_time": 2.0, "inertia_vs_sklearn": 1.02, "memory_growth_when_doubled": 1.10}
+TARGETS = {
+    "kmeans_vs_random_sample_time": 2.0,
+    "inertia_vs_sklearn": 1.02,
+    "memory_growth_when_doubled": 1.10,
+}
 NUM_PROMPTS = 10
 TOKEN_BUDGET = 20000
 BATCH = 64
@@ -57,8 +62,15 @@ def make_method(strategy: str, deep: bool, backbone):
     from vlprompt.data.base import LabelSpace
     from vlprompt.methods.base import create_method
 
-    return create_method("spt-deep" if deep else "spt-shallow", backbone, LabelSpace([f"c{i}" for i in range(10)]),
-                         num_tokens=NUM_PROMPTS, init=strategy, token_budget=TOKEN_BUDGET, init_batch_size=BATCH)
+    return create_method(
+        "spt-deep" if deep else "spt-shallow",
+        backbone,
+        LabelSpace([f"c{i}" for i in range(10)]),
+        num_tokens=NUM_PROMPTS,
+        init=strategy,
+        token_budget=TOKEN_BUDGET,
+        init_batch_size=BATCH,
+    )
 
 
 @torch.no_grad()
@@ -153,11 +165,22 @@ def compare_with_sklearn(num_images: int, seeds: int) -> list[dict]:
         ours = minibatch_kmeans(tokens, NUM_PROMPTS, generator)
         ours_s = time.perf_counter() - started
         started = time.perf_counter()
-        reference = KMeans(NUM_PROMPTS, init="k-means++", n_init=1, random_state=seed).fit(tokens.double().numpy())
+        reference = KMeans(NUM_PROMPTS, init="k-means++", n_init=1, random_state=seed).fit(
+            tokens.double().numpy()
+        )
         sklearn_s = time.perf_counter() - started
-        rows.append({"seed": seed, "tokens": tokens.shape[0], "ours_inertia": ours.inertia,
-                     "ours_seeding_inertia": ours.seeding_inertia, "sklearn_inertia": float(reference.inertia_),
-                     "ratio": ours.inertia / float(reference.inertia_), "ours_s": ours_s, "sklearn_s": sklearn_s})
+        rows.append(
+            {
+                "seed": seed,
+                "tokens": tokens.shape[0],
+                "ours_inertia": ours.inertia,
+                "ours_seeding_inertia": ours.seeding_inertia,
+                "sklearn_inertia": float(reference.inertia_),
+                "ratio": ours.inertia / float(reference.inertia_),
+                "ours_s": ours_s,
+                "sklearn_s": sklearn_s,
+            }
+        )
     return rows
 
 
@@ -170,7 +193,10 @@ def main() -> None:
     torch.set_num_threads(1)
     timing = time_initialisers(args.images, args.repeats)
     memory = {
-        name: {"images": kmeans_memory_mib(args.images, deep), "doubled": kmeans_memory_mib(2 * args.images, deep)}
+        name: {
+            "images": kmeans_memory_mib(args.images, deep),
+            "doubled": kmeans_memory_mib(2 * args.images, deep),
+        }
         for name, deep in (("spt-shallow", False), ("spt-deep", True))
     }
     sklearn_rows = compare_with_sklearn(args.images, seeds=3)
@@ -181,9 +207,19 @@ def main() -> None:
         "inertia_vs_sklearn": max(r["ratio"] for r in sklearn_rows),
         "memory_growth_when_doubled": {n: m["doubled"] / max(m["images"], 1e-9) for n, m in memory.items()},
     }
-    results = {"targets": TARGETS, "images": args.images, "token_budget": TOKEN_BUDGET, "num_prompts": NUM_PROMPTS,
-               "batch": BATCH, "threads": 1, "time_s": timing, "kmeans_memory_mib": memory,
-               "sklearn": sklearn_rows, "summary": summary, "shallow_random_sample_s": shallow["random_sample"]}
+    results = {
+        "targets": TARGETS,
+        "images": args.images,
+        "token_budget": TOKEN_BUDGET,
+        "num_prompts": NUM_PROMPTS,
+        "batch": BATCH,
+        "threads": 1,
+        "time_s": timing,
+        "kmeans_memory_mib": memory,
+        "sklearn": sklearn_rows,
+        "summary": summary,
+        "shallow_random_sample_s": shallow["random_sample"],
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "visual_init.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -195,36 +231,57 @@ def render_markdown(results: dict) -> str:
     from vlprompt.prompts.init import INITIALIZERS
 
     lines = [
-        f"# SPT initialiser cost ({results['images']} images of 32 px, token budget {results['token_budget']} per "
-        f"insertion point, {results['num_prompts']} prompts, 1 CPU thread)",
+        (
+            f"# SPT initialiser cost ({results['images']} images of 32 px, token budget {results['token_budget']} per "
+            f"insertion point, {results['num_prompts']} prompts, 1 CPU thread)"
+        ),
         "",
         "| method | " + " | ".join(INITIALIZERS) + " | bare frozen pass |",
         "|---|" + "---|" * (len(INITIALIZERS) + 1),
     ]
     for name, times in results["time_s"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{times[s]:.3f} s" for s in (*INITIALIZERS, "frozen_pass")) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{times[s]:.3f} s" for s in (*INITIALIZERS, "frozen_pass")) + " |"
+        )
     lines += ["", "| k-means init memory (rise of RSS) | training set | doubled |", "|---|---|---|"]
     for name, m in results["kmeans_memory_mib"].items():
         lines.append(f"| {name} | {m['images']:.1f} MiB | {m['doubled']:.1f} MiB |")
-    lines += ["", "| seed | tokens | ours (mini-batch + Lloyd) | k-means++ seeding only | scikit-learn KMeans | ratio |"
-              " ours s | sklearn s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        (
+            "| seed | tokens | ours (mini-batch + Lloyd) | k-means++ seeding only | scikit-learn KMeans | ratio |"
+            " ours s | sklearn s |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["sklearn"]:
-        lines.append(f"| {r['seed']} | {r['tokens']} | {r['ours_inertia']:.1f} | {r['ours_seeding_inertia']:.1f} | "
-                     f"{r['sklearn_inertia']:.1f} | {r['ratio']:.4f} | {r['ours_s']:.2f} | {r['sklearn_s']:.2f} |")
+        lines.append(
+            f"| {r['seed']} | {r['tokens']} | {r['ours_inertia']:.1f} | {r['ours_seeding_inertia']:.1f} | "
+            f"{r['sklearn_inertia']:.1f} | {r['ratio']:.4f} | {r['ours_s']:.2f} | {r['sklearn_s']:.2f} |"
+        )
     s, t = results["summary"], results["targets"]
     lines += ["", "| measure | measured | target |", "|---|---|---|"]
     for name, value in s["kmeans_vs_random_sample_time"].items():
-        lines.append(f"| k-means / random_sample init time ({name}) | {value:.2f} | <= {t['kmeans_vs_random_sample_time']} |")
+        lines.append(
+            f"| k-means / random_sample init time ({name}) | {value:.2f} | <= {t['kmeans_vs_random_sample_time']} |"
+        )
     for name, value in s["kmeans_vs_frozen_pass_time"].items():
         lines.append(f"| k-means init / bare frozen pass time ({name}) | {value:.2f} | (context) |")
-    lines.append(f"| worst inertia / scikit-learn | {s['inertia_vs_sklearn']:.4f} | <= {t['inertia_vs_sklearn']} |")
+    lines.append(
+        f"| worst inertia / scikit-learn | {s['inertia_vs_sklearn']:.4f} | <= {t['inertia_vs_sklearn']} |"
+    )
     for name, value in s["memory_growth_when_doubled"].items():
-        lines.append(f"| k-means memory, doubled / single set ({name}) | {value:.2f} | flat (<= "
-                     f"{t['memory_growth_when_doubled']}) |")
-    lines += ["", "The pooling and sampling initialisers stop after their one random batch (on average about half a pass),",
-              "while k-means must stream every image; once the frozen pass dominates, k-means therefore costs about",
-              "twice their time by construction. The bare-pass ratio shows what clustering adds to the pass that any",
-              "full-data initialiser makes."]
+        lines.append(
+            f"| k-means memory, doubled / single set ({name}) | {value:.2f} | flat (<= "
+            f"{t['memory_growth_when_doubled']}) |"
+        )
+    lines += [
+        "",
+        "The pooling and sampling initialisers stop after their one random batch (on average about half a pass),",
+        "while k-means must stream every image; once the frozen pass dominates, k-means therefore costs about",
+        "twice their time by construction. The bare-pass ratio shows what clustering adds to the pass that any",
+        "full-data initialiser makes.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ the JSON and the table. Hyper-parameters are fixed per method family (not swept)
 
     python benchmarks/bench_visual_quality.py [--backbones world:mae,world:clip] [--seeds 1,2,3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,15 @@ TRAIN = {
     "finetune": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4},
     "prompt": {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4},
 }
-COMMON_TRAIN = {"epochs": EPOCHS, "batch_size": 32, "warmup_epochs": 1.0, "augment": "none", "progress": False,
-                "log_every": 1000, "select": "last"}
+COMMON_TRAIN = {
+    "epochs": EPOCHS,
+    "batch_size": 32,
+    "warmup_epochs": 1.0,
+    "augment": "none",
+    "progress": False,
+    "log_every": 1000,
+    "select": "last",
+}
 
 
 def train_settings(method: str) -> dict:
@@ -48,8 +56,9 @@ def train_settings(method: str) -> dict:
     return {**COMMON_TRAIN, **TRAIN[family]}
 
 
-def run_one(backbone: str, dataset: str, label: str, method: str, options: dict, seed: int, out: Path,
-            cache_dir: Path) -> dict:
+def run_one(
+    backbone: str, dataset: str, label: str, method: str, options: dict, seed: int, out: Path, cache_dir: Path
+) -> dict:
     from vlprompt.experiment import RunConfig, run_experiment
 
     options = dict(options)
@@ -57,10 +66,15 @@ def run_one(backbone: str, dataset: str, label: str, method: str, options: dict,
         options["nmi_every"] = NMI_EVERY
     run_dir = out / backbone.replace(":", "_") / dataset / label.replace(" ", "_") / f"seed{seed}"
     config = RunConfig(
-        method=method, backbone=backbone, dataset=dataset,
+        method=method,
+        backbone=backbone,
+        dataset=dataset,
         dataset_options={"test_per_class": TEST_PER_CLASS, "val_per_class": 0},
-        method_options=options, shots=TASKS[dataset], seed=seed,
-        train={**train_settings(method), "cache_dir": str(cache_dir)}, out=str(run_dir),
+        method_options=options,
+        shots=TASKS[dataset],
+        seed=seed,
+        train={**train_settings(method), "cache_dir": str(cache_dir)},
+        out=str(run_dir),
     )
     started = time.perf_counter()
     record = run_experiment(config)[0]
@@ -71,8 +85,15 @@ def run_one(backbone: str, dataset: str, label: str, method: str, options: dict,
             entry = json.loads(line)
             if "nmi/mean" in entry:
                 nmi.append({k: v for k, v in entry.items() if k == "step" or k.startswith("nmi/")})
-    return {"backbone": backbone, "dataset": dataset, "row": label, "seed": seed, "accuracy": record["accuracy"],
-            "seconds": time.perf_counter() - started, "nmi": nmi}
+    return {
+        "backbone": backbone,
+        "dataset": dataset,
+        "row": label,
+        "seed": seed,
+        "accuracy": record["accuracy"],
+        "seconds": time.perf_counter() - started,
+        "nmi": nmi,
+    }
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -81,7 +102,11 @@ def summarise(runs: list[dict]) -> dict:
         key = (run["backbone"], run["dataset"], run["row"])
         table.setdefault(key, []).append(run["accuracy"])
     return {
-        f"{b}|{d}|{r}": {"mean": statistics.mean(a), "std": statistics.stdev(a) if len(a) > 1 else 0.0, "n": len(a)}
+        f"{b}|{d}|{r}": {
+            "mean": statistics.mean(a),
+            "std": statistics.stdev(a) if len(a) > 1 else 0.0,
+            "n": len(a),
+        }
         for (b, d, r), a in table.items()
     }
 
@@ -97,7 +122,9 @@ def plot_nmi(runs: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(4.5 * max(len(pairs), 1), 3.4), squeeze=False)
     for axis, (backbone, dataset) in zip(axes[0], pairs):
         for row in ("vpt-shallow", "spt-shallow kmeans", "vpt-deep", "spt-deep kmeans"):
-            traces = [r["nmi"] for r in runs if (r["backbone"], r["dataset"], r["row"]) == (backbone, dataset, row)]
+            traces = [
+                r["nmi"] for r in runs if (r["backbone"], r["dataset"], r["row"]) == (backbone, dataset, row)
+            ]
             traces = [t for t in traces if t]
             if not traces:
                 continue
@@ -116,14 +143,19 @@ def plot_nmi(runs: list[dict], path: Path) -> None:
 
 def render_markdown(results: dict) -> str:
     backbones, datasets = results["backbones"], list(results["tasks"])
-    header = "| method | " + " | ".join(f"{b} {d} ({results['tasks'][d]}-shot)" for b in backbones for d in datasets)
+    header = "| method | " + " | ".join(
+        f"{b} {d} ({results['tasks'][d]}-shot)" for b in backbones for d in datasets
+    )
     lines = [
-        "# Image-tower methods on the offline world (accuracy %, mean ± std over seeds "
-        f"{', '.join(map(str, results['seeds']))})",
+        (
+            "# Image-tower methods on the offline world (accuracy %, mean ± std over seeds "
+            f"{', '.join(map(str, results['seeds']))})"
+        ),
         "",
         f"Reduced scale: {results['epochs']} epochs, {results['test_per_class']} test images per class, no "
         "augmentation, fixed hyper-parameters per method family (not swept): "
-        + "; ".join(f"{k}: {v['optimizer']} lr {v['lr']}" for k, v in results["train"].items()) + ".",
+        + "; ".join(f"{k}: {v['optimizer']} lr {v['lr']}" for k, v in results["train"].items())
+        + ".",
         "",
         header + " |",
         "|---|" + "---|" * (len(backbones) * len(datasets)),
@@ -133,10 +165,17 @@ def render_markdown(results: dict) -> str:
         for b in backbones:
             for d in datasets:
                 entry = results["summary"].get(f"{b}|{d}|{label}")
-                cells.append("—" if entry is None else f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}")
+                cells.append(
+                    "—" if entry is None else f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+                )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "NMI (mean over blocks) at the first log (after init) and at the end of training, mean over seeds:",
-              "", "| backbone | dataset | method | NMI at step 0 | NMI at end |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "NMI (mean over blocks) at the first log (after init) and at the end of training, mean over seeds:",
+        "",
+        "| backbone | dataset | method | NMI at step 0 | NMI at end |",
+        "|---|---|---|---|---|",
+    ]
     for key, value in results["nmi_summary"].items():
         b, d, r = key.split("|")
         lines.append(f"| {b} | {d} | {r} | {value['start']:.3e} | {value['end']:.3e} |")
@@ -148,8 +187,13 @@ def nmi_summary(runs: list[dict]) -> dict:
     for run in runs:
         if run["nmi"]:
             grouped.setdefault(f"{run['backbone']}|{run['dataset']}|{run['row']}", []).append(run["nmi"])
-    return {k: {"start": statistics.mean(t[0]["nmi/mean"] for t in v), "end": statistics.mean(t[-1]["nmi/mean"] for t in v)}
-            for k, v in grouped.items()}
+    return {
+        k: {
+            "start": statistics.mean(t[0]["nmi/mean"] for t in v),
+            "end": statistics.mean(t[-1]["nmi/mean"] for t in v),
+        }
+        for k, v in grouped.items()
+    }
 
 
 def main() -> None:
@@ -177,11 +221,22 @@ def main() -> None:
                 for seed in seeds:
                     run = run_one(backbone, dataset, label, method, options, seed, work, work / "cache")
                     runs.append(run)
-                    print(f"{backbone} {dataset} {label} seed {seed}: {100 * run['accuracy']:.1f}% "
-                          f"({run['seconds']:.1f} s)", flush=True)
-    results = {"backbones": backbones, "tasks": TASKS, "seeds": seeds, "epochs": EPOCHS,
-               "test_per_class": TEST_PER_CLASS, "train": TRAIN, "runs": runs, "summary": summarise(runs),
-               "nmi_summary": nmi_summary(runs)}
+                    print(
+                        f"{backbone} {dataset} {label} seed {seed}: {100 * run['accuracy']:.1f}% "
+                        f"({run['seconds']:.1f} s)",
+                        flush=True,
+                    )
+    results = {
+        "backbones": backbones,
+        "tasks": TASKS,
+        "seeds": seeds,
+        "epochs": EPOCHS,
+        "test_per_class": TEST_PER_CLASS,
+        "train": TRAIN,
+        "runs": runs,
+        "summary": summarise(runs),
+        "nmi_summary": nmi_summary(runs),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -12,6 +12,7 @@ ViT-B/16-shaped random-init model at 224 px on a small batch.
 
     python benchmarks/bench_visual_step.py [--rounds 4] [--out benchmarks/results]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import multiprocessing
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -47,7 +48,7 @@ def build_backbone(size: str):
 
 def make_step(variant: str, backbone, batch: dict) -> Callable[[], None]:
     """One training step of ``variant`` on ``batch``, ready to time."""
-    import vlprompt.methods.finetune  # noqa: F401
+    import vlprompt.methods.finetune
     import vlprompt.methods.vpt  # noqa: F401
     from vlprompt.data.base import LabelSpace
     from vlprompt.methods.base import create_method
@@ -82,7 +83,9 @@ def _floor_step(backbone, batch: dict) -> Callable[[], None]:
         x = torch.cat([x[:, :prefix], prompts[0].expand(b, -1, -1), x[:, prefix:]], dim=1)
         for i, block in enumerate(model.blocks):
             if i:
-                x = torch.cat([x[:, :prefix], prompts[i].expand(b, -1, -1), x[:, prefix + NUM_PROMPTS :]], dim=1)
+                x = torch.cat(
+                    [x[:, :prefix], prompts[i].expand(b, -1, -1), x[:, prefix + NUM_PROMPTS :]], dim=1
+                )
             x = block(x)
         x = model.norm(x)
         pooled = x[:, prefix:].mean(1) if mean_pool else x[:, 0]
@@ -157,8 +160,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"targets": TARGETS, "num_prompts": NUM_PROMPTS, "threads": args.threads,
-               "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "sizes": {}}
+    results = {
+        "targets": TARGETS,
+        "num_prompts": NUM_PROMPTS,
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "sizes": {},
+    }
     for size in args.sizes.split(","):
         timing = measure_time(size, args.rounds or ROUNDS[size])
         memory = {variant: measure_memory(size, variant, args.threads) for variant in VARIANTS}
@@ -166,10 +175,16 @@ def main() -> None:
         ratios = {
             "vpt_vs_finetune_time": vpt / ft,
             "vpt_vs_floor_time": vpt / floor,
-            "vpt_vs_finetune_memory": memory["vpt-deep"]["step_mib"] / max(memory["finetune"]["step_mib"], 1e-9),
+            "vpt_vs_finetune_memory": memory["vpt-deep"]["step_mib"]
+            / max(memory["finetune"]["step_mib"], 1e-9),
         }
-        results["sizes"][size] = {"batch_size": SIZES[size], "time": timing, "memory": memory, "ratios": ratios,
-                                  "meets": {k: ratios[k] <= TARGETS[k] for k in TARGETS}}
+        results["sizes"][size] = {
+            "batch_size": SIZES[size],
+            "time": timing,
+            "memory": memory,
+            "ratios": ratios,
+            "meets": {k: ratios[k] <= TARGETS[k] for k in TARGETS},
+        }
         print(f"{size}: " + ", ".join(f"{k}={v:.3f}" for k, v in ratios.items()), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +195,8 @@ def main() -> None:
 
 def render_markdown(results: dict) -> str:
     lines = [
-        "# VPT-deep step cost (CPU, " + f"{results['threads']} threads, {results['num_prompts']} prompts per block)",
+        "# VPT-deep step cost (CPU, "
+        + f"{results['threads']} threads, {results['num_prompts']} prompts per block)",
         "",
         "| size | batch | variant | step time (median s) | step memory (MiB above built) | peak RSS in steps (MiB) |",
         "|---|---|---|---|---|---|",
@@ -188,13 +204,17 @@ def render_markdown(results: dict) -> str:
     for size, entry in results["sizes"].items():
         for variant in VARIANTS:
             t, m = entry["time"][variant], entry["memory"][variant]
-            lines.append(f"| {size} | {entry['batch_size']} | {variant} | {t['median_s']:.4f} | {m['step_mib']:.1f} "
-                         f"| {m['peak_mib']:.0f} |")
+            lines.append(
+                f"| {size} | {entry['batch_size']} | {variant} | {t['median_s']:.4f} | {m['step_mib']:.1f} "
+                f"| {m['peak_mib']:.0f} |"
+            )
     lines += ["", "| size | ratio | measured | target | met |", "|---|---|---|---|---|"]
     for size, entry in results["sizes"].items():
         for key, target in results["targets"].items():
-            lines.append(f"| {size} | {key} | {entry['ratios'][key]:.3f} | <= {target} | "
-                         f"{'yes' if entry['meets'][key] else 'no'} |")
+            lines.append(
+                f"| {size} | {key} | {entry['ratios'][key]:.3f} | <= {target} | "
+                f"{'yes' if entry['meets'][key] else 'no'} |"
+            )
     return "\n".join(lines) + "\n"
 
 

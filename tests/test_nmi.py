@@ -1,29 +1,35 @@
 """The NMI diagnostic against a hand computation, and its logging through the trainer hooks."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.vpt  # noqa: F401
 from vlprompt.analysis.nmi import block_nmi, normalized_mutual_information
 from vlprompt.data.base import ImageDataset, LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
-from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 
 def _by_hand(prompts: list[list[float]], patches: list[list[float]]) -> tuple[float, float, float]:
     """I(P;E), H_P, H_E with plain loops over the 2x3 joint."""
     d = len(prompts[0])
-    sig = [[1 / (1 + math.exp(-sum(a * b for a, b in zip(p, e)) / math.sqrt(d))) for e in patches] for p in prompts]
+    sig = [
+        [1 / (1 + math.exp(-sum(a * b for a, b in zip(p, e)) / math.sqrt(d))) for e in patches]
+        for p in prompts
+    ]
     total = sum(map(sum, sig))
     joint = [[v / total for v in row] for row in sig]
     pp = [sum(row) for row in joint]
     pe = [sum(joint[k][j] for k in range(len(prompts))) for j in range(len(patches))]
     mutual = sum(
-        joint[k][j] * math.log(joint[k][j] / (pp[k] * pe[j])) for k in range(len(prompts)) for j in range(len(patches))
+        joint[k][j] * math.log(joint[k][j] / (pp[k] * pe[j]))
+        for k in range(len(prompts))
+        for j in range(len(patches))
     )
     return mutual, -sum(v * math.log(v) for v in pp), -sum(v * math.log(v) for v in pe)
 
@@ -35,7 +41,11 @@ E = [[1.0, 2.0], [-2.0, 1.0], [0.5, -4.0]]
 def test_nmi_matches_hand_computed_two_by_three_case():
     mutual, h_p, h_e = _by_hand(P, E)
     prompts, patches = torch.tensor(P), torch.tensor(E)
-    expected = {"min": mutual / min(h_p, h_e), "sqrt": mutual / math.sqrt(h_p * h_e), "mean": 2 * mutual / (h_p + h_e)}
+    expected = {
+        "min": mutual / min(h_p, h_e),
+        "sqrt": mutual / math.sqrt(h_p * h_e),
+        "mean": 2 * mutual / (h_p + h_e),
+    }
     for normalization, value in expected.items():
         got = normalized_mutual_information(prompts, patches, normalization)
         assert float(got) == pytest.approx(value, rel=1e-9)
@@ -57,7 +67,9 @@ def test_nmi_bad_normalization_names_the_field():
 
 def test_block_nmi_per_block_and_logged_every_n_steps():
     backbone = tiny_backbone(depth=3)
-    method = create_method("vpt-deep", backbone, LabelSpace(["a", "b"]), num_tokens=4, nmi_every=2, nmi_images=3)
+    method = create_method(
+        "vpt-deep", backbone, LabelSpace(["a", "b"]), num_tokens=4, nmi_every=2, nmi_images=3
+    )
     values = block_nmi(backbone.visual, method.prompts, torch.randn(2, 3, 32, 32))
     assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
 

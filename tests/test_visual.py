@@ -1,18 +1,18 @@
 """Visual prompts (VPT / SPT), their initialisers and the image-tower baselines on tiny random-init ViTs."""
+
 from __future__ import annotations
 
 import pytest
-import torch
 import timm
+import torch
 from torch import nn
 
+import vlprompt.methods.linear
+import vlprompt.methods.vpt  # noqa: F401
 from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
 from vlprompt.data.base import LabelSpace
-from vlprompt.methods.base import create_method
-
-import vlprompt.methods.linear  # noqa: F401  (registers the method)
-import vlprompt.methods.vpt  # noqa: F401
 from vlprompt.errors import ConfigError
+from vlprompt.methods.base import create_method
 from vlprompt.prompts.visual import VisualPrompts, prompted_forward, prompted_tokens, vpt_uniform_bound
 
 
@@ -50,7 +50,12 @@ class _TinyTimmTower(VisionTower):
 def tiny_backbone(seed: int = 0, pooling: str = "cls", width: int = 32, depth: int = 2) -> Backbone:
     torch.manual_seed(seed)
     model = timm.models.vision_transformer.VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=width, depth=depth, num_heads=2, num_classes=0,
+        img_size=32,
+        patch_size=8,
+        embed_dim=width,
+        depth=depth,
+        num_heads=2,
+        num_classes=0,
         global_pool="token" if pooling == "cls" else "avg",
     )
     tower = _TinyTimmTower(model, pooling)
@@ -202,8 +207,13 @@ def test_mean_readout_counts_prompts_only_when_asked():
 
 @pytest.mark.parametrize(
     "overrides,field",
-    [({"num_tokens": 0}, "num_tokens"), ({"dropout": 1.5}, "dropout"), ({"projection_dim": 0}, "projection_dim"),
-     ({"nmi_normalization": "max"}, "nmi_normalization"), ({"num_tokns": 3}, "num_tokens")],
+    [
+        ({"num_tokens": 0}, "num_tokens"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"projection_dim": 0}, "projection_dim"),
+        ({"nmi_normalization": "max"}, "nmi_normalization"),
+        ({"num_tokns": 3}, "num_tokens"),
+    ],
 )
 def test_vpt_bad_config_names_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):

@@ -1,17 +1,18 @@
 """VPT / SPT on every image tower the adapters expose, and the prompt-only checkpoint round trip."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
-import vlprompt.methods.spt  # noqa: F401
+import vlprompt.methods.spt
 import vlprompt.methods.vpt  # noqa: F401
 from vlprompt.data.base import ImageDataset, LabelSpace
 from vlprompt.errors import CheckpointError
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.visual import VisualPrompts, prompted_forward
 from vlprompt.train.checkpoint import load_prompts, save_prompts
-from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 tiny = pytest.importorskip("vlprompt.backbones.tiny")
 LABELS = LabelSpace(["a", "b"])
@@ -37,7 +38,9 @@ def test_visual_prompts_on_every_adapter(factory):
     for depth in (1, visual.num_blocks):
         empty = VisualPrompts(0, visual.width, depth=depth, patch_size=visual.patch_size)
         with torch.no_grad():
-            torch.testing.assert_close(prompted_forward(visual, empty, images), visual(images), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                prompted_forward(visual, empty, images), visual(images), rtol=1e-5, atol=1e-5
+            )
     for name in ("vpt-shallow", "vpt-deep"):
         method = create_method(name, backbone, LABELS, num_tokens=3).train()
         out = method({"image": images, "label": torch.tensor([0, 1])})
@@ -62,7 +65,11 @@ def test_prompt_checkpoint_round_trip_and_width_refusal(tmp_path):
     load_prompts(fresh, tmp_path)
     assert torch.equal(fresh.prompts.tokens, method.prompts.tokens)
     images = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(fresh.eval()({"image": images})["logits"], method.eval()({"image": images})["logits"])
-    wider = create_method("vpt-deep", tiny_backbone(width=48), LABELS, num_tokens=3)  # same backbone id, width 48
+    torch.testing.assert_close(
+        fresh.eval()({"image": images})["logits"], method.eval()({"image": images})["logits"]
+    )
+    wider = create_method(
+        "vpt-deep", tiny_backbone(width=48), LABELS, num_tokens=3
+    )  # same backbone id, width 48
     with pytest.raises(CheckpointError, match="backbone width"):
         load_prompts(wider, tmp_path)

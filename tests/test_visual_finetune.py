@@ -1,15 +1,16 @@
 """Full and partial-k fine-tuning baselines: what trains, what stays frozen, and that the caller's backbone
 is never modified."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.finetune  # noqa: F401
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
-from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 LABELS = LabelSpace(["a", "b", "c"])
 BATCH = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 0])}
@@ -33,7 +34,9 @@ def test_full_finetune_trains_a_copy_of_the_whole_tower():
     _step(method)
     assert method.visual.training
     assert all(torch.equal(v, backbone.visual.state_dict()[k]) for k, v in original.items())
-    assert not torch.equal(method.visual.model.patch_embed.proj.weight, original["model.patch_embed.proj.weight"])
+    assert not torch.equal(
+        method.visual.model.patch_embed.proj.weight, original["model.patch_embed.proj.weight"]
+    )
 
 
 def test_partial_k_trains_only_the_last_blocks_and_head():

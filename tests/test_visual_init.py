@@ -1,10 +1,12 @@
 """SPT initialisers: shapes, determinism, the k-means objective, bounded streaming, bad input."""
+
 from __future__ import annotations
 
 import types
 
 import pytest
 import torch
+from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.spt  # noqa: F401
 from vlprompt.data.base import ImageDataset, LabelSpace
@@ -18,7 +20,6 @@ from vlprompt.prompts.init import (
     minibatch_kmeans,
     pool_prototypes,
 )
-from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 LABELS = LabelSpace(["a", "b"])
 
@@ -51,7 +52,9 @@ def test_prototypes_come_from_the_data_tokens():
     images = torch.stack([dataset[i][0] for i in range(4)])
     with torch.no_grad():
         patches = backbone.visual.embed(images)[:, 1:].reshape(-1, 32)  # 4 images x 16 patches, one batch
-    method = create_method("spt-shallow", backbone, LABELS, num_tokens=4, init="random_sample", init_batch_size=4)
+    method = create_method(
+        "spt-shallow", backbone, LABELS, num_tokens=4, init="random_sample", init_batch_size=4
+    )
     method.initialize_prompts(dataset, seed=0)
     for prompt in method.prompts.tokens[0]:
         assert (patches - prompt).abs().amax(dim=1).min() < 1e-6
@@ -66,7 +69,7 @@ def test_prototypes_come_from_the_data_tokens():
 def test_kmeans_not_worse_than_its_seeding_and_deterministic():
     generator = torch.Generator().manual_seed(0)
     centers = torch.randn(6, 8, generator=generator) * 4
-    x = (centers[torch.randint(6, (3000,), generator=generator)] + torch.randn(3000, 8, generator=generator))
+    x = centers[torch.randint(6, (3000,), generator=generator)] + torch.randn(3000, 8, generator=generator)
     seeds, potential = kmeans_plus_plus(x, 6, torch.Generator().manual_seed(1))
     assert potential == pytest.approx(inertia(x, seeds), rel=1e-5)
     result = minibatch_kmeans(x, 6, torch.Generator().manual_seed(1), iterations=30, batch_size=256)
@@ -79,7 +82,9 @@ def test_kmeans_not_worse_than_its_seeding_and_deterministic():
 
 
 def test_kmeans_report_on_a_model():
-    method = create_method("spt-deep", tiny_backbone(), LABELS, num_tokens=3, token_budget=100, init_batch_size=4)
+    method = create_method(
+        "spt-deep", tiny_backbone(), LABELS, num_tokens=3, token_budget=100, init_batch_size=4
+    )
     report = method.initialize_prompts(image_dataset(n=20), seed=0)
     assert report.tokens_seen == 20 * 16 and report.tokens_kept == 100 and report.batches == 5
     assert len(report.inertia) == 2
@@ -100,11 +105,14 @@ def test_reservoir_is_bounded_and_uniform():
 
 
 def test_setup_initialises_before_training_and_logs_nmi():
-    method = create_method("spt-shallow", tiny_backbone(), LABELS, num_tokens=2, nmi_every=1, init_batch_size=4)
+    method = create_method(
+        "spt-shallow", tiny_backbone(), LABELS, num_tokens=2, nmi_every=1, init_batch_size=4
+    )
     before = method.prompts.tokens.detach().clone()
     records = []
-    trainer = types.SimpleNamespace(device=torch.device("cpu"), config=types.SimpleNamespace(seed=1),
-                                    log_metrics=records.append)
+    trainer = types.SimpleNamespace(
+        device=torch.device("cpu"), config=types.SimpleNamespace(seed=1), log_metrics=records.append
+    )
     method.setup(image_dataset(), trainer)
     assert not torch.equal(before, method.prompts.tokens)
     assert records and records[0]["step"] == 0 and "nmi/block0" in records[0]
@@ -126,7 +134,8 @@ def test_spt_bad_config_names_the_field(overrides, field):
 
 
 def test_too_few_tokens_for_the_prompts_is_explained():
-    method = create_method("spt-shallow", tiny_backbone(), LABELS, num_tokens=20, init="random_sample",
-                           init_batch_size=1)
+    method = create_method(
+        "spt-shallow", tiny_backbone(), LABELS, num_tokens=20, init="random_sample", init_batch_size=1
+    )
     with pytest.raises(ConfigError, match="num_tokens"):
         method.initialize_prompts(image_dataset(n=2), seed=0)

@@ -6,15 +6,16 @@ sum 1. With marginals pi(p_k) = sum_j pi_kj and pi(e_j) = sum_k pi_kj, NMI = I(P
 min(H_P, H_E) (Estevez et al. 2009, the default), sqrt(H_P * H_E) or (H_P + H_E) / 2.
 The tokens used for block i are the ones entering block i (for deep prompts: that block's own prompts).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
+from vlprompt.backbones.base import VisionTower
 from vlprompt.config_utils import check_choice
 from vlprompt.prompts.visual import VisualPrompts, prompted_tokens
-from vlprompt.backbones.base import VisionTower
 
 NORMALIZATIONS = ("min", "sqrt", "mean")
 
@@ -40,8 +41,10 @@ def normalized_mutual_information(
         norm = (h_prompt * h_patch).sqrt()
     else:
         norm = (h_prompt + h_patch) / 2
-    # One prompt (or one patch) has zero entropy and zero information: report 0 rather than 0/0.
-    return torch.where(norm > 0, mutual / norm.clamp_min(1e-300), torch.zeros_like(mutual))
+    # One prompt (or one patch) has zero entropy and zero information: report 0 rather than rounding noise
+    # divided by rounding noise.
+    degenerate = norm < 1e-12
+    return torch.where(degenerate, torch.zeros_like(mutual), mutual / norm.clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -73,7 +76,9 @@ def method_nmi(method, images: torch.Tensor, normalization: str = "min") -> list
     return block_nmi(method.visual, method.prompts, images.to(device), normalization)
 
 
-def checkpoint_nmi(method, checkpoint: str | Path, images: torch.Tensor, normalization: str = "min") -> list[float]:
+def checkpoint_nmi(
+    method, checkpoint: str | Path, images: torch.Tensor, normalization: str = "min"
+) -> list[float]:
     """Load a prompt checkpoint into ``method`` (checked against it) and compute its per-block NMI."""
     from vlprompt.train.checkpoint import load_prompts
 

@@ -4,6 +4,7 @@ Both train a private copy of the image tower, so the caller's backbone object (s
 keyed by its weights hash in the feature cache) is never modified. Their checkpoints hold the tuned tower
 weights: that is what these baselines train, and why prompt methods are cheaper to store.
 """
+
 from __future__ import annotations
 
 import copy
@@ -64,7 +65,7 @@ class _TunedTower(PromptMethod):
         logits = self.head(self.encode(batch["image"]))
         return {"loss": self.cross_entropy(logits, batch), "logits": logits}
 
-    def train(self, mode: bool = True) -> "_TunedTower":
+    def train(self, mode: bool = True) -> _TunedTower:
         super().train(mode)
         if not self.tune_all:  # frozen blocks and the embedding keep eval behaviour
             self.visual.eval()

@@ -1,4 +1,5 @@
 """Linear probe: one Linear head on frozen image features, the baseline every prompt method must beat."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Before training, ``setup`` streams the training set once through the frozen backbone and sets the prompts
 (prompts/init.py); from then on it trains exactly like VPT.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,7 +88,12 @@ class SelfPromptMethod(VisualPromptMethod):
             kmeans_refine=config.kmeans_refine,
         )
         self.prompts.set_tokens(values)
-        log.info("%s: prompts initialised by %s in %.2fs", self.method_name, config.init, time.perf_counter() - started)
+        log.info(
+            "%s: prompts initialised by %s in %.2fs",
+            self.method_name,
+            config.init,
+            time.perf_counter() - started,
+        )
         return report
 
     def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:

@@ -3,6 +3,7 @@
 Only the prompts (+ optional projection) and the head train; the backbone stays frozen and in eval mode.
 SPT (methods/spt.py) is this same model with prompts initialised from the data's own tokens.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,9 @@ class VPTConfig:
         if self.dropout is not None:
             check_range(where, "dropout", self.dropout, 0.0, 0.99)
         if self.projection_dim is not None and self.projection_dim < 1:
-            raise ConfigError(f"{where}.projection_dim = {self.projection_dim}: use a positive width or leave it unset.")
+            raise ConfigError(
+                f"{where}.projection_dim = {self.projection_dim}: use a positive width or leave it unset."
+            )
         check_range(where, "nmi_every", self.nmi_every, 0)
         check_range(where, "nmi_images", self.nmi_images, 1)
         check_choice(where, "nmi_normalization", self.nmi_normalization, NORMALIZATIONS)

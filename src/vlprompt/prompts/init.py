@@ -6,12 +6,13 @@ k-means, one randomly chosen batch for the pooling and sampling strategies), so 
 training set. k-means is mini-batch k-means with k-means++ seeding on the tokens' device, followed by a few
 full Lloyd passes over the reservoir; every random draw comes from one seeded CPU generator.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -28,7 +29,9 @@ def _uniform(generator: torch.Generator, count: int, device: torch.device) -> to
     return torch.rand(count, generator=generator, dtype=torch.float64).to(device)
 
 
-def squared_distances(x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+def squared_distances(
+    x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor | None = None
+) -> torch.Tensor:
     """||x_i - c_j||^2 as [n, k], clamped at 0 against rounding; ``x_sq`` = precomputed ||x_i||^2."""
     x_sq = x.pow(2).sum(1) if x_sq is None else x_sq
     return torch.addmm(x_sq.unsqueeze(1) + centers.pow(2).sum(1), x, centers.T, alpha=-2).clamp_min_(0)
@@ -160,7 +163,9 @@ class TokenReservoir:
             return
         # Row t (0-based over the stream) replaces slot j ~ U{0..t} when j < capacity; the last writer wins.
         positions = torch.arange(self.seen, self.seen + rows.shape[0], dtype=torch.float64)
-        slots = (torch.rand(rows.shape[0], generator=self.generator, dtype=torch.float64) * (positions + 1)).long()
+        slots = (
+            torch.rand(rows.shape[0], generator=self.generator, dtype=torch.float64) * (positions + 1)
+        ).long()
         self.seen += rows.shape[0]
         accepted = slots < self.capacity
         if not accepted.any():
@@ -256,7 +261,9 @@ def prototype_prompts(
     for layer in range(depth):
         if strategy == "kmeans":
             rows = reservoirs[layer].tokens()
-            result = minibatch_kmeans(rows, num_prompts, generator, kmeans_iterations, kmeans_batch_size, kmeans_refine)
+            result = minibatch_kmeans(
+                rows, num_prompts, generator, kmeans_iterations, kmeans_batch_size, kmeans_refine
+            )
             prototypes.append(result.centers)
             inertias.append(result.inertia)
             seedings.append(result.seeding_inertia)

@@ -5,10 +5,11 @@ Prompts get no position embedding, so for a ViT (permutation-equivariant blocks)
 Shallow prompts are inserted once and flow through every block; deep prompts are a fresh set per block that
 overwrites the previous block's outputs at the prompt positions.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -63,9 +64,13 @@ class VisualPrompts(nn.Module):
     def set_tokens(self, values: torch.Tensor) -> None:
         """Overwrite the prompts with given values [depth, num_tokens, width] (SPT prototypes)."""
         if self.projection is not None:
-            raise ValueError("prompts with a projection are learned at width k and cannot take width-d values")
+            raise ValueError(
+                "prompts with a projection are learned at width k and cannot take width-d values"
+            )
         if tuple(values.shape) != tuple(self.tokens.shape):
-            raise ValueError(f"prompt values have shape {tuple(values.shape)}, expected {tuple(self.tokens.shape)}")
+            raise ValueError(
+                f"prompt values have shape {tuple(values.shape)}, expected {tuple(self.tokens.shape)}"
+            )
         self.tokens.copy_(values.to(self.tokens.device, self.tokens.dtype))
 
     def prompts(self, layer: int, batch_size: int) -> torch.Tensor:
@@ -100,7 +105,9 @@ def prompted_tokens(
     """
     num_prefix = visual.num_prefix_tokens
     if prompts is not None and prompts.depth not in (1, visual.num_blocks):
-        raise ValueError(f"prompt depth {prompts.depth} fits neither shallow (1) nor deep ({visual.num_blocks})")
+        raise ValueError(
+            f"prompt depth {prompts.depth} fits neither shallow (1) nor deep ({visual.num_blocks})"
+        )
     tokens = visual.embed(images)
     if prompts is not None:
         tokens = prompts.insert(tokens, 0, num_prefix)
