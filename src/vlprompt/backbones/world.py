@@ -180,14 +180,15 @@ def _register() -> None:
             std=tuple(pre["std"]),
             interpolation=pre["interpolation"],
         )
-        return wrap_open_clip(model, tokenizer, preprocess, "world:clip")
+        return wrap_open_clip(model, tokenizer, preprocess, f"world:clip@{path}" if path else "world:clip")
 
     @register_backbone("world:mae")
     def world_mae(path: str | None = None) -> Backbone:
         """The shipped world MAE ViT (mean-pooled readout) through the timm adapter."""
         from vlprompt.backbones.timm_vit import wrap_timm_vit
 
-        return wrap_timm_vit(load_world_mae(Path(path) if path else None), "world:mae", kind="mae")
+        model = load_world_mae(Path(path) if path else None)
+        return wrap_timm_vit(model, f"world:mae@{path}" if path else "world:mae", kind="mae")
 
 
 _register()

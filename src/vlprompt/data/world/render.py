@@ -128,9 +128,8 @@ def _build_shapes() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
 
 SHAPES = _build_shapes()
-missing = set(VOCAB.shapes) - set(SHAPES)
-if missing:  # world.json names a shape that has no geometry
-    raise RuntimeError(f"world.json names shapes without geometry: {sorted(missing)}")
+if set(VOCAB.shapes) - set(SHAPES):  # world.json names a shape that has no geometry
+    raise RuntimeError(f"world.json names shapes without geometry: {sorted(set(VOCAB.shapes) - set(SHAPES))}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
-from vlprompt.data.world.render import render
+from vlprompt.data.world.render import Scene, render
 from vlprompt.data.world.scenes import SceneDistribution, caption, sample_scene, stable_seed
 from vlprompt.data.world.vocab import VOCAB
 from vlprompt.errors import ConfigError, unknown_name
@@ -42,7 +42,7 @@ class WorldTask:
         ensemble = [self.template] + [t for g in self.template_groups.values() for t in g if t != self.template]
         return LabelSpace(list(self.classnames), ensemble, {k: list(v) for k, v in self.template_groups.items()})
 
-    def attributes(self, split: str, index: int, seed: int = 0) -> tuple[object, dict]:
+    def attributes(self, split: str, index: int, seed: int = 0) -> tuple[Scene, dict]:
         """The scene at (split, index) and its attributes; the label is ``index % num_classes``."""
         rng = np.random.default_rng(stable_seed(seed, self.name, split, index))
         value = self.classnames[index % len(self.classnames)]
