@@ -5,7 +5,8 @@ split), so these are the numbers a user gets. Per-block NMI is logged during tra
 (``nmi_every``) and the mean over blocks is plotted over steps for VPT against SPT.
 
 Reduced scale (2 shared CPU cores): few shots, few epochs, a small test split; the scale used is written into
-the JSON and the table. Hyper-parameters are fixed per method family (not swept), the same for every task.
+the JSON and the table. Hyper-parameters are each method's own ``train_defaults`` (not swept), the same for
+every task.
 
     python benchmarks/bench_visual_quality.py [--backbones world:mae,world:clip] [--seeds 1,2,3]
 """
@@ -33,13 +34,6 @@ ROWS = [
     ("spt-shallow kmeans", "spt-shallow", {"init": "kmeans"}),
     *[(f"spt-deep {init}", "spt-deep", {"init": init}) for init in ALL_INITS],
 ]
-# Per method family: optimizer settings (fixed, not tuned per task).
-TRAIN = {
-    "linear": {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4},
-    "partial-k": {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 1e-4},
-    "finetune": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4},
-    "prompt": {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4},
-}
 COMMON_TRAIN = {
     "epochs": EPOCHS,
     "batch_size": 32,
@@ -52,8 +46,11 @@ COMMON_TRAIN = {
 
 
 def train_settings(method: str) -> dict:
-    family = method if method in TRAIN else "prompt"
-    return {**COMMON_TRAIN, **TRAIN[family]}
+    """The method's own recommended optimizer settings (train_defaults), at the benchmark's reduced scale."""
+    from vlprompt.methods import METHODS, import_all
+
+    import_all()
+    return {**METHODS.get(method).train_defaults, **COMMON_TRAIN}
 
 
 def run_one(
@@ -153,7 +150,7 @@ def render_markdown(results: dict) -> str:
         ),
         "",
         f"Reduced scale: {results['epochs']} epochs, {results['test_per_class']} test images per class, no "
-        "augmentation, fixed hyper-parameters per method family (not swept): "
+        "augmentation; each method's own train_defaults, not swept: "
         + "; ".join(f"{k}: {v['optimizer']} lr {v['lr']}" for k, v in results["train"].items())
         + ".",
         "",
@@ -232,7 +229,7 @@ def main() -> None:
         "seeds": seeds,
         "epochs": EPOCHS,
         "test_per_class": TEST_PER_CLASS,
-        "train": TRAIN,
+        "train": {method: train_settings(method) for _, method, _ in ROWS},
         "runs": runs,
         "summary": summarise(runs),
         "nmi_summary": nmi_summary(runs),

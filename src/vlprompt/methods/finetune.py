@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -79,6 +80,7 @@ class FullFinetune(_TunedTower):
     """Every weight of the image tower trains, with the head."""
 
     config_class = FinetuneConfig
+    train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: FinetuneConfig) -> None:
         super().__init__(backbone, labels, config, tuned_blocks=None)
@@ -89,6 +91,7 @@ class PartialFinetune(_TunedTower):
     """The last ``k`` blocks and the head train (VPT's partial-k baseline)."""
 
     config_class = PartialConfig
+    train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: PartialConfig) -> None:
         if config.k > backbone.visual.num_blocks:

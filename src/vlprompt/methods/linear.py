@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +26,8 @@ class LinearProbe(PromptMethod):
 
     config_class = LinearConfig
     uses_image_features = True
+    # A head on cached features converges in few epochs with Adam; SGD at the library default is far slower.
+    train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: LinearConfig) -> None:
         super().__init__(backbone, labels, config)

@@ -62,6 +62,7 @@ class VisualPromptMethod(PromptMethod):
 
     config_class: ClassVar[type] = VPTConfig
     deep: ClassVar[bool] = False
+    train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
         super().__init__(backbone, labels, config)
