@@ -38,21 +38,28 @@ class ProGrad(CoOp):
         outputs = self.base_outputs(batch)
         result = {"loss": outputs["loss"], "logits": outputs["logits"]}
         if outputs["loss"] is not None and self.training and self.config.lam > 0:
+            result["class_features"] = outputs["class_features"]
             hand = self.hand_features().to(outputs["image"].device)
             teacher = self.clip_logits(outputs["image"], hand)
             result["loss_kl"] = kl_to_teacher(outputs["logits"], teacher, self.config.temperature)
         return result
 
     def grad_transform(self, outputs: dict, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """Per tensor: G_d = ∇L_ce, G_g = ∇L_kl; project G_d when they form an obtuse angle."""
+        """Per tensor: G_d = ∇L_ce, G_g = ∇L_kl; project G_d when they form an obtuse angle.
+
+        Both losses reach the prompts only through the class features t, so the two gradients are
+        J^T·∂L_ce/∂t and J^T·∂L_kl/∂t with the same Jacobian: one batched backward through the text encoder
+        computes both (the frozen weights are read once for the pair instead of once per backward).
+        """
         if "loss_kl" not in outputs:
             return list(torch.autograd.grad(outputs["loss"], params, allow_unused=True))
-        grads_ce = torch.autograd.grad(outputs["loss"], params, retain_graph=True, allow_unused=True)
-        grads_kl = torch.autograd.grad(outputs["loss_kl"], params, allow_unused=True)
+        features = outputs["class_features"]
+        wrt_ce = torch.autograd.grad(outputs["loss"], features, retain_graph=True)[0]
+        wrt_kl = torch.autograd.grad(outputs["loss_kl"], features, retain_graph=True)[0]
+        pairs = torch.autograd.grad(
+            features, params, grad_outputs=torch.stack([wrt_ce, wrt_kl]), is_grads_batched=True, allow_unused=True
+        )
         projected = []
-        for g_d, g_g in zip(grads_ce, grads_kl):
-            if g_d is None or g_g is None:
-                projected.append(g_d)
-            else:
-                projected.append(prograd_project(g_d, g_g, self.config.lam))
+        for pair in pairs:
+            projected.append(None if pair is None else prograd_project(pair[0], pair[1], self.config.lam))
         return projected
