@@ -90,3 +90,17 @@ def test_block_nmi_per_block_and_logged_every_n_steps():
     assert [r["step"] for r in trainer.records] == [0, 2, 4]
     assert set(trainer.records[0]) == {"step", "nmi/block0", "nmi/block1", "nmi/block2", "nmi/mean"}
     assert method.prompts.training  # NMI is computed without prompt dropout but leaves the mode as it was
+
+
+def test_nmi_on_a_saved_checkpoint(tmp_path):
+    from vlprompt.analysis.nmi import checkpoint_nmi, method_nmi
+    from vlprompt.train.checkpoint import save_prompts
+
+    labels = LabelSpace(["a", "b"])
+    trained = create_method("vpt-shallow", tiny_backbone(), labels, num_tokens=3)
+    with torch.no_grad():
+        trained.prompts.tokens.mul_(20.0)  # far from a fresh init, so loading visibly matters
+    save_prompts(trained, tmp_path)
+    images = torch.randn(2, 3, 32, 32)
+    fresh = create_method("vpt-shallow", tiny_backbone(), labels, num_tokens=3)
+    assert checkpoint_nmi(fresh, tmp_path, images) == pytest.approx(method_nmi(trained, images))
