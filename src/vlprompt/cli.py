@@ -138,8 +138,37 @@ def cmd_data(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_sweep(args) -> int:
+    from vlprompt.sweep import format_summary, load_sweep_config, run_sweep
+
+    config = load_sweep_config(args.config, parse_overrides(args.overrides))
+    summary = run_sweep(config, args.out, workers=args.workers)
+    print(format_summary(summary))
+    return 1 if summary["failed"] else 0
+
+
+def cmd_report(args) -> int:
+    from vlprompt.analysis.report import write_report
+
+    written = write_report(args.runs_dir, args.out, split_backbones=args.split_backbones, plots=not args.no_plots)
+    print(written["report.md"].read_text(encoding="utf-8"))
+    print(f"wrote {len(written)} files to {written['report.md'].parent}")
+    return 0
+
+
+def cmd_protocol(args) -> int:
+    from vlprompt.protocols import format_summary, run_protocol
+
+    summary, written = run_protocol(args.command, parse_overrides(args.items), args.out, workers=args.workers)
+    print(format_summary(summary))
+    print(written["report.md"].read_text(encoding="utf-8"))
+    return 1 if summary["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlprompt", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="vlprompt", description="Prompt learning on frozen vision and vision-language transformers."
+    )
     parser.add_argument("--version", action="version", version=f"vlprompt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--methods", help="comma-separated subset of methods")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="run a grid of runs from a YAML sweep config (finished runs are skipped)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="overrides of the sweep config as key=value (e.g. train.epochs=2)")
+    p.add_argument("--out", required=True, help="sweep folder (one sub-folder per run)")
+    p.add_argument("--workers", type=int, default=1, help="runs at once, as separate processes")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="markdown + CSV tables and PNG plots from a folder of runs")
+    p.add_argument("runs_dir")
+    p.add_argument("--out", help="report folder (default RUNS_DIR/report)")
+    p.add_argument("--split-backbones", action="store_true", help="one table per backbone instead of an error")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    protocol_help = {
+        "fewshot": "few-shot protocol: shots 1/2/4/8/16 x seeds 1/2/3 (mean +- std table)",
+        "base2new": "base-to-new protocol: Base / New / HM (HM of the averaged accuracies)",
+        "shift": "domain shift: train on a source, test on targets sharing its classes (targets=...)",
+        "vtab": "VTAB-1k: select on train800 -> val200, final train800val200 -> test, 5 seeds",
+    }
+    for name, text in protocol_help.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("items", nargs="*", help="methods=coop,linear dataset=world-object shots=1,16 seeds=1 ...")
+        p.add_argument("--out", required=True)
+        p.add_argument("--workers", type=int, default=1)
+        p.set_defaults(func=cmd_protocol)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)

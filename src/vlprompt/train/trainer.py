@@ -188,7 +188,8 @@ class Trainer:
             bar = tqdm(
                 range(first, micro_per_epoch),
                 desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=not (config.progress and self.is_main),
+                # None lets tqdm switch itself off when stderr is not a terminal (logs, CI).
+                disable=None if config.progress and self.is_main else True,
                 leave=False,
             )
             for micro in bar:

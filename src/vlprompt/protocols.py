@@ -1,0 +1,78 @@
+"""The field's protocols as named commands: each builds a sweep over shots x seeds, runs it, and reports.
+
+`vlprompt fewshot|base2new|shift|vtab key=value ... --out DIR` is a thin layer over `vlprompt sweep` and
+`vlprompt report`: the same run folders, the same resume-and-skip behaviour, the same tables.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlprompt.analysis.report import write_report
+from vlprompt.config_utils import build_config
+from vlprompt.errors import ConfigError
+from vlprompt.sweep import SweepConfig, format_summary, run_sweep
+
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fewshot": {"shots": [1, 2, 4, 8, 16], "seeds": [1, 2, 3]},
+    "base2new": {"shots": [16], "seeds": [1, 2, 3]},
+    "shift": {"shots": [16], "seeds": [1, 2, 3]},
+    "vtab": {"shots": [0], "seeds": [1]},
+}
+ALLOWED_KEYS = ("methods", "method", "backbone", "dataset", "datasets", "root", "dataset_options", "shots", "seeds",
+                "targets", "train", "grid", "method_options", "vtab", "name")
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v for v in value.split(",") if v]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def protocol_sweep(protocol: str, values: dict) -> SweepConfig:
+    """The sweep that one protocol command stands for."""
+    if protocol not in PROTOCOL_DEFAULTS:
+        raise ConfigError(f"Unknown protocol '{protocol}'; choose one of {sorted(PROTOCOL_DEFAULTS)}.")
+    unknown = sorted(set(values) - set(ALLOWED_KEYS))
+    if unknown:
+        raise ConfigError(f"'vlprompt {protocol}': unknown key '{unknown[0]}'; known keys: {', '.join(ALLOWED_KEYS)}.")
+    methods = _as_list(values.get("methods", values.get("method")))
+    if not methods:
+        raise ConfigError(f"'vlprompt {protocol}' needs methods=NAME[,NAME...] (or methods=all).")
+    names = _as_list(values.get("datasets", values.get("dataset")))
+    if not names:
+        raise ConfigError(f"'vlprompt {protocol}' needs dataset=NAME (see 'vlprompt list datasets').")
+    options = dict(values.get("dataset_options", {}))
+    targets = [{"dataset": t, "root": values.get("root"), "options": options} for t in _as_list(values.get("targets"))]
+    if protocol == "shift" and not targets:
+        raise ConfigError("'vlprompt shift' needs targets=NAME[,NAME...]: datasets sharing the source's classes.")
+    datasets = [{"dataset": n, "root": values.get("root"), "options": options, "targets": targets} for n in names]
+    if values.get("method_options"):
+        methods = [{"name": m, "method_options": dict(values["method_options"])} for m in methods]
+    sweep = {
+        "name": values.get("name", protocol),
+        "methods": methods,
+        "datasets": datasets,
+        "protocols": [protocol],
+        "shots": [int(s) for s in _as_list(values.get("shots"))] or PROTOCOL_DEFAULTS[protocol]["shots"],
+        "seeds": [int(s) for s in _as_list(values.get("seeds"))] or PROTOCOL_DEFAULTS[protocol]["seeds"],
+        "train": dict(values.get("train", {})),
+        "grid": dict(values.get("grid", {})),
+        "vtab": dict(values.get("vtab", {})),
+    }
+    if "backbone" in values:
+        sweep["backbone"] = values["backbone"]
+    return build_config(SweepConfig, sweep, where=protocol)
+
+
+def run_protocol(protocol: str, values: dict, out_dir: str | Path, workers: int = 1) -> tuple[dict, dict]:
+    """Run the protocol's sweep into ``out_dir`` and write its report; returns (summary, written files)."""
+    config = protocol_sweep(protocol, values)
+    summary = run_sweep(config, out_dir, workers=workers)
+    written = write_report(Path(out_dir))
+    return summary, written
+
+
+__all__ = ["protocol_sweep", "run_protocol", "format_summary", "PROTOCOL_DEFAULTS"]
