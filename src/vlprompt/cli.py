@@ -165,6 +165,14 @@ def cmd_protocol(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_world_export(args) -> int:
+    from vlprompt.data.world.export import export_world_task
+
+    root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed)
+    print(f"wrote world task '{args.task}' in the {args.format} layout under {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlprompt", description="Prompt learning on frozen vision and vision-language transformers."
@@ -221,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True)
         p.add_argument("--workers", type=int, default=1)
         p.set_defaults(func=cmd_protocol)
+
+    p = sub.add_parser("world", help="the offline world: export a task to disk in a real dataset layout")
+    world_sub = p.add_subparsers(dest="world_command", required=True)
+    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs)")
+    e.add_argument("task", help="a world task, e.g. object or world-object (see 'vlprompt list datasets')")
+    e.add_argument("--out", required=True)
+    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab"])
+    e.add_argument("--per-class", type=int, default=16, help="train and test images per class (imagefolder)")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_world_export)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,65 @@
+"""Write a world task to disk in a distributed dataset layout (ImageFolder or VTAB-1k txt).
+
+This makes every README workflow runnable offline as written: the files are real PNGs read back through the
+same format readers and validator as a user's own data.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from vlprompt.data.base import ImageDataset
+from vlprompt.data.registry import load_dataset
+from vlprompt.errors import ConfigError
+from vlprompt.io_utils import atomic_write_text, check_writable_dir
+
+FORMATS = ("imagefolder", "vtab")
+
+
+def _write_images(dataset: ImageDataset, folder: Path, names: list[str], by_class: bool) -> list[tuple[str, int]]:
+    """Save each image as PNG; returns (path relative to the dataset root, label) per image."""
+    rows = []
+    for index in range(len(dataset)):
+        image, label = dataset[index]
+        relative = Path(names[label] if by_class else "images") / f"{dataset.ids[index].replace('/', '_')}.png"
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target)
+        rows.append((relative.as_posix(), label))
+    return rows
+
+
+def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder", per_class: int = 16,
+                      seed: int = 0) -> Path:
+    """Export ``world-<task>`` (or a full dataset name) to ``out``; returns the dataset root to pass as root=."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format = {fmt!r} is not allowed; choose one of {list(FORMATS)}.")
+    name = task_name if task_name.startswith("world-") else f"world-{task_name}"
+    out = check_writable_dir(out, "export folder")
+    if fmt == "imagefolder":
+        task = load_dataset(name, train_per_class=per_class, val_per_class=max(per_class // 4, 1),
+                            test_per_class=per_class, seed=seed)
+        names = [c.replace(" ", "_") for c in task.labels.classnames]
+        for split, data in (("train", task.train), ("val", task.val), ("test", task.test)):
+            _write_images(data.with_transform(None), out / split, names, by_class=True)
+        return out
+    # VTAB-1k: 800 train + 200 val images whatever the class count, as the benchmark defines them.
+    task = load_dataset(name, train_per_class=math.ceil(1000 / len(task_classes(name))),
+                        val_per_class=1, test_per_class=per_class, seed=seed)
+    folder = out / name
+    train_rows = _write_images(task.train.with_transform(None), folder, [], by_class=False)
+    test_rows = _write_images(task.test.with_transform(None), folder, [], by_class=False)
+    lines = {
+        "train800": train_rows[:800],
+        "val200": train_rows[800:1000],
+        "train800val200": train_rows[:1000],
+        "test": test_rows,
+    }
+    for split, rows in lines.items():
+        atomic_write_text(folder / f"{split}.txt", "".join(f"{path} {label}\n" for path, label in rows))
+    atomic_write_text(folder / "classnames.txt", "".join(f"{c}\n" for c in task.labels.classnames))
+    return out
+
+
+def task_classes(name: str) -> list[str]:
+    return load_dataset(name, train_per_class=1, val_per_class=0, test_per_class=1).labels.classnames
