@@ -162,9 +162,11 @@ def render_markdown(results: dict) -> str:
         for b in backbones:
             for d in datasets:
                 entry = results["summary"].get(f"{b}|{d}|{label}")
-                cells.append(
-                    "—" if entry is None else f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
-                )
+                if entry is None:
+                    cells.append("—")
+                else:
+                    partial = "" if entry["n"] == len(results["seeds"]) else f" (n={entry['n']})"
+                    cells.append(f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}{partial}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -210,12 +212,13 @@ def main() -> None:
     wanted = set(args.rows.split(",")) if args.rows else None
     work = Path(args.work)
     runs = []
-    for backbone in backbones:
-        for dataset in TASKS:
-            for label, method, options in ROWS:
-                if wanted and label not in wanted:
-                    continue
-                for seed in seeds:
+    # Seeds outermost and results rewritten after every run: a cut-short run still leaves every row measured.
+    for seed in seeds:
+        for backbone in backbones:
+            for dataset in TASKS:
+                for label, method, options in ROWS:
+                    if wanted and label not in wanted:
+                        continue
                     run = run_one(backbone, dataset, label, method, options, seed, work, work / "cache")
                     runs.append(run)
                     print(
@@ -223,6 +226,11 @@ def main() -> None:
                         f"({run['seconds']:.1f} s)",
                         flush=True,
                     )
+                    write_results(Path(args.out), args.name, backbones, seeds, runs)
+    print((Path(args.out) / f"{args.name}.md").read_text())
+
+
+def write_results(out: Path, name: str, backbones: list[str], seeds: list[int], runs: list[dict]) -> None:
     results = {
         "backbones": backbones,
         "tasks": TASKS,
@@ -234,12 +242,10 @@ def main() -> None:
         "summary": summarise(runs),
         "nmi_summary": nmi_summary(runs),
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(render_markdown(results))
-    plot_nmi(runs, out / f"{args.name}_nmi.png")
-    print((out / f"{args.name}.md").read_text())
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(render_markdown(results))
+    plot_nmi(runs, out / f"{name}_nmi.png")
 
 
 if __name__ == "__main__":
