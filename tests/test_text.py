@@ -189,6 +189,17 @@ def test_kgcoop_zero_distance_adds_zero(clip):
     torch.testing.assert_close(out["loss"], ce, atol=1e-5, rtol=0)
 
 
+def test_text_to_text_loss_option_adds_the_grouped_loss_over_all_templates(clip):
+    space = labels(["a photo of a {}.", "a sketch of a {}."])
+    method = create_method("coop", clip, space, ctx_init="a photo of a", text_loss_weight=2.0).train()
+    target = torch.tensor([0, 1, 2, 3, 0, 1])
+    out = method({"features": features(), "label": target})
+    with torch.no_grad():
+        text_loss = grouped_text_ce(method.class_features(), method.template_features(), method.logit_scale)
+    expected = torch.nn.functional.cross_entropy(out["logits"], target) + 2.0 * text_loss
+    torch.testing.assert_close(out["loss"], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_grouped_text_loss_hand_case():
     soft = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     hard = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])  # template 2 swaps the classes

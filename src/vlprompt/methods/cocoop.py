@@ -7,6 +7,7 @@ at most ``prompts_per_call`` prompts and, under autograd, recomputed in backward
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +41,10 @@ class CoCoOpConfig:
 @register_method("cocoop")
 class CoCoOp(ClipMethod):
     config_class = CoCoOpConfig
+    # CoCoOp trains few epochs on small batches (the paper: batch 1, 10 epochs); each step encodes B×C prompts.
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "optimizer": "sgd", "lr": 0.002, "batch_size": 4, "epochs": 10, "weight_decay": 5e-4, "warmup_epochs": 1,
+    }
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoCoOpConfig) -> None:
         super().__init__(backbone, labels, config)

@@ -5,6 +5,7 @@ ProGrad and KgCoOp are CoOp plus one loss term each, so they subclass this file'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -81,6 +82,11 @@ class CoOp(ClipMethod):
     """Context optimisation: only the context vectors train; class features are cached during evaluation."""
 
     config_class = CoOpConfig
+    # CoOp's recipe (SGD, lr 0.002, batch 32, cosine after one warm-up epoch); image features are cached
+    # exactly, so augmentation settings do not apply unless feature_views > 1.
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "weight_decay": 5e-4, "warmup_epochs": 1,
+    }
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoOpConfig) -> None:
         super().__init__(backbone, labels, config)

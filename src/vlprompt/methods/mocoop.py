@@ -12,6 +12,7 @@ features once and, per image, reads only its k experts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -70,6 +71,9 @@ def select_groups(labels: LabelSpace, names: list[str]) -> dict[str, list[str]]:
 @register_method("mocoop")
 class MoCoOp(ClipMethod):
     config_class = MoCoOpConfig
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "weight_decay": 5e-4, "warmup_epochs": 1,
+    }
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: MoCoOpConfig) -> None:
         super().__init__(backbone, labels, config)
