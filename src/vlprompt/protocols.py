@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from vlprompt.analysis.report import write_report
 from vlprompt.config_utils import build_config
 from vlprompt.errors import ConfigError
@@ -29,6 +31,19 @@ def _as_list(value: Any) -> list:
     if isinstance(value, str):
         return [v for v in value.split(",") if v]
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _flatten_grid(grid: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': '0.1,1'}} (from grid.train.lr=0.1,1) -> {'train.lr': [0.1, 1]}: the sweep's dotted form."""
+    flat: dict = {}
+    for key, value in grid.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten_grid(value, f"{dotted}."))
+        else:
+            items = _as_list(value)
+            flat[dotted] = [yaml.safe_load(v) if isinstance(v, str) else v for v in items]
+    return flat
 
 
 def protocol_sweep(protocol: str, values: dict) -> SweepConfig:
@@ -59,7 +74,7 @@ def protocol_sweep(protocol: str, values: dict) -> SweepConfig:
         "shots": [int(s) for s in _as_list(values.get("shots"))] or PROTOCOL_DEFAULTS[protocol]["shots"],
         "seeds": [int(s) for s in _as_list(values.get("seeds"))] or PROTOCOL_DEFAULTS[protocol]["seeds"],
         "train": dict(values.get("train", {})),
-        "grid": dict(values.get("grid", {})),
+        "grid": _flatten_grid(dict(values.get("grid", {}))),
         "vtab": dict(values.get("vtab", {})),
     }
     if "backbone" in values:
