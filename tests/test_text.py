@@ -34,6 +34,8 @@ def backbones():
     return {
         "open_clip": tiny_open_clip(seed=0),
         "open_clip_custom_text": tiny_open_clip_custom_text(seed=0),
+        # pooled at an appended class token: the EOT is not the pooled position, and no fast path applies
+        "open_clip_cls_token": tiny_open_clip_custom_text(seed=0, embed_cls=True, pool_type="last"),
         "hf_clip": tiny_hf_clip(seed=0),
     }
 
@@ -51,7 +53,7 @@ def features(n: int = 6, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", ["open_clip", "open_clip_custom_text", "hf_clip"])
+@pytest.mark.parametrize("name", ["open_clip", "open_clip_custom_text", "open_clip_cls_token", "hf_clip"])
 @pytest.mark.parametrize("template", ["a photo of a {}.", "a {} in neon lights."])
 def test_coop_from_template_words_equals_zero_shot(backbones, name, template):
     backbone = backbones[name]

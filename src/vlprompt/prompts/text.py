@@ -57,10 +57,24 @@ def encode_text_embeddings(text: TextTower, embeddings: torch.Tensor, token_ids:
     return text.encode_embeddings(embeddings, token_ids)
 
 
+def end_token_positions(text: TextTower, token_ids: torch.Tensor) -> torch.Tensor:
+    """Index of the end-of-text token in each row (context_length when a row has none).
+
+    Not ``eot_positions``: a tower may pool elsewhere (an appended class token), while counting tokens needs
+    the EOT token itself. Its id is read from the tokenisation of the empty text, [SOS, EOT, ...].
+    """
+    end_id = int(text.tokenize([""])[0, 1])
+    is_end = token_ids == end_id
+    is_end[:, 0] = False
+    found = is_end.any(dim=1)
+    first = is_end.int().argmax(dim=1)
+    return torch.where(found, first, torch.full_like(first, token_ids.shape[1]))
+
+
 def token_count(text: TextTower, phrase: str, what: str) -> int:
     """Number of tokens of ``phrase`` without SOS/EOT; raises when it alone fills the context."""
     ids = text.tokenize([phrase])
-    eot = int(text.eot_positions(ids)[0])
+    eot = int(end_token_positions(text, ids)[0])
     if eot >= text.context_length - 1:
         raise ConfigError(
             f"{what} {phrase!r} tokenises to more than the text tower's context length "
@@ -153,7 +167,7 @@ def build_layout(
         texts.append(" ".join(part for part in (before, name, after) if part) + joiner + suffix)
         starts.append((1, 1 + first + name_len, name_len, suffix_len))
     token_ids = text.tokenize(texts)
-    eot = text.eot_positions(token_ids)
+    eot = end_token_positions(text, token_ids)
     slot = torch.full(token_ids.shape, n_ctx, dtype=torch.long)
     for row, (name, (start_a, start_b, name_len, suffix_len)) in enumerate(zip(classnames, starts)):
         expected_eot = 1 + n_ctx + name_len + suffix_len
