@@ -12,6 +12,7 @@ Three measurements, each as ratios taken in one run (variants interleaved where 
 2. One training step (forward, gradients, optimizer) of ProGrad against CoOp on cached image features.
 3. Inference of the mixture of prompt experts against CoOp: the whole test-set evaluation from images (class
    features computed once per evaluation), and the per-batch head alone on cached features.
+4. Peak memory of one training step with 1,000 classes on the world CLIP, one encoder call against class chunks.
 
 Run on CPU with one thread by default: the machine is shared, and extra threads there mostly add variance.
 
@@ -232,6 +233,54 @@ def inference_ratio(backbone, task: TaskData, rounds: int) -> dict:
     }
 
 
+# ----- 4. memory with many classes -----
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _memory_child(method: str, options: dict, classes: int, queue) -> None:
+    torch.set_num_threads(1)
+    import_all()
+    world, _ = world_backbone()
+    labels = LabelSpace([f"thing {i}" for i in range(classes)], ["a photo of a {}."])
+    model = create_method(method, world, labels, **options)
+    batch = {"features": torch.randn(32, world.visual.feature_dim), "label": torch.randint(classes, (32,))}
+    model.train()
+    before = _status_kib("VmRSS")
+    # Linux: writing 5 to clear_refs resets the peak-RSS mark, so the peak below is this step's own.
+    Path("/proc/self/clear_refs").write_text("5")
+    started = time.perf_counter()
+    params = model.trainable_parameters()
+    torch.autograd.grad(model(batch)["loss"], params, allow_unused=True)
+    seconds = time.perf_counter() - started
+    queue.put({"step_mib": max(_status_kib("VmHWM") - before, 0) / 1024, "step_seconds": seconds})
+
+
+def memory_many_classes(classes: int) -> dict:
+    """Peak memory of one training step with many classes: one encoder call vs class chunks (recomputed in
+    backward), each variant in its own fresh process."""
+    import multiprocessing
+
+    variants = {
+        "coop, one call": ("coop", {"n_ctx": 16, "class_chunk": classes}),
+        "coop, chunks of 128": ("coop", {"n_ctx": 16, "class_chunk": 128}),
+        # one call would be 32 x classes prompts with activations kept for backward: tens of GiB, not run
+        "cocoop, 2048 prompts per call": ("cocoop", {"prompts_per_call": 2048}),
+    }
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for name, (method, options) in variants.items():
+        queue = context.Queue()
+        process = context.Process(target=_memory_child, args=(method, options, classes, queue))
+        process.start()
+        results[name] = queue.get()
+        process.join()
+    return {"classes": classes, "batch": 32, "variants": results}
+
+
 def run_cache(args, world, trained: bool) -> dict:
     from vlprompt.backbones.tiny import clip_b16_shaped
 
@@ -261,6 +310,8 @@ def run_steps(args, world, trained: bool) -> dict:
     print("prograd b16", json.dumps(results["prograd_b16"]), flush=True)
     results["mixture_b16"] = inference_ratio(b16, small, 3)
     print("mixture b16", json.dumps(results["mixture_b16"]), flush=True)
+    results["memory_world"] = memory_many_classes(args.many_classes)
+    print("memory world", json.dumps(results["memory_world"]), flush=True)
     return results
 
 
@@ -271,6 +322,7 @@ def main() -> None:
     parser.add_argument("--b16-uncached-epochs", type=int, default=1)
     parser.add_argument("--views", type=int, default=4, help="augmented views in the world's cached-views arm")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--many-classes", type=int, default=1000, help="class count of the memory measurement")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -351,6 +403,13 @@ def render_steps(results: dict) -> str:
         _row(lines, f"mixture / CoOp, head alone on 256 cached features, {model}", entry["head_ratio"], "—", None)
         _row(lines, f"mixture / CoOp, class features built once per evaluation, {model} ({entry['experts']} "
              f"experts, top-{entry['top_k']})", entry["class_feature_build_ratio"], "—", None)
+    memory = results.get("memory_world")
+    if memory:
+        lines += ["", f"One training step with {memory['classes']} classes on the world CLIP (batch {memory['batch']}), "
+                  "each variant in a fresh process:", "", "| variant | peak memory above built (MiB) | step s |",
+                  "|---|---|---|"]
+        for name, entry in memory["variants"].items():
+            lines.append(f"| {name} | {entry['step_mib']:.0f} | {entry['step_seconds']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
