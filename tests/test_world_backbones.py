@@ -102,7 +102,7 @@ def test_shipped_clip_through_the_adapter_is_far_above_chance_zero_shot():
     task = load_world_task("colour", train_per_class=1, val_per_class=0, test_per_class=6)
     mean = torch.tensor(backbone.preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(backbone.preprocess.std).view(1, 3, 1, 1)
-    images = torch.stack([torch.from_numpy(np.asarray(task.test[i][0])).permute(2, 0, 1) for i in range(len(task.test))])
+    images = torch.stack([torch.from_numpy(np.array(task.test[i][0])).permute(2, 0, 1) for i in range(len(task.test))])
     images = (images.float() / 255 - mean) / std
     with torch.no_grad():
         image = torch.nn.functional.normalize(backbone.visual(images), dim=-1)
