@@ -74,7 +74,9 @@ def run_one(
         out=str(run_dir),
     )
     started = time.perf_counter()
-    record = run_experiment(config)[0]
+    finished = run_dir / "results.json"
+    # A finished run folder is reused (rerunning after an interruption only does what is missing).
+    record = json.loads(finished.read_text())[0] if finished.exists() else run_experiment(config)[0]
     nmi = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
@@ -88,6 +90,7 @@ def run_one(
         "row": label,
         "seed": seed,
         "accuracy": record["accuracy"],
+        "train_seconds": record["train_seconds"],
         "seconds": time.perf_counter() - started,
         "nmi": nmi,
     }
@@ -154,6 +157,10 @@ def render_markdown(results: dict) -> str:
         + "; ".join(f"{k}: {v['optimizer']} lr {v['lr']}" for k, v in results["train"].items())
         + ".",
         "",
+        "Backbone weights (content hash): "
+        + ", ".join(f"{b} {h}" for b, h in results["weights_hash"].items())
+        + ".",
+        "",
         header + " |",
         "|---|" + "---|" * (len(backbones) * len(datasets)),
     ]
@@ -200,6 +207,11 @@ def main() -> None:
     parser.add_argument("--backbones", default="world:mae,world:clip")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--rows", default="", help="comma-separated row labels (default: all)")
+    parser.add_argument(
+        "--init-study",
+        default="world:mae",
+        help="backbones that get SPT-deep with every initialiser (the others: k-means only)",
+    )
     parser.add_argument("--work", default="/tmp/vlprompt-bench-visual-quality")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--name", default="visual_quality")
@@ -210,7 +222,11 @@ def main() -> None:
     backbones = args.backbones.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     wanted = set(args.rows.split(",")) if args.rows else None
+    init_study = set(args.init_study.split(","))
     work = Path(args.work)
+    from vlprompt.backbones.registry import create_backbone
+
+    weights = {b: create_backbone(b).weights_hash() for b in backbones}
     runs = []
     # Seeds outermost and results rewritten after every run: a cut-short run still leaves every row measured.
     for seed in seeds:
@@ -219,6 +235,8 @@ def main() -> None:
                 for label, method, options in ROWS:
                     if wanted and label not in wanted:
                         continue
+                    if label.startswith("spt-deep") and "kmeans" not in label and backbone not in init_study:
+                        continue
                     run = run_one(backbone, dataset, label, method, options, seed, work, work / "cache")
                     runs.append(run)
                     print(
@@ -226,13 +244,16 @@ def main() -> None:
                         f"({run['seconds']:.1f} s)",
                         flush=True,
                     )
-                    write_results(Path(args.out), args.name, backbones, seeds, runs)
+                    write_results(Path(args.out), args.name, backbones, weights, seeds, runs)
     print((Path(args.out) / f"{args.name}.md").read_text())
 
 
-def write_results(out: Path, name: str, backbones: list[str], seeds: list[int], runs: list[dict]) -> None:
+def write_results(
+    out: Path, name: str, backbones: list[str], weights: dict, seeds: list[int], runs: list[dict]
+) -> None:
     results = {
         "backbones": backbones,
+        "weights_hash": weights,
         "tasks": TASKS,
         "seeds": seeds,
         "epochs": EPOCHS,
