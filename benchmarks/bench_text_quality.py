@@ -161,8 +161,10 @@ def main() -> None:
     records: list[dict] = []
     started = time.perf_counter()
     for seed in seeds:  # seeds outermost: an interrupted run still has complete seeds
-        plan = [("fewshot", k) for k in shots if "fewshot" in protocols]
-        plan += [(p, args.base2new_shots) for p in ("base2new", "shift") if p in protocols]
+        # base-to-new first: it carries the comparison the papers make (new-class accuracy after prompt learning)
+        plan = [("base2new", args.base2new_shots)] if "base2new" in protocols else []
+        plan += [("fewshot", k) for k in shots if "fewshot" in protocols]
+        plan += [("shift", args.base2new_shots)] if "shift" in protocols else []
         for protocol, k in plan:
             for method in methods:
                 new = run_one(args, method, protocol, k, seed, work)
