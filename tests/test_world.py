@@ -53,7 +53,7 @@ def test_task_labels_are_balanced_and_pinned():
     for name, task in WORLD_TASKS.items():
         data = load_world_task(name, train_per_class=2, val_per_class=1, test_per_class=2)
         assert data.name == f"world-{name}"
-        assert data.labels.classnames == list(task.classnames)
+        assert data.labels.classnames == list(task.display_names or task.classnames)
         counts = np.bincount(data.test.labels, minlength=len(task.classnames))
         assert (counts == 2).all(), name
         for index in range(len(task.classnames)):
@@ -145,3 +145,16 @@ def test_pretraining_pool_items_depend_only_on_seed_and_index():
     assert not np.array_equal(pretraining_pool(10, seed=6).images, prefix.images)
     multi = pool.count > 1
     assert (pool.shape[multi] == -1).all() and (pool.shape[~multi] >= 0).all()
+
+
+def test_paint_task_names_half_its_colours_with_words_no_caption_uses():
+    task = get_world_task("paint")
+    names = task.label_space().classnames
+    assert names != list(task.classnames) and len(set(names)) == len(names) == 8
+    renamed = [n for n, c in zip(names, task.classnames) if n != c]
+    assert len(renamed) == 4
+    pool = pretraining_pool(200, seed=0, captions_per_image=2)
+    text = " ".join(c for captions in pool.captions for c in captions)
+    assert not any(name in text for name in renamed)
+    data = load_world_task("paint", train_per_class=2, val_per_class=1, test_per_class=1)
+    assert data.labels.classnames == names and data.train.labels[:8] == list(range(8))
