@@ -322,6 +322,7 @@ def run_cache(args, world, trained: bool) -> dict:
     previous = Path(args.out) / "text_cache.json"
     if "b16" not in args.models and previous.exists():  # keep the other model's figures from its own run
         results["cache_b16"] = json.loads(previous.read_text()).get("cache_b16")
+        results["cache_b16_from_earlier_run"] = True
     if "world" in args.models:
         results["cache_world"] = cache_arms(world, world_task(test_per_class=20), args.epochs, args.epochs, args.views,
                                             interleave_rounds=3)
@@ -403,6 +404,9 @@ def _row(lines: list[str], name: str, value: float, target: str, met: bool | Non
 def render_cache(results: dict) -> str:
     t = results["targets"]
     lines = _header(results, "16-shot CoOp training: cached image features vs the image tower every step")
+    if results.get("cache_b16_from_earlier_run"):
+        lines += ["The ViT-B/16 rows come from an earlier run of this script (`--models b16`); each model's ratio is "
+                  "from one run.", ""]
     lines += ["| model | arm | epochs | train s | test acc % |", "|---|---|---|---|---|"]
     for key, model in (("cache_world", "world CLIP, 24 classes"), ("cache_b16", "ViT-B/16 224, 4 classes")):
         for arm, entry in (results.get(key) or {"arms": {}})["arms"].items():
