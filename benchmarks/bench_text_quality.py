@@ -78,7 +78,7 @@ def summarise(records: list[dict]) -> dict:
         stem = key[: -len("|base")]
         if f"{stem}|new" in summary:
             base, new = summary[key]["mean"], summary[f"{stem}|new"]["mean"]
-            summary[f"{stem}|hm"] = {"mean": 2 * base * new / (base + new) if base + new else 0.0, "std": 0.0,
+            summary[f"{stem}|hm"] = {"mean": 2 * base * new / (base + new) if base + new else 0.0, "std": None,
                                      "n": min(summary[key]["n"], summary[f"{stem}|new"]["n"])}
     for method in METHODS:  # mean over the shift targets, per seed, then over seeds
         per_seed: dict[int, list[float]] = {}
@@ -97,7 +97,7 @@ def _cell(summary: dict, key: str, seeds: int) -> str:
     if entry is None:
         return "—"
     partial = "" if entry["n"] == seeds else f" (n={entry['n']})"
-    std = f" ± {100 * entry['std']:.1f}" if entry["std"] or entry["n"] > 1 else ""
+    std = "" if entry["std"] is None or entry["n"] < 2 else f" ± {100 * entry['std']:.1f}"
     return f"{100 * entry['mean']:.1f}{std}{partial}"
 
 

@@ -405,7 +405,7 @@ def render_cache(results: dict) -> str:
     t = results["targets"]
     lines = _header(results, "16-shot CoOp training: cached image features vs the image tower every step")
     if results.get("cache_b16_from_earlier_run"):
-        lines += ["The ViT-B/16 rows come from an earlier run of this script (`--models b16`); each model's ratio is "
+        lines += ["The ViT-B/16 rows come from an earlier run of this script; each model's ratio is "
                   "from one run.", ""]
     lines += ["| model | arm | epochs | train s | test acc % |", "|---|---|---|---|---|"]
     for key, model in (("cache_world", "world CLIP, 24 classes"), ("cache_b16", "ViT-B/16 224, 4 classes")):
