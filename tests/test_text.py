@@ -7,18 +7,17 @@ import warnings
 import pytest
 import torch
 
-import vlprompt.methods.cocoop  # noqa: F401  (registers the method)
-import vlprompt.methods.coop  # noqa: F401
-import vlprompt.methods.kgcoop  # noqa: F401
-import vlprompt.methods.mocoop  # noqa: F401
-import vlprompt.methods.prograd  # noqa: F401
+import vlprompt.methods.cocoop
+import vlprompt.methods.coop
+import vlprompt.methods.kgcoop
+import vlprompt.methods.mocoop
+import vlprompt.methods.prograd
 import vlprompt.methods.zeroshot  # noqa: F401
 from vlprompt.backbones.tiny import tiny_hf_clip, tiny_open_clip, tiny_open_clip_custom_text
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import CheckpointError, ConfigError, VlpromptError
 from vlprompt.losses import gating_kl, grouped_text_ce, kg_distance, prograd_project
 from vlprompt.methods.base import create_method
-from vlprompt.prompts.mixture import PromptMixture
 from vlprompt.prompts.text import ContextPrompt, hand_crafted_features
 
 CLASSES = ["dog", "cat", "red panda", "sea lion"]

@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import vlprompt.methods.cocoop  # noqa: F401  (registers the method)
-import vlprompt.methods.coop  # noqa: F401
-import vlprompt.methods.kgcoop  # noqa: F401
-import vlprompt.methods.mocoop  # noqa: F401
-import vlprompt.methods.prograd  # noqa: F401
+import vlprompt.methods.cocoop
+import vlprompt.methods.coop
+import vlprompt.methods.kgcoop
+import vlprompt.methods.mocoop
+import vlprompt.methods.prograd
 import vlprompt.methods.zeroshot  # noqa: F401
 from vlprompt.backbones.tiny import tiny_open_clip
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
@@ -49,7 +49,7 @@ def clip():
 
 
 def train_config(**overrides) -> TrainConfig:
-    options = dict(epochs=2, batch_size=4, lr=0.01, augment="none", device="cpu", progress=False, seed=1)
+    options = {"epochs": 2, "batch_size": 4, "lr": 0.01, "augment": "none", "device": "cpu", "progress": False, "seed": 1}
     options.update(overrides)
     return TrainConfig(**options)
 

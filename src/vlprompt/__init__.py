@@ -25,7 +25,11 @@ _EXPORTS = {
     "seed_everything": "vlprompt.seeding",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # noqa: RUF022  (grouped as in _EXPORTS)
+    "__version__", "create_backbone", "list_backbones", "create_method", "list_methods", "load_dataset",
+    "list_datasets", "LabelSpace", "TaskData", "Trainer", "TrainConfig", "evaluate", "save_prompts",
+    "load_prompts", "RunConfig", "run_experiment", "seed_everything",
+]
 
 
 def __getattr__(name: str):

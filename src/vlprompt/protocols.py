@@ -90,4 +90,4 @@ def run_protocol(protocol: str, values: dict, out_dir: str | Path, workers: int 
     return summary, written
 
 
-__all__ = ["protocol_sweep", "run_protocol", "format_summary", "PROTOCOL_DEFAULTS"]
+__all__ = ["PROTOCOL_DEFAULTS", "format_summary", "protocol_sweep", "run_protocol"]

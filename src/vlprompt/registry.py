@@ -1,7 +1,8 @@
 """Name -> factory registries. Register where you define; create by name; duplicate names raise."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from vlprompt.errors import unknown_name
 

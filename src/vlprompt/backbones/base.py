@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -121,14 +121,14 @@ class Backbone:
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.visual, self.text) if m is not None]
 
-    def freeze(self) -> "Backbone":
+    def freeze(self) -> Backbone:
         """Frozen and in eval mode: no dropout or drop-path inside the backbone while prompts train."""
         for module in self.modules():
             module.eval()
             module.requires_grad_(False)
         return self
 
-    def to(self, device: torch.device | str) -> "Backbone":
+    def to(self, device: torch.device | str) -> Backbone:
         for module in self.modules():
             module.to(device)
         return self

@@ -8,7 +8,8 @@ final_layer_norm, EOS pooling, text_projection). EOS pooling follows transformer
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -9,7 +9,8 @@ library's features; it owns no weights, only references to the model's modules.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

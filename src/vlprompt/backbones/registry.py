@@ -18,7 +18,8 @@ import importlib
 import logging
 import os
 import socket
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from vlprompt.backbones.base import Backbone, PreprocessConfig
 from vlprompt.errors import CheckpointError, VlpromptError, unknown_name

@@ -12,7 +12,8 @@ transformers ships no vocabulary files and nothing may be downloaded.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -57,32 +58,32 @@ def tiny_timm_vit(kind: str = "vit", seed: int = 0, **overrides: Any) -> Backbon
 
     from vlprompt.backbones.timm_vit import wrap_timm_vit
 
-    options = dict(
-        pretrained=False,
-        num_classes=0,
-        img_size=TINY_IMAGE_SIZE,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2.0,
-        global_pool="avg" if kind == "mae" else "token",
-    )
+    options = {
+        "pretrained": False,
+        "num_classes": 0,
+        "img_size": TINY_IMAGE_SIZE,
+        "patch_size": 8,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "mlp_ratio": 2.0,
+        "global_pool": "avg" if kind == "mae" else "token",
+    }
     options.update(overrides)
     model = _seeded(seed, lambda: timm.create_model("vit_tiny_patch16_224", **options)).eval()
     return wrap_timm_vit(model, backbone_id=f"tiny:timm_vit_{kind}@seed{seed}", kind=kind)
 
 
 def _tiny_clip_cfgs(text_overrides: dict) -> tuple[dict, dict]:
-    vision = dict(image_size=TINY_IMAGE_SIZE, patch_size=8, width=64, layers=2, head_width=32, mlp_ratio=2.0)
-    text = dict(
-        context_length=TINY_CONTEXT_LENGTH,
-        vocab_size=CLIP_VOCAB_SIZE,
-        width=32,
-        heads=2,
-        layers=2,
-        mlp_ratio=2.0,
-    )
+    vision = {"image_size": TINY_IMAGE_SIZE, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32, "mlp_ratio": 2.0}
+    text = {
+        "context_length": TINY_CONTEXT_LENGTH,
+        "vocab_size": CLIP_VOCAB_SIZE,
+        "width": 32,
+        "heads": 2,
+        "layers": 2,
+        "mlp_ratio": 2.0,
+    }
     text.update(text_overrides)
     return vision, text
 
@@ -125,25 +126,25 @@ def tiny_hf_clip(seed: int = 0, eos_token_id: int = 49407) -> Backbone:
     from vlprompt.backbones.hf_clip import wrap_hf_clip
 
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=CLIP_VOCAB_SIZE,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=TINY_CONTEXT_LENGTH,
-            bos_token_id=49406,
-            eos_token_id=eos_token_id,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=TINY_IMAGE_SIZE,
-            patch_size=8,
-        ),
+        text_config={
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": TINY_CONTEXT_LENGTH,
+            "bos_token_id": 49406,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": 49407,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": TINY_IMAGE_SIZE,
+            "patch_size": 8,
+        },
         projection_dim=32,
     )
     model = _seeded(seed, lambda: CLIPModel(config)).eval()

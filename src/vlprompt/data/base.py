@@ -1,8 +1,8 @@
 """The shape every dataset takes once loaded: samples with integer labels, plus the text side of the task."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -38,7 +38,7 @@ class LabelSpace:
     def num_classes(self) -> int:
         return len(self.classnames)
 
-    def subset(self, labels: Sequence[int]) -> "LabelSpace":
+    def subset(self, labels: Sequence[int]) -> LabelSpace:
         return LabelSpace([self.classnames[i] for i in labels], list(self.templates), dict(self.template_groups))
 
 
@@ -79,7 +79,7 @@ class ImageDataset(Dataset):
             image = self.transform(image)
         return image, self.labels[index]
 
-    def subset(self, indices: Sequence[int], name: str | None = None) -> "ImageDataset":
+    def subset(self, indices: Sequence[int], name: str | None = None) -> ImageDataset:
         return ImageDataset(
             [self.sources[i] for i in indices],
             [self.labels[i] for i in indices],
@@ -89,14 +89,14 @@ class ImageDataset(Dataset):
             [self.ids[i] for i in indices],
         )
 
-    def relabel(self, mapping: dict[int, int], name: str | None = None) -> "ImageDataset":
+    def relabel(self, mapping: dict[int, int], name: str | None = None) -> ImageDataset:
         """Keep only items whose label is in ``mapping`` and renumber them (base/new splits)."""
         keep = [i for i, label in enumerate(self.labels) if label in mapping]
         subset = self.subset(keep, name)
         subset.labels = [mapping[label] for label in subset.labels]
         return subset
 
-    def with_transform(self, transform: Callable | None) -> "ImageDataset":
+    def with_transform(self, transform: Callable | None) -> ImageDataset:
         return ImageDataset(self.sources, self.labels, self.load, transform, self.name, self.ids)
 
 

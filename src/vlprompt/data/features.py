@@ -15,8 +15,8 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def _read(path: Path, key: str) -> torch.Tensor | None:
         with open(path, "rb") as handle:  # metadata lives in the safetensors header
             header_len = int.from_bytes(handle.read(8), "little")
             metadata = json.loads(handle.read(header_len)).get("__metadata__", {})
-    except Exception as error:  # safetensors raises several types for damaged files
+    except Exception as error:  # noqa: BLE001  (safetensors raises several types for damaged files)
         log.warning("Feature cache %s is unreadable (%s); rebuilding it.", path, error)
         return None
     features = tensors.get("features")

@@ -18,7 +18,7 @@ def _interpolation(config: PreprocessConfig) -> T.InterpolationMode:
 
 def eval_transform(config: PreprocessConfig) -> T.Compose:
     """Resize the short side to image_size / crop_pct, centre-crop, normalise (the backbone's own recipe)."""
-    resize = int(round(config.image_size / max(config.crop_pct, 1e-6)))
+    resize = round(config.image_size / max(config.crop_pct, 1e-6))
     return T.Compose(
         [
             T.Lambda(_to_rgb),
@@ -39,7 +39,7 @@ def train_transform(config: PreprocessConfig, augment: str) -> T.Compose:
     if augment == "crop_flip":
         steps.append(T.RandomResizedCrop(config.image_size, scale=(0.5, 1.0), interpolation=_interpolation(config)))
     else:
-        resize = int(round(config.image_size / max(config.crop_pct, 1e-6)))
+        resize = round(config.image_size / max(config.crop_pct, 1e-6))
         steps += [T.Resize(resize, interpolation=_interpolation(config)), T.CenterCrop(config.image_size)]
     steps += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(config.mean, config.std)]
     return T.Compose(steps)

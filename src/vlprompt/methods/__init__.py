@@ -23,4 +23,4 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["METHODS", "PromptMethod", "create_method", "register_method", "list_methods", "import_all"]
+__all__ = ["METHODS", "PromptMethod", "create_method", "import_all", "list_methods", "register_method"]

@@ -6,7 +6,8 @@ hooks below with their defaults; no method needs its own trainer.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from vlprompt.config_utils import build_config
 from vlprompt.data.base import LabelSpace
 from vlprompt.registry import Registry
 
-METHODS: Registry[type["PromptMethod"]] = Registry("method")
+METHODS: Registry[type[PromptMethod]] = Registry("method")
 
 
 def register_method(name: str):
@@ -76,7 +77,7 @@ class PromptMethod(nn.Module):
     def frozen_modules(self) -> Iterable[nn.Module]:
         return self.backbone.modules()
 
-    def train(self, mode: bool = True) -> "PromptMethod":
+    def train(self, mode: bool = True) -> PromptMethod:
         super().train(mode)
         for module in self.frozen_modules():
             if not any(p.requires_grad for p in module.parameters()):

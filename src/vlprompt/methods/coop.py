@@ -16,7 +16,13 @@ from vlprompt.data.base import LabelSpace
 from vlprompt.losses import grouped_text_ce
 from vlprompt.methods.base import register_method
 from vlprompt.methods.zeroshot import ClipMethod
-from vlprompt.prompts.text import CLASS_POSITIONS, ContextPrompt, EvalCache, hand_crafted_features, split_template
+from vlprompt.prompts.text import (
+    CLASS_POSITIONS,
+    ContextPrompt,
+    EvalCache,
+    hand_crafted_features,
+    split_template,
+)
 
 TEMPLATE_INIT = "template"
 

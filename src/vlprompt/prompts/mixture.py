@@ -8,8 +8,8 @@ image-expert scores (B×G×C) give the exact logits at a cost independent of the
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

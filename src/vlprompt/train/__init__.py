@@ -3,4 +3,4 @@ from vlprompt.train.checkpoint import load_prompts, save_prompts
 from vlprompt.train.config import TrainConfig
 from vlprompt.train.trainer import FitResult, Trainer, evaluate, predict
 
-__all__ = ["TrainConfig", "Trainer", "FitResult", "evaluate", "predict", "save_prompts", "load_prompts"]
+__all__ = ["FitResult", "TrainConfig", "Trainer", "evaluate", "load_prompts", "predict", "save_prompts"]

@@ -83,7 +83,7 @@ def load_prompts(method, path: str | Path) -> dict:
         )
     try:
         tensors = load_file(str(weights_path))
-    except Exception as error:  # safetensors raises several types for damaged files
+    except Exception as error:  # noqa: BLE001  (safetensors raises several types for damaged files)
         raise CheckpointError(f"Cannot read '{weights_path}' ({error}); the file is damaged or truncated.") from None
     own = dict(method.named_parameters())
     class_dependent = set(meta.get("class_dependent", []))
@@ -122,7 +122,7 @@ def load_resume_state(path: str | Path) -> dict | None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  (any unreadable state: say so, never train from half a state)
         raise CheckpointError(
             f"The resume state '{path}' cannot be read ({error}). Delete it to start the run afresh."
         ) from None

@@ -167,7 +167,7 @@ class Trainer:
         micro_per_epoch = math.ceil(n / global_batch)
         steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
         total_steps = steps_per_epoch * config.epochs
-        warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
+        warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
         optimizer = self._optimizer(params)
         base_lr = config.effective_lr(self.world_size)
 
