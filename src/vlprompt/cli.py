@@ -5,11 +5,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import yaml
 
 from vlprompt import __version__
+from vlprompt.config_utils import load_yaml_mapping
 from vlprompt.errors import ConfigError, VlpromptError
 
 log = logging.getLogger("vlprompt")
@@ -44,19 +44,6 @@ def deep_merge(base: dict, update: dict) -> dict:
         else:
             merged[key] = value
     return merged
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"Config file '{path}' does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"Config file '{path}' is not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config file '{path}' must hold a mapping of fields (method:, backbone:, ...).")
-    return data
 
 
 def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -102,7 +89,7 @@ def cmd_train(args) -> int:
 
     list_methods()  # import every method module so names resolve
     config_path, overrides = _split_config_and_overrides(args.items)
-    values = load_yaml(config_path) if config_path else {}
+    values = load_yaml_mapping(config_path) if config_path else {}
     values = deep_merge(values, parse_overrides(overrides))
     if args.out:
         values["out"] = args.out

@@ -6,6 +6,7 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from vlprompt.errors import ConfigError
@@ -82,6 +83,22 @@ def build_config(cls: type[C], values: Mapping[str, Any] | None = None, where: s
         raise ConfigError(f"{where}: unknown field '{key}'; {hint}")
     kwargs = {k: _coerce(v, hints[k], k, where) for k, v in values.items()}
     return cls(**kwargs)
+
+
+def load_yaml_mapping(path: str | Path, what: str = "Config file", fields_hint: str = "method:, backbone:, ...") -> dict:
+    """A YAML file that must hold a mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} '{path}' must hold a mapping of fields ({fields_hint}).")
+    return data
 
 
 def check_choice(where: str, field_name: str, value: Any, allowed: typing.Iterable[Any]) -> None:

@@ -33,9 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vlprompt.config_utils import build_config, check_choice
+from vlprompt.config_utils import build_config, check_choice, load_yaml_mapping
 from vlprompt.data.base import ImageDataset, TaskData
 from vlprompt.data.registry import DATASETS, load_dataset, register_dataset
 from vlprompt.errors import ConfigError, DataError, VlpromptError
@@ -228,14 +226,7 @@ def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepC
     ``overrides`` (e.g. ``{"train": {"epochs": 2}}`` from ``train.epochs=2`` on the command line) are merged
     into the file's mapping, nested mappings key by key."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"Sweep config '{path}' does not exist.")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"Sweep config '{path}' is not valid YAML: {error}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"Sweep config '{path}' must be a mapping (name:, methods:, datasets:, ...).")
+    values = load_yaml_mapping(path, "Sweep config", "name:, methods:, datasets:, ...")
     values = _merge(values, overrides or {})
     try:
         return build_config(SweepConfig, values, where="sweep")

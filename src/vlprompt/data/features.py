@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from vlprompt.data.base import ImageDataset
 from vlprompt.errors import ConfigError
+from vlprompt.io_utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +97,16 @@ def _read(path: Path, key: str) -> torch.Tensor | None:
 
 
 def _write(path: Path, features: torch.Tensor, key: str) -> None:
-    """Atomic: a temporary file in the same folder, flushed, then renamed over the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({"features": features.contiguous()}, str(temporary), metadata={"key": key, "checksum": _checksum(features)})
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    """Atomic (io_utils.atomic_write): a reader sees no cache file or a complete one with its checksum."""
+    metadata = {"key": key, "checksum": _checksum(features)}
+    atomic_write(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp), metadata=metadata))
 
 
 def _encode_pass(encoder, dataset: ImageDataset, batch_size: int, device) -> torch.Tensor:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    chunks = [encoder(images.to(device)).float().cpu() for images, _ in loader]
+    # None: tqdm shows the bar on a terminal and stays quiet in logs and CI.
+    batches = tqdm(loader, desc=f"encoding {dataset.name or 'images'}", leave=False, disable=None)
+    chunks = [encoder(images.to(device)).float().cpu() for images, _ in batches]
     return torch.cat(chunks)
 
 
