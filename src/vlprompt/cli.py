@@ -96,8 +96,11 @@ def cmd_train(args) -> int:
     values.setdefault("out", "runs/latest")
     config = run_config_from_dict(values)
     records = run_experiment(config)
-    print(format_table(records, RESULT_COLUMNS))
-    print(f"\nresults, resolved config and prompts written to {config.out}")
+    from vlprompt.train.distributed import is_main_process
+
+    if is_main_process():  # under torchrun every rank returns the same records; one prints them
+        print(format_table(records, RESULT_COLUMNS))
+        print(f"\nresults, resolved config and prompts written to {config.out}")
     return 0
 
 

@@ -37,12 +37,16 @@ def plot_accuracy_vs_shots(series: dict[str, list[tuple[int, float, float]]], ti
     """One line per method: (shots, mean, std) points, shots on a log2 axis, std as error bars."""
     figure = Figure(figsize=(6.4, 4.2), layout="constrained")
     axes = figure.add_subplot()
-    for label, points in sorted(series.items()):
+    # The colour cycle has 10 entries; a second marker/line style keeps 11+ methods distinguishable.
+    styles = [("o", "-"), ("s", "--"), ("^", ":")]
+    for index, (label, points) in enumerate(sorted(series.items())):
         points = sorted(p for p in points if p[1] is not None)
         if not points:
             continue
         shots, means, stds = zip(*points)
-        axes.errorbar(shots, means, yerr=[s or 0.0 for s in stds], marker="o", capsize=3, label=label)
+        marker, line = styles[(index // 10) % len(styles)]
+        axes.errorbar(shots, means, yerr=[s or 0.0 for s in stds], marker=marker, linestyle=line, capsize=3,
+                      label=label)
     axes.set_xscale("log", base=2)
     all_shots = sorted({p[0] for points in series.values() for p in points})
     axes.set_xticks(all_shots, [str(s) for s in all_shots])
