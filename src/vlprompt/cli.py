@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import yaml
 
 from vlprompt import __version__
-from vlprompt.config_utils import load_yaml_mapping
+from vlprompt.config_utils import deep_merge, load_yaml_mapping
 from vlprompt.errors import ConfigError, VlpromptError
 
 log = logging.getLogger("vlprompt")
@@ -34,16 +34,6 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
                 raise ConfigError(f"Override '{pair}': '{part}' is not a section.")
         node[parts[-1]] = value
     return result
-
-
-def deep_merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:

@@ -85,6 +85,17 @@ def build_config(cls: type[C], values: Mapping[str, Any] | None = None, where: s
     return cls(**kwargs)
 
 
+def deep_merge(base: dict, update: dict) -> dict:
+    """``update`` over ``base``, nested mappings merged key by key (overrides of one field keep its siblings)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_yaml_mapping(path: str | Path, what: str = "Config file", fields_hint: str = "method:, backbone:, ...") -> dict:
     """A YAML file that must hold a mapping; a missing file or bad YAML is a ConfigError naming the file."""
     import yaml

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config_utils import build_config, check_choice, load_yaml_mapping
+from vlprompt.config_utils import build_config, check_choice, deep_merge, load_yaml_mapping
 from vlprompt.data.base import ImageDataset, TaskData
 from vlprompt.data.registry import DATASETS, load_dataset, register_dataset
 from vlprompt.errors import ConfigError, DataError, VlpromptError
@@ -210,16 +210,6 @@ def _check_grid(grid: Any, where: str) -> None:
             raise ConfigError(f"{where}: '{key}' must be a non-empty list of values, not {values!r}.")
 
 
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepConfig:
     """Read a sweep YAML; any invalid or unknown key is an error naming the key and the file.
 
@@ -227,7 +217,7 @@ def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepC
     into the file's mapping, nested mappings key by key."""
     path = Path(path)
     values = load_yaml_mapping(path, "Sweep config", "name:, methods:, datasets:, ...")
-    values = _merge(values, overrides or {})
+    values = deep_merge(values, overrides or {})
     try:
         return build_config(SweepConfig, values, where="sweep")
     except VlpromptError as error:
