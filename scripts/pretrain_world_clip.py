@@ -27,25 +27,19 @@ import torch.nn.functional as F
 
 from vlprompt.backbones.world import (
     CLIP_CONFIG,
-    WORLD_MEAN,
-    WORLD_STD,
     build_world_clip,
     load_world_clip,
     save_world_clip,
     world_clip_tokenizer,
+)
+from vlprompt.backbones.world import (
+    world_images_to_tensor as to_tensor,
 )
 from vlprompt.data.world.pretrain import pretraining_pool
 from vlprompt.data.world.tasks import WORLD_TASKS, load_world_task
 from vlprompt.data.world.vocab import VOCAB
 
 log = logging.getLogger("pretrain_world_clip")
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(WORLD_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(WORLD_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:

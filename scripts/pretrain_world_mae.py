@@ -24,21 +24,17 @@ from timm.models.vision_transformer import Block
 
 from vlprompt.backbones.world import (
     MAE_CONFIG,
-    WORLD_MEAN,
-    WORLD_STD,
     build_world_mae,
     load_world_mae,
     save_world_mae,
+)
+from vlprompt.backbones.world import (
+    world_images_to_tensor as to_tensor,
 )
 from vlprompt.data.world.pretrain import pretraining_pool
 from vlprompt.data.world.tasks import load_world_task
 
 log = logging.getLogger("pretrain_world_mae")
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    return (x - torch.tensor(WORLD_MEAN).view(1, 3, 1, 1)) / torch.tensor(WORLD_STD).view(1, 3, 1, 1)
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -32,6 +33,13 @@ MAE_WEIGHTS_FILE = "weights.safetensors"
 
 WORLD_MEAN = (0.45, 0.45, 0.45)
 WORLD_STD = (0.25, 0.25, 0.25)
+
+
+def world_images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 images [N,H,W,3] -> normalised float [N,3,H,W], as the world backbones were trained (pretraining
+    scripts work on rendered arrays directly; the library path goes through the backbone's preprocess config)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(WORLD_MEAN).view(1, 3, 1, 1)) / torch.tensor(WORLD_STD).view(1, 3, 1, 1)
 
 # The architecture the training script builds (also written beside the weights, which is what loading reads).
 CLIP_CONFIG: dict[str, Any] = {

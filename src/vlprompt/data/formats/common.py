@@ -19,6 +19,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -611,3 +612,9 @@ def resolve_option_path(value: str, base: Path) -> Path:
     """A path given in an option: absolute as is, else relative to the dataset folder."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def packaged_table(filename: str) -> dict[str, dict]:
+    """A JSON table shipped in this package (dataset specs), without its ``_comment``-style keys."""
+    text = resources.files("vlprompt.data.formats").joinpath(filename).read_text(encoding="utf-8")
+    return {name: spec for name, spec in json.loads(text).items() if not name.startswith("_")}

@@ -10,10 +10,8 @@ data: ``coop_datasets.json``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from vlprompt.data.formats.common import (
@@ -27,6 +25,7 @@ from vlprompt.data.formats.common import (
     list_subfolders,
     load_json_document,
     normalise_relpath,
+    packaged_table,
     parse_int,
     read_text_lines,
 )
@@ -38,8 +37,7 @@ SPLITS = ("train", "val", "test")
 @lru_cache(maxsize=1)
 def coop_datasets() -> dict[str, dict]:
     """The 11 datasets' folder names, image folders, split files and templates (from coop_datasets.json)."""
-    text = resources.files("vlprompt.data.formats").joinpath("coop_datasets.json").read_text(encoding="utf-8")
-    return {name: spec for name, spec in json.loads(text).items() if not name.startswith("_")}
+    return packaged_table("coop_datasets.json")
 
 
 @dataclass

@@ -8,10 +8,8 @@ beyond them is caught even when no file uses the top class.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +23,7 @@ from vlprompt.data.formats.common import (
     SplitData,
     labels_in_range,
     normalise_relpath,
+    packaged_table,
     parse_int,
     read_classnames_file,
     read_text_lines,
@@ -43,8 +42,7 @@ LAYOUT = "<root>/<task>/{train800,val200,train800val200,test}.txt with lines 're
 @lru_cache(maxsize=1)
 def vtab_tasks() -> dict[str, dict]:
     """Known VTAB-1k tasks -> {"num_classes", "group"} (from vtab_tasks.json)."""
-    text = resources.files("vlprompt.data.formats").joinpath("vtab_tasks.json").read_text(encoding="utf-8")
-    return {name: spec for name, spec in json.loads(text).items() if not name.startswith("_")}
+    return packaged_table("vtab_tasks.json")
 
 
 @dataclass
