@@ -618,3 +618,23 @@ def packaged_table(filename: str) -> dict[str, dict]:
     """A JSON table shipped in this package (dataset specs), without its ``_comment``-style keys."""
     text = resources.files("vlprompt.data.formats").joinpath(filename).read_text(encoding="utf-8")
     return {name: spec for name, spec in json.loads(text).items() if not name.startswith("_")}
+
+
+def scan_class_folders(
+    split_dir: Path,
+    prefix: str,
+    label_of: dict[str, int],
+    problems: list[Problem],
+    unknown: str,
+    severity: str = ERROR,
+) -> list[Sample]:
+    """Samples from ``split_dir/<class>/<image>`` for the classes in ``label_of``; a folder that names no known
+    class is reported (``unknown`` formatted with ``{name}``) and its images are skipped."""
+    samples: list[Sample] = []
+    for class_dir in list_subfolders(split_dir):
+        label = label_of.get(class_dir.name)
+        if label is None:
+            problems.append(Problem(str(class_dir), None, unknown.format(name=class_dir.name), "classname", severity))
+            continue
+        samples += [Sample(f"{prefix}{class_dir.name}/{p.name}", label) for p in list_images(class_dir)]
+    return samples

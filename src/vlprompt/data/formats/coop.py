@@ -28,6 +28,7 @@ from vlprompt.data.formats.common import (
     packaged_table,
     parse_int,
     read_text_lines,
+    scan_class_folders,
 )
 from vlprompt.errors import DataError
 
@@ -256,22 +257,10 @@ def _class_folder_samples(
                 "format",
             )
         )
-    samples: list[Sample] = []
-    for class_dir in list_subfolders(split_dir):
-        label = label_of.get(class_dir.name)
-        if label is None:
-            problems.append(
-                Problem(
-                    str(class_dir),
-                    None,
-                    f"folder '{class_dir.name}' is not a class of {names_file.name}; its images are ignored",
-                    "classname",
-                    WARNING,
-                )
-            )
-            continue
-        samples += [Sample(f"{prefix}{class_dir.name}/{p.name}", label) for p in list_images(class_dir)]
-    return samples
+    return scan_class_folders(
+        split_dir, prefix, label_of, problems,
+        f"folder '{{name}}' is not a class of {names_file.name}; its images are ignored", WARNING,
+    )
 
 
 def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:

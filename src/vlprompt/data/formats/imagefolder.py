@@ -20,6 +20,7 @@ from vlprompt.data.formats.common import (
     SplitData,
     list_images,
     list_subfolders,
+    scan_class_folders,
     seeded_split,
 )
 from vlprompt.errors import ConfigError, DataError
@@ -77,20 +78,10 @@ def _parse_split_folders(root: Path, options: ImageFolderOptions) -> ParsedDatas
                     )
                 )
             continue
-        samples: list[Sample] = []
-        for class_dir in list_subfolders(split_dir):
-            label = label_of.get(class_dir.name)
-            if label is None:
-                problems.append(
-                    Problem(
-                        str(class_dir),
-                        None,
-                        f"class folder '{class_dir.name}' in {split}/ has no folder of that name in train/",
-                        "classname",
-                    )
-                )
-                continue
-            samples += _class_samples(class_dir, f"{split}/{class_dir.name}/", label)
+        samples = scan_class_folders(
+            split_dir, f"{split}/", label_of, problems,
+            f"class folder '{{name}}' in {split}/ has no folder of that name in train/",
+        )
         splits[split] = SplitData(samples)
     for split in (s for s in SPLITS if (root / s).is_dir()):
         stray = list_images(root / split)
