@@ -1,12 +1,55 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never half of one.
+
+A failed write (a full disk raises OSError from Python and RuntimeError from torch.save's C++ writer) becomes one
+WriteError naming the file, its folder and the free space there; the previous complete file stays as it was.
+Files follow the process umask like any ``open()`` would (mkstemp alone would create them 0600).
+"""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from vlprompt.errors import VlpromptError
+
+
+class WriteError(VlpromptError, OSError):
+    """A file could not be written (full disk, quota, permissions); earlier complete files are intact."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def free_space(folder: str | Path) -> str:
+    """'12.3 MB free' for the disk holding ``folder`` (or its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if free < 1024 or unit == "GB":
+            return f"{free:.1f} {unit} free" if unit != "bytes" else f"{free} bytes free"
+        free /= 1024
+    return f"{free:.1f} TB free"
+
+
+def write_failed(path: Path, error: BaseException) -> WriteError:
+    detail = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
+    return WriteError(
+        f"Could not write '{path.name}' in '{path.parent}' ({detail[:200]}; {free_space(path.parent)}). The "
+        "previous complete files there are intact. Free some space (or choose another --out) and rerun: an "
+        "unfinished run resumes from its last saved state."
+    )
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -17,10 +60,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())
         write(tmp_path)
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, WriteError):
+            raise
+        raise write_failed(path, error) from error
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -36,18 +84,25 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line; a line is written whole with one write call and flushed."""
+    """Append one JSON line, whole or not at all: a failed write is cut back to the previous end of file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True, default=float) + "\n")
-        handle.flush()
+    data = (json.dumps(record, sort_keys=True, default=float) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(28, "short write (disk full?)")
+        except OSError as error:
+            os.ftruncate(fd, end)
+            raise write_failed(path, error) from error
+    finally:
+        os.close(fd)
 
 
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     """Fail before any work when ``path`` cannot be created or written."""
-    from vlprompt.errors import VlpromptError
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

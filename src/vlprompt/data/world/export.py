@@ -6,6 +6,7 @@ same format readers and validator as a user's own data.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 from vlprompt.data.base import ImageDataset
@@ -30,11 +31,22 @@ def _write_images(dataset: ImageDataset, folder: Path, names: list[str], by_clas
 
 
 def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder", per_class: int = 16,
-                      seed: int = 0) -> Path:
-    """Export ``world-<task>`` (or a full dataset name) to ``out``; returns the dataset root to pass as root=."""
+                      seed: int = 0, overwrite: bool = False) -> Path:
+    """Export ``world-<task>`` (or a full dataset name) to ``out``; returns the dataset root to pass as root=.
+
+    A non-empty ``out`` is refused (two exports into one tree would merge their classes) unless ``overwrite``,
+    which removes it first."""
     if fmt not in FORMATS:
         raise ConfigError(f"export format = {fmt!r} is not allowed; choose one of {list(FORMATS)}.")
     name = task_name if task_name.startswith("world-") else f"world-{task_name}"
+    target = Path(out)
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"The export folder '{target}' is not empty; exporting into it would merge two tasks' classes and "
+                "files. Choose an empty or new --out, or pass --overwrite to replace its content."
+            )
+        shutil.rmtree(target)
     out = check_writable_dir(out, "export folder")
     if fmt == "imagefolder":
         task = load_dataset(name, train_per_class=per_class, val_per_class=max(per_class // 4, 1),
