@@ -148,10 +148,11 @@ def cmd_data(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from vlprompt.sweep import format_summary, load_sweep_config, run_sweep
+    from vlprompt.sweep import create_launcher, format_summary, load_sweep_config, run_sweep
 
     config = load_sweep_config(args.config, parse_overrides(args.overrides))
-    summary = run_sweep(config, args.out, workers=args.workers)
+    launcher = create_launcher(args.launcher, args.workers, args.address, args.cpus_per_run, args.gpus_per_run)
+    summary = run_sweep(config, args.out, workers=args.workers, launcher=launcher)
     print(format_summary(summary))
     return 1 if summary["failed"] else 0
 
@@ -224,7 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="overrides of the sweep config as key=value (e.g. train.epochs=2)")
     p.add_argument("--out", required=True, help="sweep folder (one sub-folder per run)")
-    p.add_argument("--workers", type=int, default=1, help="runs at once, as separate processes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local launcher: runs at once, as separate processes (with CUDA, one GPU each)")
+    p.add_argument("--launcher", default="local", choices=["local", "ray"],
+                   help="where runs execute: this machine, or one Ray task per run (pip install 'vlprompt[ray]')")
+    p.add_argument("--address", help="ray launcher: the cluster, 'auto' or HOST:PORT (default: a local Ray)")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="ray launcher: CPUs each run's task reserves")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="ray launcher: GPUs each run's task reserves")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="markdown + CSV tables and PNG plots from a folder of runs")

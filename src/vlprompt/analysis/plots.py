@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vlprompt.run_dir import METRICS_NAME
+
 if TYPE_CHECKING:
     from vlprompt.analysis.report import RunRecord, Table
 
 log = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.jsonl"
 NMI_PREFIX = "nmi/block"
 DPI = 120
 

@@ -21,13 +21,10 @@ from pathlib import Path
 
 from vlprompt.errors import VlpromptError
 from vlprompt.io_utils import atomic_write_text, check_writable_dir
+from vlprompt.run_dir import CONFIG_NAME, RESULTS_NAME, SPEC_NAME
 
 log = logging.getLogger(__name__)
 
-RESULTS_NAME = "results.json"
-CONFIG_NAME = "config.json"
-SPEC_NAME = "sweep.json"
-METRICS_NAME = "metrics.jsonl"
 VTAB_GROUPS = ("natural", "specialized", "structured")
 MISSING = "—"
 

@@ -12,7 +12,7 @@ from vlprompt.registry import Registry
 DATASETS: Registry[Callable[..., TaskData]] = Registry("dataset")
 
 # Modules whose import registers datasets; imported lazily so `import vlprompt` stays light.
-_PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.formats.catalog")
+_PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.formats.catalog", "vlprompt.data.vtab_stages")
 
 
 def register_dataset(name: str):
