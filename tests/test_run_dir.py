@@ -293,6 +293,36 @@ def test_disk_full_at_the_results_is_one_clear_error_and_the_rerun_finishes_iden
     same_result(out, straight[0])
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB tmpfs (needs root; skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_really_full_disk_is_one_clear_error_and_the_rerun_finishes_identically(small_disk, straight):
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"0" * (free - 24 * 1024))  # room for the config and metrics, not for a resume state
+    out = small_disk / "run"
+    with pytest.raises(WriteError) as error:
+        train(out)
+    text = str(error.value)  # torch.save's C++ writer fails first, on resume.pt
+    assert "resume.pt" in text and "the disk is full" in text and str(out) in text and "free" in text
+    assert "intact" in text
+    assert RunDir(out).read_config()["run"]["method"] == "linear"  # complete, readable
+    assert not RunDir(out).is_finished() and not list(out.glob(".*.tmp"))
+    filler.unlink()
+    train(out)
+    same_result(out, straight[0])
+
+
 def test_torch_save_failure_is_the_same_clear_error(tmp_path, monkeypatch):
     from vlprompt.train import checkpoint
 

@@ -6,6 +6,7 @@ Files follow the process umask like any ``open()`` would (mkstemp alone would cr
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -27,28 +28,36 @@ def _umask() -> int:
     return mask
 
 
-def free_space(folder: str | Path) -> str:
-    """'12.3 MB free' for the disk holding ``folder`` (or its nearest existing parent)."""
+def free_bytes(folder: str | Path) -> int | None:
+    """Free bytes on the disk holding ``folder`` (or its nearest existing parent); None when unknown."""
     folder = Path(folder)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
-        free = shutil.disk_usage(folder).free
+        return shutil.disk_usage(folder).free
     except OSError:
-        return "free space unknown"
+        return None
+
+
+def _size(count: float) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
-        if free < 1024 or unit == "GB":
-            return f"{free:.1f} {unit} free" if unit != "bytes" else f"{free} bytes free"
-        free /= 1024
-    return f"{free:.1f} TB free"
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
 
 
 def write_failed(path: Path, error: BaseException) -> WriteError:
+    free = free_bytes(path.parent)
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        free is not None and free < 1024 * 1024)
     detail = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
+    reason = f"the disk is full: {detail[:160]}" if full and "space" not in detail else detail[:200]
+    space = "free space unknown" if free is None else f"{_size(free)} free"
     return WriteError(
-        f"Could not write '{path.name}' in '{path.parent}' ({detail[:200]}; {free_space(path.parent)}). The "
-        "previous complete files there are intact. Free some space (or choose another --out) and rerun: an "
-        "unfinished run resumes from its last saved state."
+        f"Could not write '{path.name}' in '{path.parent}' ({reason}; {space}). The previous complete files "
+        "there are intact. Free some space (or choose another --out) and rerun: an unfinished run resumes from "
+        "its last saved state."
     )
 
 
