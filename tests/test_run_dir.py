@@ -439,3 +439,12 @@ def test_world_export_into_a_non_empty_folder_is_refused_unless_overwrite(tmp_pa
     count = load_dataset("world-count", train_per_class=1, val_per_class=0, test_per_class=1)
     assert sorted(p.name for p in (tmp_path / "d" / "train").iterdir()) == sorted(
         c.replace(" ", "_") for c in count.labels.classnames)
+
+
+def test_a_default_given_explicitly_is_the_same_run(straight):
+    from vlprompt.experiment import run_fingerprint
+
+    plain = run_config_from_dict(run_values(straight[0]))
+    explicit = run_config_from_dict({**run_values(straight[0]), "train": {**plain.train, "momentum": 0.9}})
+    assert run_fingerprint(plain, plain.train_config()) == run_fingerprint(explicit, explicit.train_config())
+    assert train(straight[0], **{"train.momentum": 0.9}) == straight[1]  # finished: a no-op, not a refusal

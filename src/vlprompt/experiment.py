@@ -86,7 +86,12 @@ def resolved_paths(config: RunConfig) -> RunConfig:
 
 
 def run_fingerprint(config: RunConfig, train_config: TrainConfig) -> dict:
-    return fingerprint_fields(dataclasses.asdict(config), dataclasses.asdict(train_config))
+    """The result-defining fields with training and method options resolved (a default given explicitly is
+    the same run as the default left out)."""
+    method_config = build_config(METHODS.get(config.method).config_class, config.method_options,
+                                 where=f"method '{config.method}'")
+    run = {**dataclasses.asdict(config), "method_options": dataclasses.asdict(method_config)}
+    return fingerprint_fields(run, dataclasses.asdict(train_config))
 
 
 def _shots_used(task: TaskData) -> dict:
