@@ -8,6 +8,7 @@ only when ``results.json`` is written.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -210,6 +211,33 @@ class RunDir:
         except (OSError, VlpromptError):
             return False
         return True
+
+    def start_api_run(self, method, train_config, task) -> dict:
+        """For ``Trainer(..., out_dir=...)`` from Python: the config.json the CLI writes, built from what the
+        API knows (the task's source, recorded by load_dataset, names its data); returns the fingerprint.
+        A folder holding another run is refused as on the command line."""
+        source = task.meta.get("source", {})
+        run = {
+            "method": method.method_name,
+            "backbone": method.backbone.backbone_id,
+            "dataset": source.get("dataset", task.name),
+            "root": source.get("root"),
+            "dataset_options": source.get("options", {}),
+            "method_options": dataclasses.asdict(method.config),
+            "protocol": "fewshot",
+            "shots": task.meta.get("shots", 0),
+            "seed": train_config.seed,
+            "targets": [],
+            "train": {},
+        }
+        train = dataclasses.asdict(train_config)
+        fields = {**fingerprint_fields(run, train), "classnames": list(method.labels.classnames)}
+        stored = self.stored_fingerprint()
+        if stored is not None and stored != fields:
+            raise mismatch_error(self.path, stored, fields, finished=False)
+        if stored is None:
+            self.write_config(config_document(run, train, method.backbone.backbone_id), fields)
+        return fields
 
     def clear_attempt(self) -> None:
         """Forget an attempt (``--restart``): its config, history, resume state, prompts, results and error."""

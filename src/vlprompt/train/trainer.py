@@ -8,7 +8,6 @@ replays exactly the same steps, and on CPU gives bit-identical parameters.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ from vlprompt.data.features import encode_dataset
 from vlprompt.data.transforms import eval_transform, train_transform
 from vlprompt.errors import VlpromptError
 from vlprompt.io_utils import check_writable_dir
-from vlprompt.run_dir import RunDir, fingerprint_fields, mismatch_error
+from vlprompt.run_dir import RunDir, mismatch_error
 from vlprompt.seeding import derived_seed, rng_state, set_rng_state
 from vlprompt.train import distributed
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
@@ -162,7 +161,7 @@ class Trainer:
         if self.run_dir is None or not self.is_main or not self.owns_folder:
             return self._fit(task)
         with self.run_dir.lock():
-            self._write_api_config(task)
+            self.fingerprint = self.run_dir.start_api_run(self.method, self.config, task)
             return self._fit(task)
 
     def _fit(self, task: TaskData) -> FitResult:
@@ -372,38 +371,6 @@ class Trainer:
         self.step = state["step"]
         self.history = list(state["history"])
         return state["epoch"], state["micro"], state["best"]
-
-    # ----- the Python API's run folder -----
-    def _write_api_config(self, task: TaskData) -> None:
-        """The config.json the CLI writes, from what the API knows; the task's source (dataset name, root,
-        options) comes from load_dataset's record in its meta."""
-        from vlprompt.run_dir import config_document
-
-        source = task.meta.get("source", {})
-        method = self.method
-        run = {
-            "method": method.method_name,
-            "backbone": method.backbone.backbone_id,
-            "dataset": source.get("dataset", task.name),
-            "root": source.get("root"),
-            "dataset_options": source.get("options", {}),
-            "method_options": dataclasses.asdict(method.config),
-            "protocol": "fewshot",
-            "shots": task.meta.get("shots", 0),
-            "seed": self.config.seed,
-            "targets": [],
-            "train": {},
-        }
-        fields = fingerprint_fields(run, dataclasses.asdict(self.config))
-        fields["classnames"] = list(method.labels.classnames)
-        stored = self.run_dir.stored_fingerprint()
-        if stored is not None and stored != fields:
-            raise mismatch_error(self.out_dir, stored, fields, finished=False)
-        self.fingerprint = fields
-        if stored is None:
-            self.run_dir.write_config(
-                config_document(run, dataclasses.asdict(self.config), method.backbone.backbone_id), fields
-            )
 
     # ----- evaluation -----
     def evaluate(self, dataset: ImageDataset) -> float:
