@@ -98,7 +98,7 @@ def cmd_eval(args) -> int:
     from vlprompt.evaluation import evaluate_run
 
     records = evaluate_run(args.run_dir, dataset=args.dataset, root=args.root, split=args.split,
-                           options=parse_overrides(args.options))
+                           options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size)
     print(format_table(records, ("method", "backbone", "dataset", "split", "accuracy")))
     return 0
 
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (default: the run's own)")
     p.add_argument("--root")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--device", help="cpu, cuda, cuda:1, auto (default: the run's train.device)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's train.eval_batch_size)")
     p.add_argument("options", nargs="*", help="dataset options as key=value")
     p.set_defaults(func=cmd_eval)
 

@@ -11,6 +11,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from vlprompt.errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -40,6 +42,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device = {name!r} but torch sees no CUDA GPU here (torch {torch.__version__}). Use device=cpu or "
+            "device=auto (for 'vlprompt eval': --device cpu)."
+        )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank())
     if device.type == "cuda":
