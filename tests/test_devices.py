@@ -120,3 +120,19 @@ def test_cpu_only_state_has_no_cuda_generators_and_replays(monkeypatch):
     expected = torch.rand(2)
     set_rng_state(state)
     assert torch.equal(torch.rand(2), expected)
+
+
+def test_eval_takes_device_and_batch_from_the_run_config_or_the_command_line(tmp_path, monkeypatch):
+    from vlprompt import evaluation
+    from vlprompt.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "method=linear", "backbone=tiny:timm_vit", "dataset=world-object", "shots=1",
+                 "dataset_options={train_per_class: 2, val_per_class: 1, test_per_class: 2}",
+                 "train.epochs=1", "train.eval_batch_size=5", "train.device=cpu", "train.progress=false",
+                 f"--out={out}"]) == 0
+    seen = []
+    monkeypatch.setattr(evaluation, "evaluate", lambda method, data, **kw: seen.append(kw) or 0.5)
+    assert main(["eval", str(out)]) == 0
+    assert main(["eval", str(out), "--device", "auto", "--batch-size", "7"]) == 0
+    assert [(kw["device"], kw["batch_size"]) for kw in seen] == [("cpu", 5), ("auto", 7)]
