@@ -148,7 +148,8 @@ def cmd_protocol(args) -> int:
 def cmd_world_export(args) -> int:
     from vlprompt.data.world.export import export_world_task
 
-    root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed)
+    root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed,
+                             image_size=args.image_size, image_format=args.image_format)
     print(f"wrote world task '{args.task}' in the {args.format} layout under {root}")
     return 0
 
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab"])
     e.add_argument("--per-class", type=int, default=16, help="train and test images per class (imagefolder)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--image-size", type=int, help="resize every image to this many pixels square (e.g. 224)")
+    e.add_argument("--image-format", default="png", choices=["png", "jpeg"])
     e.set_defaults(func=cmd_world_export)
 
     p = sub.add_parser("data", help="dataset tools")
