@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="the offline world: export a task to disk in a real dataset layout")
     world_sub = p.add_subparsers(dest="world_command", required=True)
-    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs)")
+    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs or JPEGs)")
     e.add_argument("task", help="a world task, e.g. object or world-object (see 'vlprompt list datasets')")
     e.add_argument("--out", required=True)
     e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab"])
