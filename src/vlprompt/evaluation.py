@@ -15,9 +15,12 @@ from vlprompt.train.trainer import evaluate
 
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
-                 options: dict | None = None) -> list[dict]:
-    """``dataset`` (default: the run's own) and ``root`` (default: the run's own, stored resolved) each
-    replace only themselves: ``root`` alone evaluates the run's dataset read from another place."""
+                 options: dict | None = None, device: str | None = None,
+                 batch_size: int | None = None) -> list[dict]:
+    """Accuracy of a run folder's prompts. ``dataset`` (default: the run's own) and ``root`` (default: the
+    run's own, stored resolved) each replace only themselves: ``root`` alone evaluates the run's dataset read
+    from another place. ``device`` and ``batch_size`` default to the run's own training config
+    (train.device, train.eval_batch_size, train.num_workers)."""
     folder = RunDir(run_dir)
     saved = folder.read_config()
     if saved is None or "run" not in saved:
@@ -37,6 +40,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
     backbone = create_backbone(config.backbone)
     method = create_method(config.method, backbone, task.labels, **config.method_options)
     load_prompts(method, folder.path)
-    accuracy = evaluate(method, data, batch_size=256, device="cpu")
+    train = config.train_config()
+    accuracy = evaluate(method, data, batch_size=batch_size or train.eval_batch_size, device=device or train.device,
+                        num_workers=train.resolved_num_workers())
     return [{"method": config.method, "backbone": config.backbone, "dataset": task.name, "split": split,
              "accuracy": accuracy}]
