@@ -217,7 +217,7 @@ ORPHAN = textwrap.dedent(
     """
     import os, subprocess, sys, time
     env = {**os.environ, "VLPROMPT_SWEEP_PARENT": str(os.getpid())}
-    code = ("import os, time; from vlprompt.sweep.launchers import die_with_parent; "
+    code = ("import os, time; from vlprompt.sweep.parent_death import die_with_parent; "
             "die_with_parent(int(os.environ['VLPROMPT_SWEEP_PARENT'])); print('armed', flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True,
                              start_new_session=True)

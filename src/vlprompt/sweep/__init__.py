@@ -11,35 +11,33 @@ train800 and is scored on val200, through a task view whose test split IS the va
 reference to the real test split (``data/vtab_stages.selection_view``); the best combination is chosen from
 those scores only. *final*: the chosen combination trains on train800val200 and is tested on test, over
 several seeds.
-"""
-from vlprompt.data.vtab_stages import (
-    VTAB_FINAL_DATASET,
-    VTAB_SELECT_DATASET,
-    final_view,
-    selection_view,
-    union,
-)
-from vlprompt.run_dir import ERROR_NAME, LOG_NAME, SPEC_NAME
-from vlprompt.sweep.config import DatasetEntry, MethodEntry, SweepConfig, VtabConfig, load_sweep_config
-from vlprompt.sweep.launchers import LAUNCHERS, LocalLauncher, RayLauncher, create_launcher
-from vlprompt.sweep.plan import (
-    RUNS_DIR,
-    SELECTION_NAME,
-    SUMMARY_NAME,
-    RunSpec,
-    final_specs,
-    incompatibility,
-    plan_sweep,
-    run_folder_name,
-    run_hash,
-    select_best,
-)
-from vlprompt.sweep.runner import execute_run, format_summary, run_sweep
 
-__all__ = [
-    "ERROR_NAME", "LAUNCHERS", "LOG_NAME", "RUNS_DIR", "SELECTION_NAME", "SPEC_NAME", "SUMMARY_NAME",
-    "VTAB_FINAL_DATASET", "VTAB_SELECT_DATASET", "DatasetEntry", "LocalLauncher", "MethodEntry", "RayLauncher",
-    "RunSpec", "SweepConfig", "VtabConfig", "create_launcher", "execute_run", "final_specs", "final_view",
-    "format_summary", "incompatibility", "load_sweep_config", "plan_sweep", "run_folder_name", "run_hash",
-    "run_sweep", "select_best", "selection_view", "union",
-]
+The names below load on first use, so ``import vlprompt.sweep`` (and a worker's ``python -m vlprompt.sweep``)
+stays light until something is asked for.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "vlprompt.data.vtab_stages": ("VTAB_FINAL_DATASET", "VTAB_SELECT_DATASET", "final_view", "selection_view",
+                                  "union"),
+    "vlprompt.run_dir": ("ERROR_NAME", "LOG_NAME", "SPEC_NAME"),
+    "vlprompt.sweep.config": ("DatasetEntry", "MethodEntry", "SweepConfig", "VtabConfig", "load_sweep_config"),
+    "vlprompt.sweep.launchers": ("LAUNCHERS", "LocalLauncher", "RayLauncher", "create_launcher"),
+    "vlprompt.sweep.plan": ("RUNS_DIR", "SELECTION_NAME", "SUMMARY_NAME", "RunSpec", "final_specs",
+                            "incompatibility", "plan_sweep", "run_folder_name", "run_hash", "select_best"),
+    "vlprompt.sweep.runner": ("execute_run", "format_summary", "run_sweep"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'vlprompt.sweep' has no attribute '{name}'")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])

@@ -10,7 +10,6 @@ the same whichever launcher ran them.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -22,14 +21,13 @@ from typing import Protocol
 
 from vlprompt.errors import ConfigError
 from vlprompt.run_dir import LOG_NAME, RunDir
+from vlprompt.sweep.parent_death import PARENT_ENV
 from vlprompt.sweep.runner import FAILED, LOCKED, RAN, execute_run
 
 log = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "ray")
-PARENT_ENV = "VLPROMPT_SWEEP_PARENT"
 EXIT_LOCKED = 75  # a worker's exit status for "the folder is locked by another process" (EX_TEMPFAIL)
-_PR_SET_PDEATHSIG = 1
 
 
 class Launcher(Protocol):
@@ -61,15 +59,6 @@ def worker_env(workers: int, slot: int, gpus: list[str], base: dict | None = Non
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     return env
-
-
-def die_with_parent(parent: int) -> None:
-    """Ask the kernel to SIGTERM this worker when its parent (pid ``parent``) dies (Linux prctl
-    PR_SET_PDEATHSIG); exit at once when the parent is already gone. Called first thing in a worker."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 class LocalLauncher:
