@@ -11,13 +11,22 @@ from pathlib import Path
 GOLDEN = Path(__file__).parent / "data" / "report_golden"
 
 
-def _run(root: Path, name: str, records: list[dict], backbone: str, spec: dict | None = None,
-         metrics: list[dict] | None = None, config: bool = True) -> None:
+def _run(
+    root: Path,
+    name: str,
+    records: list[dict],
+    backbone: str,
+    spec: dict | None = None,
+    metrics: list[dict] | None = None,
+    config: bool = True,
+) -> None:
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps([{"backbone": backbone, **r} for r in records]))
     if config:
-        (folder / "config.json").write_text(json.dumps({"backbone_id": backbone, "vlprompt_version": "0.1.0"}))
+        (folder / "config.json").write_text(
+            json.dumps({"backbone_id": backbone, "vlprompt_version": "0.1.0"})
+        )
     if spec is not None:
         (folder / "sweep.json").write_text(json.dumps({"stage": "run", "variant": "", **spec}))
     if metrics:
@@ -25,7 +34,9 @@ def _run(root: Path, name: str, records: list[dict], backbone: str, spec: dict |
 
 
 def _nmi(offset: float) -> list[dict]:
-    return [{"step": s, "nmi/block0": offset + 0.01 * s, "nmi/block1": offset / 2 + 0.02 * s} for s in (0, 4, 8)]
+    return [
+        {"step": s, "nmi/block0": offset + 0.01 * s, "nmi/block1": offset / 2 + 0.02 * s} for s in (0, 4, 8)
+    ]
 
 
 def build_sweep_runs(root: Path) -> Path:
@@ -34,48 +45,111 @@ def build_sweep_runs(root: Path) -> Path:
     metrics, and a results.json without config.json (skipped). One backbone."""
     rng = random.Random(12)
     backbone = "world:clip"
-    for method, label in (("coop", "coop"), ("coop", "coop ctx=4"), ("linear", "linear"), ("vpt-deep", "vpt-deep"),
-                          ("zeroshot", "zeroshot")):
+    for method, label in (
+        ("coop", "coop"),
+        ("coop", "coop ctx=4"),
+        ("linear", "linear"),
+        ("vpt-deep", "vpt-deep"),
+        ("zeroshot", "zeroshot"),
+    ):
         for shots in (1, 4, 16, 0):
             for seed in (1, 2, 3):
                 if method == "linear" and shots == 0 and seed == 3:
                     continue  # an unfinished run: the cell has two seeds
                 accuracy = None if (label == "coop ctx=4" and shots == 4 and seed == 2) else rng.random()
-                record = {"method": method, "protocol": "fewshot", "dataset": "world-paint", "shots": shots,
-                          "seed": seed, "split": "test", "accuracy": accuracy}
+                record = {
+                    "method": method,
+                    "protocol": "fewshot",
+                    "dataset": "world-paint",
+                    "shots": shots,
+                    "seed": seed,
+                    "split": "test",
+                    "accuracy": accuracy,
+                }
                 metrics = _nmi(0.1 * seed) if method == "vpt-deep" and shots in (1, 4) else None
-                _run(root, f"runs/fs-{label.replace(' ', '_')}-{shots}-{seed}", [record], backbone,
-                     {"label": label}, metrics)
+                _run(
+                    root,
+                    f"runs/fs-{label.replace(' ', '_')}-{shots}-{seed}",
+                    [record],
+                    backbone,
+                    {"label": label},
+                    metrics,
+                )
     for method in ("cocoop", "coop", "linear", "zeroshot"):
         for seed in (1, 2):
-            common = {"method": method, "protocol": "base2new", "shots": 16, "seed": seed,
-                      "saw_new_classnames": method == "zeroshot" and seed == 2}
+            common = {
+                "method": method,
+                "protocol": "base2new",
+                "shots": 16,
+                "seed": seed,
+                "saw_new_classnames": method == "zeroshot" and seed == 2,
+            }
             new = None if method == "linear" else rng.random()
-            _run(root, f"runs/b2n-{method}-{seed}",
-                 [{**common, "dataset": "world-object/base", "split": "base", "accuracy": rng.random()},
-                  {**common, "dataset": "world-object/new", "split": "new", "accuracy": new}],
-                 backbone, {"label": method})
+            _run(
+                root,
+                f"runs/b2n-{method}-{seed}",
+                [
+                    {**common, "dataset": "world-object/base", "split": "base", "accuracy": rng.random()},
+                    {**common, "dataset": "world-object/new", "split": "new", "accuracy": new},
+                ],
+                backbone,
+                {"label": method},
+            )
     targets = ("world-object-sketch", "world-object-cartoon", "world-object-neon")
     for method in ("coop", "vpt-deep"):
         for seed in (1, 2, 3):
             common = {"method": method, "protocol": "shift", "shots": 8, "seed": seed}
-            records = [{**common, "dataset": "world-object-photo", "split": "source", "accuracy": rng.random()}]
-            records += [{**common, "dataset": t, "split": "target", "source": "world-object-photo",
-                         "accuracy": rng.random()} for t in targets if not (method == "vpt-deep" and t == targets[2])]
-            _run(root, f"runs/shift-{method}-{seed}", records, backbone, {"label": method},
-                 _nmi(0.3) if method == "vpt-deep" else None)
+            records = [
+                {**common, "dataset": "world-object-photo", "split": "source", "accuracy": rng.random()}
+            ]
+            records += [
+                {
+                    **common,
+                    "dataset": t,
+                    "split": "target",
+                    "source": "world-object-photo",
+                    "accuracy": rng.random(),
+                }
+                for t in targets
+                if not (method == "vpt-deep" and t == targets[2])
+            ]
+            _run(
+                root,
+                f"runs/shift-{method}-{seed}",
+                records,
+                backbone,
+                {"label": method},
+                _nmi(0.3) if method == "vpt-deep" else None,
+            )
     tasks = ("cifar", "dtd", "eurosat", "resisc45", "clevr_count", "dsprites_loc")
     for method in ("vpt-deep", "linear"):
         for task in tasks:
             if method == "linear" and task == "resisc45":
                 continue
             for seed in (1, 2, 3):
-                record = {"method": method, "protocol": "fewshot", "dataset": f"vtab:{task}", "shots": 0,
-                          "seed": seed, "split": "test", "accuracy": rng.random()}
-                _run(root, f"runs/vtab-final-{method}-{task}-{seed}", [record], backbone,
-                     {"label": method, "stage": "final", "variant": "lr=0.01"})
-            _run(root, f"runs/vtab-select-{method}-{task}", [{**record, "seed": 1, "split": "val"}], backbone,
-                 {"label": method, "stage": "select", "variant": "lr=0.1"})
+                record = {
+                    "method": method,
+                    "protocol": "fewshot",
+                    "dataset": f"vtab:{task}",
+                    "shots": 0,
+                    "seed": seed,
+                    "split": "test",
+                    "accuracy": rng.random(),
+                }
+                _run(
+                    root,
+                    f"runs/vtab-final-{method}-{task}-{seed}",
+                    [record],
+                    backbone,
+                    {"label": method, "stage": "final", "variant": "lr=0.01"},
+                )
+            _run(
+                root,
+                f"runs/vtab-select-{method}-{task}",
+                [{**record, "seed": 1, "split": "val"}],
+                backbone,
+                {"label": method, "stage": "select", "variant": "lr=0.1"},
+            )
     _run(root, "summary", [{"method": "coop", "accuracy": 0.5}], backbone, config=False)
     return root
 
@@ -89,12 +163,38 @@ def build_mixed_runs(root: Path) -> Path:
         for method in ("coop", "kgcoop"):
             for seed in (1, 2):
                 for shots in (2, 8):
-                    _run(root, f"{tag}/fs-{method}-{shots}-{seed}",
-                         [{"method": method, "protocol": "fewshot", "dataset": "world-object", "shots": shots,
-                           "seed": seed, "split": "test", "accuracy": rng.random()}], backbone)
+                    _run(
+                        root,
+                        f"{tag}/fs-{method}-{shots}-{seed}",
+                        [
+                            {
+                                "method": method,
+                                "protocol": "fewshot",
+                                "dataset": "world-object",
+                                "shots": shots,
+                                "seed": seed,
+                                "split": "test",
+                                "accuracy": rng.random(),
+                            }
+                        ],
+                        backbone,
+                    )
                 for task in ("mytask-b", "mytask-a"):
-                    _run(root, f"{tag}/final-{method}-{task}-{seed}",
-                         [{"method": method, "protocol": "fewshot", "dataset": f"folder:/data/{task}/", "shots": 0,
-                           "seed": seed, "split": "test", "accuracy": rng.random()}], backbone,
-                         {"label": method, "stage": "final"})
+                    _run(
+                        root,
+                        f"{tag}/final-{method}-{task}-{seed}",
+                        [
+                            {
+                                "method": method,
+                                "protocol": "fewshot",
+                                "dataset": f"folder:/data/{task}/",
+                                "shots": 0,
+                                "seed": seed,
+                                "split": "test",
+                                "accuracy": rng.random(),
+                            }
+                        ],
+                        backbone,
+                        {"label": method, "stage": "final"},
+                    )
     return root

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlprompt.analysis.report import harmonic_mean, load_runs, write_report
+from vlprompt.analysis.report import write_report
+from vlprompt.analysis.results import load_results
+from vlprompt.analysis.tables import harmonic_mean
 from vlprompt.errors import VlpromptError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -271,4 +273,4 @@ def test_plots_are_valid_pngs(tmp_path):
         _assert_png(path)
     text = written["report.md"].read_text()
     assert all(f"![{p.name}]({p.name})" in text for p in pngs)
-    assert len(load_runs(runs)) == 2 * 2 * 3 + 2 * 2 + 1
+    assert len(load_results(runs)) == 2 * 2 * 3 + 2 * 2 + 1
