@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from PIL import Image
 from vlprompt.analysis.report import write_report
 from vlprompt.analysis.results import load_results
 from vlprompt.analysis.tables import harmonic_mean
-from vlprompt.errors import VlpromptError
+from vlprompt.cli import main
+from vlprompt.errors import MissingExtraError, VlpromptError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -274,3 +276,19 @@ def test_plots_are_valid_pngs(tmp_path):
     text = written["report.md"].read_text()
     assert all(f"![{p.name}]({p.name})" in text for p in pngs)
     assert len(load_results(runs)) == 2 * 2 * 3 + 2 * 2 + 1
+
+
+def test_without_matplotlib_the_report_writes_its_tables_and_names_the_extra(tmp_path, monkeypatch, capsys):
+    # matplotlib absent, as after a plain `pip install vlprompt`: None in sys.modules makes its import fail.
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["vlprompt.analysis.plots"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    runs = tmp_path / "runs"
+    _base2new(runs, "coop", 1, 0.80, 0.40)
+    with pytest.raises(MissingExtraError, match=r"pip install 'vlprompt\[plots\]'"):
+        import vlprompt.analysis.plots  # noqa: F401
+    assert main(["report", str(runs)]) == 0
+    printed = capsys.readouterr().out
+    assert "Tables only, no plots: Report plots need matplotlib" in printed and "vlprompt[plots]" in printed
+    written = sorted(p.name for p in (runs / "report").iterdir())
+    assert written == ["base2new_world_shapes_16-shot.csv", "report.md", "trace.csv"]

@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from vlprompt.errors import missing_extra
 from vlprompt.train.trainer import METRICS_NAME
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as error:
+    raise missing_extra("matplotlib", "plots", "Report plots need matplotlib") from error
 
 if TYPE_CHECKING:
     from vlprompt.analysis.tables import Table

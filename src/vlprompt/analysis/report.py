@@ -15,12 +15,12 @@ import pandas as pd
 
 from vlprompt.analysis.results import load_results
 from vlprompt.analysis.tables import Table, build_tables
+from vlprompt.errors import MissingExtraError
 from vlprompt.io_utils import atomic_write_text, check_writable_dir
 
 log = logging.getLogger(__name__)
 
 MISSING = "—"
-PLOTS_EXTRA_HINT = "pip install 'vlprompt[plots]'"
 
 
 def _number(value: float) -> str:
@@ -108,10 +108,8 @@ def write_report(
     if plots:
         try:
             from vlprompt.analysis.plots import write_plots
-        except ImportError as error:
-            plots_note = (
-                f"Plots were not drawn: {error.name or 'matplotlib'} is not installed ({PLOTS_EXTRA_HINT})."
-            )
+        except MissingExtraError as error:
+            plots_note = f"Tables only, no plots: {error}"
             log.warning(plots_note)
         else:
             for section, path in write_plots(tables, results, out):
