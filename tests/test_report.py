@@ -292,3 +292,20 @@ def test_without_matplotlib_the_report_writes_its_tables_and_names_the_extra(tmp
     assert "Tables only, no plots: Report plots need matplotlib" in printed and "vlprompt[plots]" in printed
     written = sorted(p.name for p in (runs / "report").iterdir())
     assert written == ["base2new_world_shapes_16-shot.csv", "report.md", "trace.csv"]
+
+
+def test_load_results_gives_one_row_per_record_with_its_run_folder(tmp_path):
+    runs = tmp_path / "runs"
+    _base2new(runs, "coop", 1, 0.80, None, label="coop ctx=4")
+    make_run(runs, "plain", [{"method": "linear", "dataset": "world:shapes", "shots": 0, "accuracy": 0.25}])
+    (runs / "results.json").write_text(json.dumps([{"method": "coop", "accuracy": 0.5}]))  # not a run folder
+    results = load_results(runs)
+    assert list(results.columns[:6]) == ["run", "path", "backbone", "label", "stage", "variant"]
+    assert list(results["run"]) == ["b2n_coop_s1", "b2n_coop_s1", "plain"]
+    assert list(results["label"]) == ["coop ctx=4", "coop ctx=4", "linear"]  # sweep.json's label, else the method
+    assert list(results["split"]) == ["base", "new", "test"] and results["path"][2] == str(runs / "plain")
+    assert str(results["shots"].dtype) == "Int64" and list(results["shots"]) == [16, 16, 0]
+    assert results["accuracy"].isna().tolist() == [False, True, False]
+    assert results["saw_new_classnames"].tolist()[:2] == [False, False]
+    one = load_results(runs / "plain")  # a single run folder
+    assert len(one) == 1 and one["run"][0] == "." and one["accuracy"][0] == 0.25
