@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -268,3 +269,20 @@ def test_trains_with_the_trainer_and_round_trips_a_prompt_checkpoint(clip, tmp_p
 def test_official_templates_encode(clip):
     features = encode_texts(clip.text, [t.format("circle") for t in official_templates()])
     assert features.shape == (60, clip.text.feature_dim)
+
+
+@pytest.mark.parametrize("preset", ["ivlp-paper", "maple-paper", "maple-dg-paper", "promptsrc-paper"])
+def test_presets_build_the_method_and_train_configs(preset):
+    import yaml
+
+    from vlprompt.config_utils import build_config
+    from vlprompt.methods import METHODS, import_all
+
+    path = Path(__file__).resolve().parents[1] / "src" / "vlprompt" / "presets" / f"{preset}.yaml"
+    data = yaml.safe_load(path.read_text())
+    assert {"description", "source", "method", "method_options", "train"} <= set(data)
+    import_all()
+    cls = METHODS.get(data["method"])
+    build_config(cls.config_class, data["method_options"])
+    train = build_config(TrainConfig, data["train"])
+    assert train.lr * train.warmup_start_factor == pytest.approx(1e-5)  # the official warm-up lr

@@ -29,7 +29,7 @@ from vlprompt.data.base import LabelSpace
 from vlprompt.losses import feature_l1, gaussian_epoch_weights, logit_kl_per_entry
 from vlprompt.methods.base import register_method
 from vlprompt.methods.ivlp import IVLP, IVLPConfig
-from vlprompt.prompts.text import encode_text_embeddings, hand_crafted_features
+from vlprompt.prompts.text import check_fits, encode_text_embeddings, split_template, token_count
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,12 @@ def mean_template_features(text, classnames: list[str], templates: list[str], ch
     The official teacher averages ``encode_text`` outputs (unnormalised) over templates and normalises after;
     CLIP's prompt ensemble (``ensemble_features``) normalises first. One template per pass keeps memory at C rows.
     """
-    hand_crafted_features(text, classnames[:1], templates)  # up-front check that every template fits
+    names = {name: token_count(text, name, "Class name") for name in classnames}
+    for template in templates:
+        head, tail = split_template(template)
+        fixed = sum(token_count(text, part, "Template text") for part in (head, tail) if part)
+        for name, length in names.items():
+            check_fits(text, fixed + length + 2, name, f"template {template!r}")
     device = next(text.parameters()).device
     total = None
     for template in templates:
