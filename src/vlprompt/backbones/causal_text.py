@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from vlprompt.backbones.base import TextTower
 
-
 DeepPrompts = Sequence[torch.Tensor]  # one [n_ctx, width] tensor per text layer 1..J-1
 
 

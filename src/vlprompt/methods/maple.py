@@ -17,9 +17,9 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
+from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
 from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, DeepVLMethod
-from vlprompt.errors import ConfigError
 from vlprompt.prompts.deep_text import clamp_depth
 
 
