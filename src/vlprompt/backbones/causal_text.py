@@ -182,6 +182,7 @@ class CausalTextTower(TextTower):
         prefixes = prefix_embeddings if grouped else prefix_embeddings.unsqueeze(0)
         groups, prefix_length = prefixes.shape[0], prefixes.shape[1]
         n = suffix_embeddings.shape[0]
+        check_deep_prompts(deep, self.num_layers, self.width, prefix_length + suffix_embeddings.shape[1])
         eot = self.eot_positions(suffix_token_ids).to(suffix_embeddings.device)
         deep_length = 1 + max((int(t.shape[0]) for t in deep), default=0) if deep else 0
         if not self.fast_paths_exact or int(eot.min()) < prefix_length or prefix_length < deep_length:

@@ -3,7 +3,8 @@
 Text prompts are the learned ones (deep text prompts, n tokens per layer for layers 0..J-1); the vision prompts of
 layer i are ``coupling_i(text prompt_i)`` with a per-layer Linear(d_txt -> d_vis). As in the official code, layer
 0's coupling is its own Linear and the couplings of layers 1..J-1 start as copies of one Linear (PyTorch's default
-init); the vision prompts enter the image tower like IVLP's (layer 0 through ln_pre).
+init); the vision prompts enter the image tower like IVLP's (layer 0 through ln_pre). A depth beyond the text
+tower's layers prompts all of them (J = min(depth, text layers)); the image tower must have at least J blocks.
 """
 from __future__ import annotations
 
