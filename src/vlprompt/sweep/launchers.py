@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from vlprompt.errors import ConfigError
+from vlprompt.errors import ConfigError, missing_extra
 from vlprompt.run_dir import LOG_NAME, RunDir
 from vlprompt.sweep.parent_death import PARENT_ENV
 from vlprompt.sweep.runner import FAILED, LOCKED, RAN, execute_run
@@ -168,10 +168,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError(
-            "The 'ray' launcher needs Ray, which is not installed: pip install 'vlprompt[ray]' (or ray itself), "
-            "or use --launcher local."
-        ) from None
+        raise missing_extra("ray", "ray", "The sweep's 'ray' launcher needs Ray (or use --launcher local)") from None
     return ray
 
 
