@@ -18,8 +18,7 @@ from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods import create_method
 from vlprompt.seeding import seed_everything
 from vlprompt.sweep import load_sweep_config, plan_sweep
-from vlprompt.train import TrainConfig, Trainer
-from vlprompt.train.callbacks import Callback
+from vlprompt.train import Callback, TrainConfig, Trainer
 
 SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 
