@@ -144,7 +144,7 @@ class Trainer:
         self.history.append(record)
         if self.out_dir is not None and self.is_main:
             append_jsonl(self.out_dir / METRICS_NAME, record)
-        self.callbacks.on_log(self, record)
+        self.callbacks.on_log(self, dict(record))
 
     # ----- data -----
     def _features(self, dataset: ImageDataset, transform, name: str, views: int = 1) -> torch.Tensor:
