@@ -28,6 +28,7 @@ from vlprompt.errors import ConfigError, VlpromptError
 
 if TYPE_CHECKING:
     from vlprompt.data.base import TaskData
+    from vlprompt.train.config import TrainConfig
     from vlprompt.train.trainer import FitResult, Trainer
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,16 @@ class TensorBoardCallback(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def config_callbacks(config: TrainConfig, out_dir: Path | None) -> list[Callback]:
+    """The callbacks a TrainConfig asks for (``tensorboard``), added by the Trainer to the user's own."""
+    if not config.tensorboard:
+        return []
+    if out_dir is None:
+        raise VlpromptError("train.tensorboard = true writes event files under the run's output folder, and this "
+                            "Trainer has none: pass out_dir (--out), or set tensorboard=false.")
+    return [TensorBoardCallback(out_dir / TENSORBOARD_DIR)]
 
 
 def _summary_writer_class():

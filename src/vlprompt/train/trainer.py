@@ -32,7 +32,7 @@ from vlprompt.data.transforms import eval_transform, train_transform
 from vlprompt.errors import VlpromptError
 from vlprompt.io_utils import append_jsonl, check_writable_dir
 from vlprompt.seeding import derived_seed, rng_state, set_rng_state
-from vlprompt.train.callbacks import TENSORBOARD_DIR, Callback, CallbackList, TensorBoardCallback
+from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
 from vlprompt.train.config import TrainConfig
 
@@ -128,13 +128,7 @@ class Trainer:
         self.history: list[dict] = []
         if self.out_dir is not None and self.is_main:
             check_writable_dir(self.out_dir)
-        callbacks = list(callbacks)
-        if self.config.tensorboard:
-            if self.out_dir is None:
-                raise VlpromptError("train.tensorboard = true writes event files under the run's output folder, "
-                                    "and this Trainer has none: pass out_dir (--out), or set tensorboard=false.")
-            callbacks.append(TensorBoardCallback(self.out_dir / TENSORBOARD_DIR))
-        self.callbacks = CallbackList(callbacks)
+        self.callbacks = CallbackList([*callbacks, *config_callbacks(self.config, self.out_dir)])
 
     # ----- hooks' helpers -----
     def log_metrics(self, record: dict) -> None:
