@@ -19,7 +19,6 @@ Callbacks run on every rank (a distributed run's history is the same on all of t
 """
 from __future__ import annotations
 
-import logging
 import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
     from vlprompt.data.base import TaskData
     from vlprompt.train.config import TrainConfig
     from vlprompt.train.trainer import FitResult, Trainer
-
-log = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "tensorboard"
 
