@@ -1,5 +1,5 @@
-"""Trainer callbacks: the protocol's events in order, NMI logging as a callback (metrics identical to before it
-moved out of VPT/SPT), the TensorBoard callback and its optional extra."""
+"""Trainer callbacks: the protocol's events in order, NMI logging as a callback (metrics identical to before
+it moved out of VPT/SPT), the TensorBoard callback and its optional extra."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from test_trainer import make_task
 from vlprompt.analysis.nmi import NMICallback
 from vlprompt.analysis.plots import plot_nmi, read_nmi
 from vlprompt.backbones.tiny import tiny_timm_vit
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.errors import ConfigError, MissingExtraError, VlpromptError
 from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods import create_method
 from vlprompt.seeding import seed_everything
@@ -163,7 +163,8 @@ def test_tensorboard_event_file_holds_the_logged_scalars(tmp_path):
         logged = [(r["step"], r[tag]) for r in result.history if tag in r]
         scalars = events.Scalars(tag)
         assert [e.step for e in scalars] == [step for step, _ in logged]
-        assert [e.value for e in scalars] == pytest.approx([value for _, value in logged], rel=1e-6)  # float32
+        # TensorBoard stores float32.
+        assert [e.value for e in scalars] == pytest.approx([value for _, value in logged], rel=1e-6)
     assert len(events.Scalars("loss")) == 4
 
 
@@ -172,7 +173,8 @@ def test_tensorboard_from_the_command_line(tmp_path):
 
     out = tmp_path / "run"
     assert main(["train", "method=linear", "backbone=tiny:timm_vit", "dataset=world-size", "shots=1",
-                 "dataset_options={train_per_class: 1, val_per_class: 1, test_per_class: 1}", "train.epochs=1",
+                 "dataset_options={train_per_class: 1, val_per_class: 1, test_per_class: 1}",
+                 "train.epochs=1",
                  "train.tensorboard=true", "train.progress=false", "train.device=cpu", f"--out={out}"]) == 0
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -185,5 +187,6 @@ def test_tensorboard_missing_extra_and_missing_folder_are_clear(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     for name in [m for m in sys.modules if m.startswith("torch.utils.tensorboard")]:
         monkeypatch.delitem(sys.modules, name)
-    with pytest.raises(VlpromptError, match=r"pip install 'vlprompt\[tensorboard\]'"):
+    expected = r"tensorboard is not installed.*pip install 'vlprompt\[tensorboard\]'"
+    with pytest.raises(MissingExtraError, match=expected):
         Trainer(method, TrainConfig(tensorboard=True), out_dir=tmp_path)

@@ -107,7 +107,8 @@ def test_reservoir_is_bounded_and_uniform():
 
 
 def test_setup_initialises_before_training_and_nmi_sees_the_initialised_prompts():
-    pixels = torch.randint(0, 256, (10, 32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (10, 32, 32, 3), generator=generator, dtype=torch.uint8)
     pictures = ImageDataset(list(range(10)), [i % 2 for i in range(10)],
                             load=lambda i: Image.fromarray(pixels[i].numpy()))
     method = create_method("spt-shallow", tiny_backbone(), LABELS, num_tokens=2, init_batch_size=4)

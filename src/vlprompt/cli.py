@@ -56,7 +56,40 @@ RESULT_COLUMNS = ("method", "backbone", "dataset", "shots", "seed", "split", "ac
 
 
 # ----- commands -----
+def format_method_options(name: str) -> str:
+    """A method's options (its config dataclass's fields) with defaults and help, and its training defaults."""
+    import dataclasses
+    import textwrap
+
+    from vlprompt.config_utils import describe_options
+    from vlprompt.methods import METHODS, import_all
+
+    import_all()
+    cls = METHODS.get(name)
+    options = describe_options(cls.config_class)
+    intro = (f"Options of method '{name}' ({cls.config_class.__name__}): set them as method_options.NAME=VALUE "
+             "on the command line or under method_options: in a YAML config.")
+    lines = [intro]
+    if not options:
+        lines.append(f"'{name}' has no options of its own.")
+    for option in options:
+        default = "(required)" if option.default is dataclasses.MISSING else f"= {option.default!r}"
+        lines.append(f"\n  {option.name}: {option.type} {default}")
+        lines += textwrap.wrap(option.help or "(no help text)", 100, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6)
+    if cls.train_defaults:
+        settings = ", ".join(f"{key}={value!r}" for key, value in sorted(cls.train_defaults.items()))
+        lines.append(f"\nRecommended training settings (train.NAME=VALUE overrides them): {settings}")
+    return "\n".join(lines)
+
+
 def cmd_list(args) -> int:
+    if args.options is not None:
+        if args.what != "methods":
+            raise ConfigError(f"--options describes a method; use 'vlprompt list methods --options NAME' "
+                              f"(not 'list {args.what}').")
+        print(format_method_options(args.options))
+        return 0
     if args.what == "backbones":
         from vlprompt.backbones.registry import list_backbones
 
@@ -162,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list registered names, one per line")
+    p = sub.add_parser("list", help="list registered names, one per line (or a method's options)")
     p.add_argument("what", choices=["backbones", "methods", "datasets"])
+    p.add_argument("--options", metavar="NAME", help="with 'methods': print that method's options, defaults and help")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="train one run: [CONFIG.yaml] [key=value ...]")

@@ -129,8 +129,8 @@ def split_nmi_options(method_options: dict, nmi: dict) -> tuple[dict, dict]:
     clash = [k for k in legacy if k in nmi and nmi[k] != legacy[k]]
     if clash:
         raise ConfigError(
-            f"run.nmi.{clash[0]} = {nmi[clash[0]]!r} and method_options.nmi_{clash[0]} = {legacy[clash[0]]!r} "
-            "disagree; set NMI logging in one place."
+            f"run.nmi.{clash[0]} = {nmi[clash[0]]!r} and method_options.nmi_{clash[0]} = "
+            f"{legacy[clash[0]]!r} disagree; set NMI logging in one place."
         )
     options = build_config(NMIOptions, {**legacy, **nmi}, where="run.nmi")
     rest = {k: v for k, v in method_options.items() if k not in METHOD_OPTION_KEYS}
@@ -151,9 +151,9 @@ class NMICallback(Callback):
         method = trainer.method
         if not isinstance(getattr(method, "prompts", None), VisualPrompts):
             raise ConfigError(
-                f"NMI logging (nmi.every / method_options.nmi_every) measures visual prompt tokens against patch "
-                f"tokens, and method '{method.method_name}' has no visual prompts. Use it with vpt-* or spt-*, "
-                "or remove the option."
+                "NMI logging (nmi.every / method_options.nmi_every) measures visual prompt tokens against "
+                f"patch tokens, and method '{method.method_name}' has no visual prompts. Use it with vpt-* or "
+                "spt-*, or remove the option."
             )
         dataset = task.train.with_transform(eval_transform(method.backbone.preprocess))
         count = min(self.options.images, len(dataset))

@@ -7,7 +7,7 @@ SPT (methods/spt.py) is this same model with prompts initialised from the data's
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -25,16 +25,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VPTConfig:
-    """``num_tokens`` p per insertion point; ``dropout`` None means VPT's defaults (0.1 deep, 0 shallow);
-    ``projection_dim`` k learns prompts at width k mapped to d by a Linear; ``pool_prompts`` says whether prompt
-    tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS readouts ignore it).
-    Per-block NMI during training is a trainer callback (analysis/nmi.py NMICallback); a run config's
-    ``method_options.nmi_*`` keys build it."""
+    """VPT's options; each field's help says what it does (``vlprompt list methods --options vpt-deep``).
+    Per-block NMI during training is a trainer callback (analysis/nmi.py NMICallback), not a method option; a
+    run config builds it from ``method_options.nmi_every`` / ``nmi_images`` / ``nmi_normalization``."""
 
-    num_tokens: int = 10
-    dropout: float | None = None
-    projection_dim: int | None = None
-    pool_prompts: bool = True
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens p per insertion point"})
+    dropout: float | None = field(
+        default=None,
+        metadata={"help": "dropout on the prompts; unset means VPT's defaults (0.1 deep, 0 shallow)"},
+    )
+    projection_dim: int | None = field(
+        default=None,
+        metadata={"help": (
+            "learn prompts at width k, mapped to the backbone's width d by a Linear (unset: at d)"
+        )},
+    )
+    pool_prompts: bool = field(
+        default=True,
+        metadata={"help": (
+            "whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS "
+            "readouts ignore it)"
+        )},
+    )
 
     def __post_init__(self) -> None:
         where = type(self).__name__

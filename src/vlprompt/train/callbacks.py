@@ -23,7 +23,7 @@ import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.errors import ConfigError, VlpromptError, missing_extra
 
 if TYPE_CHECKING:
     from vlprompt.data.base import TaskData
@@ -117,7 +117,8 @@ class TensorBoardCallback(Callback):
             return
         step = int(record["step"])
         for key, value in record.items():
-            if key not in ("step", "epoch") and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if numeric and key not in ("step", "epoch"):
                 self.writer.add_scalar(key, float(value), global_step=step)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
@@ -136,8 +137,8 @@ def config_callbacks(config: TrainConfig, out_dir: Path | None) -> list[Callback
     if not config.tensorboard:
         return []
     if out_dir is None:
-        raise VlpromptError("train.tensorboard = true writes event files under the run's output folder, and this "
-                            "Trainer has none: pass out_dir (--out), or set tensorboard=false.")
+        raise VlpromptError("train.tensorboard = true writes event files under the run's output folder, and "
+                            "this Trainer has none: pass out_dir (--out), or set tensorboard=false.")
     return [TensorBoardCallback(out_dir / TENSORBOARD_DIR)]
 
 
@@ -146,9 +147,8 @@ def _summary_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
-        raise VlpromptError(
-            "train.tensorboard = true needs the 'tensorboard' package, which is not installed "
-            f"({error}). Install the extra with: pip install 'vlprompt[tensorboard]' (or set "
-            "train.tensorboard=false; metrics.jsonl holds the same numbers)."
-        ) from None
+        raise missing_extra(
+            "tensorboard", "tensorboard",
+            "train.tensorboard = true (TensorBoard event files; metrics.jsonl holds the same numbers without it)",
+        ) from error
     return SummaryWriter
