@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vlprompt.analysis.nmi import NMICallback, split_nmi_options
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.config_utils import build_config, check_choice, check_range
 from vlprompt.data.base import LabelSpace, TaskData
@@ -57,12 +58,16 @@ class RunConfig:
     out: str | None = None
     # Where few-shot index files live (default: <out>/indices).
     index_dir: str | None = None
+    # NMI logging during training (analysis/nmi.py NMIOptions: every, images, normalization); the VPT/SPT
+    # method_options keys nmi_every, nmi_images, nmi_normalization are moved here.
+    nmi: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("run", "protocol", self.protocol, PROTOCOLS)
         check_range("run", "shots", self.shots, 0)
         import_all()
         METHODS.get(self.method)  # raises the close-names error for a mistyped name
+        self.method_options, self.nmi = split_nmi_options(self.method_options, self.nmi)
         if self.protocol == "shift" and not self.targets:
             raise ConfigError("run.targets is empty: the 'shift' protocol needs at least one target dataset.")
         for i, target in enumerate(self.targets):
@@ -203,7 +208,8 @@ def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, f
         document = config_document(dataclasses.asdict(config), dataclasses.asdict(train_config),
                                    backbone.backbone_id, given_root)
         run_dir.write_config(document, fields)
-    trainer = Trainer(method, train_config, out_dir=out, fingerprint=fields)
+    callbacks = [NMICallback(**config.nmi)] if config.nmi else []
+    trainer = Trainer(method, train_config, out_dir=out, callbacks=callbacks, fingerprint=fields)
     fit = trainer.fit(train_task)
     common = {"train_seconds": round(fit.train_seconds, 3), "val_accuracy": fit.val_accuracy, "steps": fit.steps,
               **_shots_used(train_task)}

@@ -41,7 +41,7 @@ ATTEMPT_FILES = (CONFIG_NAME, METRICS_NAME, RESUME_NAME, PROMPTS_NAME, PROMPTS_M
 # Fields that do not change what a run computes: where files go, how often it logs or saves, how it is shown.
 NON_RESULT_FIELDS = frozenset({
     "out", "index_dir", "train.device", "train.progress", "train.cache_dir", "train.resume",
-    "train.checkpoint_every", "train.log_every", "train.eval_batch_size", "train.num_workers",
+    "train.checkpoint_every", "train.log_every", "train.eval_batch_size", "train.num_workers", "train.tensorboard",
 })
 
 

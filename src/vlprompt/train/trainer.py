@@ -33,6 +33,7 @@ from vlprompt.errors import VlpromptError
 from vlprompt.io_utils import check_writable_dir
 from vlprompt.run_dir import RunDir, mismatch_error
 from vlprompt.seeding import derived_seed, rng_state, set_rng_state
+from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
 from vlprompt.train.config import TrainConfig
 
@@ -106,7 +107,8 @@ class _ImageSource:
 
 
 class Trainer:
-    """Fits one method on one task. ``out_dir`` (optional) receives metrics, the resume state and prompts.
+    """Fits one method on one task. ``out_dir`` (optional) receives metrics, the resume state and prompts;
+    ``callbacks`` observe the loop (train/callbacks.py), and ``config.tensorboard`` adds a TensorBoard one.
 
     ``fingerprint`` is the result-defining fields of the run (run_dir.fingerprint_fields), given by a caller
     that owns the run folder's config.json and results (run_experiment). Without it (the Python API) the
@@ -115,7 +117,7 @@ class Trainer:
     """
 
     def __init__(self, method, config: TrainConfig | None = None, out_dir: str | Path | None = None,
-                 fingerprint: dict | None = None) -> None:
+                 callbacks: list[Callback] | tuple[Callback, ...] = (), fingerprint: dict | None = None) -> None:
         self.method = method
         self.config = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -133,14 +135,17 @@ class Trainer:
         self.history: list[dict] = []
         if self.out_dir is not None and self.is_main:
             check_writable_dir(self.out_dir)
+        self.callbacks = CallbackList([*callbacks, *config_callbacks(self.config, self.out_dir)])
 
     # ----- hooks' helpers -----
     def log_metrics(self, record: dict) -> None:
-        """Append a record to metrics.jsonl (rank 0 only) and to the in-memory history."""
+        """Append a record to metrics.jsonl (rank 0 only) and to the in-memory history, then pass it to the
+        callbacks' ``on_log``."""
         record = {"step": self.step, "epoch": self.epoch, **record}
         self.history.append(record)
         if self.run_dir is not None and self.is_main:
             self.run_dir.append_metric(record)
+        self.callbacks.on_log(self, dict(record))
 
     # ----- data -----
     def _features(self, dataset: ImageDataset, transform, name: str, views: int = 1) -> torch.Tensor:
@@ -188,13 +193,16 @@ class Trainer:
         preprocess = method.backbone.preprocess
         if hasattr(method, "setup"):
             method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+        self.callbacks.on_fit_start(self, task)
         params = [p for p in method.trainable_parameters()]
         if not params or config.epochs == 0:
             # Nothing to train (zero-shot) or nothing asked (epochs=0): the checkpoint holds what exists (no
             # tensors, or the initial values), so the folder evaluates like any other.
             val = self.evaluate(task.val) if task.val is not None else None
             self._save_final(val)
-            return FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
+            result = FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
+            self.callbacks.on_fit_end(self, result)
+            return result
 
         source = self._train_source(task.train)
         n = len(source)
@@ -245,6 +253,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if hasattr(method, "on_step_end"):
                     method.on_step_end(self.step, self)
+                self.callbacks.on_step_end(self, self.step)
                 if self.step % config.log_every == 0:
                     loss_mean = distributed.sum_scalar(loss_value) / self.world_size
                     self.log_metrics({"loss": loss_mean, "lr": optimizer.param_groups[0]["lr"]})
@@ -255,8 +264,10 @@ class Trainer:
                 accuracy = self.evaluate(task.val)
                 method.train()
                 self.log_metrics({"val_accuracy": accuracy})
+                self.callbacks.on_eval(self, epoch, accuracy)
                 if config.select == "best_val" and accuracy > best[0]:
                     best = (accuracy, copy.deepcopy(method.trainable_state_dict()))
+            self.callbacks.on_epoch_end(self, epoch)
             self._save_resume(resume_path, optimizer, epoch + 1, 0, best)
         source.close()
 
@@ -272,7 +283,9 @@ class Trainer:
             val = next((r["val_accuracy"] for r in reversed(self.history) if "val_accuracy" in r), None)
         self._check_finite("the trained prompts")
         self._save_final(val)
-        return FitResult(val, seconds, self.step, self.history, self.out_dir)
+        result = FitResult(val, seconds, self.step, self.history, self.out_dir)
+        self.callbacks.on_fit_end(self, result)
+        return result
 
     def _save_final(self, val: float | None) -> None:
         if self.run_dir is None or not self.is_main:
