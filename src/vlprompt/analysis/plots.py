@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from vlprompt.errors import missing_extra
-from vlprompt.train.trainer import METRICS_NAME
+from vlprompt.run_dir import METRICS_NAME
 
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlprompt.errors import VlpromptError
-from vlprompt.experiment import CONFIG_NAME, RESULTS_NAME
-from vlprompt.sweep import SPEC_NAME
+from vlprompt.run_dir import CONFIG_NAME, RESULTS_NAME, SPEC_NAME
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ from safetensors.torch import load_file, save_file
 from vlprompt import __version__
 from vlprompt.errors import CheckpointError
 from vlprompt.io_utils import atomic_write, atomic_write_json
-
-WEIGHTS_NAME = "prompts.safetensors"
-META_NAME = "prompts.json"
+from vlprompt.run_dir import PROMPTS_META_NAME as META_NAME
+from vlprompt.run_dir import PROMPTS_NAME as WEIGHTS_NAME
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
