@@ -47,3 +47,17 @@ def grouped_text_ce(soft: torch.Tensor, hard: torch.Tensor, scale: float) -> tor
     targets = torch.arange(soft.shape[0], device=soft.device)
     logits = scale * torch.einsum("cd,tkd->tck", soft, hard.detach().to(soft.dtype))
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.repeat(hard.shape[0]))
+
+
+def class_adaptive_penalty(prototypes: torch.Tensor, anchors: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """CLAP's constraint: mean over classes of λ_c·‖w_c − t_c‖² (raw prototypes w and zero-shot features t)."""
+    distance = (prototypes - anchors.detach().to(prototypes.dtype)).pow(2).sum(-1)
+    return torch.mean(multipliers.detach().to(prototypes.dtype) * distance)
+
+
+def class_confidence(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """CLAP's multipliers λ_c: the mean softmax probability of class c over the samples labelled c (0 for a class
+    without samples)."""
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    one_hot = nn.functional.one_hot(labels, num_classes).float()
+    return (probabilities * one_hot).sum(0) / one_hot.sum(0).clamp_min(1)

@@ -110,6 +110,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history: list[dict] = []
+        self._feature_memo: dict[tuple, torch.Tensor] = {}
         if self.out_dir is not None and self.is_main:
             check_writable_dir(self.out_dir)
 
@@ -135,17 +136,27 @@ class Trainer:
             seed=self.config.seed,
         )
 
+    def cached_features(self, dataset: ImageDataset, train: bool = False) -> torch.Tensor:
+        """Frozen image features as the loop sees them, computed once per fit: the training views ([V, N, D]
+        when feature_views > 1 with augmentation, else [N, D]) or, with ``train`` False, the eval transform's."""
+        config = self.config
+        preprocess = self.method.backbone.preprocess
+        views = config.feature_views if train and config.augment != "none" else 1
+        key = (id(dataset), views)
+        if key not in self._feature_memo:
+            if views > 1:
+                tf, name = train_transform(preprocess, config.augment), f"train-{config.augment}"
+            else:
+                tf, name = eval_transform(preprocess), "eval"
+            self._feature_memo[key] = self._features(dataset, tf, name, views=views)
+        return self._feature_memo[key]
+
     def _train_source(self, dataset: ImageDataset):
         config = self.config
         preprocess = self.method.backbone.preprocess
         if getattr(self.method, "uses_image_features", False):
             labels = torch.tensor(dataset.labels, dtype=torch.long)
-            if config.augment != "none" and config.feature_views > 1:
-                tf = train_transform(preprocess, config.augment)
-                feats = self._features(dataset, tf, f"train-{config.augment}", views=config.feature_views)
-            else:
-                feats = self._features(dataset, eval_transform(preprocess), "eval")
-            return _FeatureSource(feats, labels, config.seed)
+            return _FeatureSource(self.cached_features(dataset, train=True), labels, config.seed)
         return _ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)))
 
     # ----- the loop -----
@@ -154,11 +165,18 @@ class Trainer:
         method = self.method.to(self.device)
         started = time.perf_counter()
         preprocess = method.backbone.preprocess
+        self._feature_memo = {}
         if hasattr(method, "setup"):
             method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+        if hasattr(method, "prepare"):  # built from the task's cached features (Tip-Adapter's cache, CLAP's λ)
+            method.prepare(task, self)
         params = [p for p in method.trainable_parameters()]
         if not params or config.epochs == 0:
+            if hasattr(method, "on_fit_end"):
+                method.on_fit_end(task, self)
             val = self.evaluate(task.val) if task.val is not None else None
+            if self.out_dir is not None and self.is_main and method.trainable_state_dict():  # a fitted cache model
+                save_prompts(method, self.out_dir, extra={"train_config": config.__dict__, "val_accuracy": val})
             return FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
 
         source = self._train_source(task.train)
@@ -228,6 +246,8 @@ class Trainer:
                 named = dict(method.named_parameters())
                 for name, tensor in best[1].items():
                     named[name].copy_(tensor)
+        if hasattr(method, "on_fit_end"):  # after training, before saving (Tip-Adapter's α/β search on val)
+            method.on_fit_end(task, self)
         method.eval()
         seconds = time.perf_counter() - started
         val = best[0] if config.select == "best_val" and best[1] is not None else None
@@ -273,7 +293,7 @@ class Trainer:
         lr = config.effective_lr(self.world_size)
         if config.optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, eps=config.adam_eps, weight_decay=config.weight_decay)
 
     def _lr_at(self, step: int, base_lr: float, total: int, warmup: int) -> float:
         """Linear warmup from warmup_start_factor*lr, then cosine to 0 (or constant)."""
