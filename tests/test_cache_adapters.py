@@ -184,3 +184,21 @@ def test_clap_starts_at_zero_shot_and_adds_the_class_adaptive_term(clip):
                       for c in range(3)) / 3
     assert by_hand > 0
     assert float(out["loss"] - ce) == pytest.approx(by_hand, rel=1e-4)
+
+
+def test_paper_presets_build_valid_configs():
+    from pathlib import Path
+
+    import yaml
+
+    from vlprompt.config_utils import build_config
+    from vlprompt.methods import METHODS, import_all
+    from vlprompt.train import TrainConfig
+
+    import_all()
+    folder = Path(__file__).resolve().parents[1] / "src" / "vlprompt" / "presets"
+    for name in ("clip-lora", "tip-adapter", "tip-adapter-f", "clap"):
+        preset = yaml.safe_load((folder / f"{name}-paper.yaml").read_text(encoding="utf-8"))
+        assert preset["method"] == name and preset["source"] and preset["description"]
+        build_config(TrainConfig, preset["train"], where=f"{name} preset train")
+        build_config(METHODS.get(name).config_class, preset["method_options"], where=f"{name} preset")
