@@ -11,6 +11,7 @@ CoOp (its own defaults, 15 epochs) are listed for scale. One thread; the machine
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -65,16 +66,18 @@ def main() -> None:
     task = few_shot_task(load_dataset(defaults["dataset"], **defaults.get("options", {})), shots=16, seed=1)
     with tempfile.TemporaryDirectory() as cache_dir:
         rows = [run(name, task, backbone, cache_dir) for name in METHOD_NAMES]
+    load = round(os.getloadavg()[1], 1)  # a shared machine's load explains most of the spread in these times
     out = ROOT / "results"
     out.mkdir(exist_ok=True)
     record = {"task": defaults["dataset"], "backbone": defaults["backbone"], "shots": 16, "seed": 1,
-              "torch": torch.__version__, "python": platform.python_version(), "rows": rows}
+              "torch": torch.__version__, "python": platform.python_version(), "load_average_5min": load, "rows": rows}
     (out / "cache_adapters.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     lines = ["| method | epochs | steps | views | cold fit (s) | warm fit (s) | test acc |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['method']} | {r['epochs']} | {r['steps']} | {r['feature_views']} | {r['cold_seconds']} | "
               f"{r['warm_seconds']} | {r['test_accuracy']} |" for r in rows]
     text = (f"# Cache methods on the feature cache\n\n`{defaults['dataset']}` on `{defaults['backbone']}`, 16 shots, "
-            "seed 1, official presets; cold = encodes the K views, warm = features read from the cache folder.\n\n"
+            "seed 1, official presets; cold = encodes the K views, warm = features read from the cache folder "
+            f"(5-minute load average at the end: {load}).\n\n"
             + "\n".join(lines) + "\n")
     (out / "cache_adapters.md").write_text(text, encoding="utf-8")
     print(text)
