@@ -5,8 +5,10 @@ import importlib
 
 from vlprompt.methods.base import METHODS, PromptMethod, create_method, register_method
 
-_MODULES = ("zeroshot", "linear", "vpt", "spt", "finetune", "coop", "cocoop", "prograd", "kgcoop", "mocoop", "clip_lora", "tip_adapter",
-            "clap")
+_MODULES = (
+    "zeroshot", "linear", "vpt", "spt", "finetune", "coop", "cocoop", "prograd", "kgcoop", "mocoop",
+    "ivlp", "maple", "promptsrc", "clip_lora", "tip_adapter", "clap",
+)
 
 
 def import_all() -> None:
