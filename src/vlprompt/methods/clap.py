@@ -17,7 +17,7 @@ epoch, so the preset's 6,000 epochs give the official number of steps; our warm-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -38,9 +38,9 @@ class CLAPConfig:
     task's templates (the official ImageNet setting) instead of templates[0]; ``class_chunk``: prompts per
     text-encoder call."""
 
-    constraint: bool = True
-    ensemble: bool = False
-    class_chunk: int = 256
+    constraint: bool = field(default=True, metadata={"help": "the class-adaptive penalty (false: the ZS-LP baseline)"})
+    ensemble: bool = field(default=False, metadata={"help": "zero-shot features from all templates instead of templates[0]"})
+    class_chunk: int = field(default=256, metadata={"help": "prompts per text-encoder call"})
 
     def __post_init__(self) -> None:
         check_range("CLAPConfig", "class_chunk", self.class_chunk, 1)

@@ -43,14 +43,14 @@ class CLIPLoRAConfig:
     ``params``: projections among q, k, v, o (official default q, k, v); ``class_chunk``: class prompts per
     text-encoder call."""
 
-    rank: int = 2
-    alpha: float = 1.0
-    dropout: float = 0.25
-    rank_scaling: str = "sqrt"
-    encoders: str = "both"
-    blocks: list[int] = field(default_factory=list)
-    params: list[str] = field(default_factory=lambda: ["q", "k", "v"])
-    class_chunk: int = 256
+    rank: int = field(default=2, metadata={"help": "LoRA rank r (0: no branch, the frozen model)"})
+    alpha: float = field(default=1.0, metadata={"help": "LoRA alpha"})
+    dropout: float = field(default=0.25, metadata={"help": "dropout on the LoRA branch input, training only"})
+    rank_scaling: str = field(default="sqrt", metadata={"help": "sqrt: scaling alpha/sqrt(r) (official code); rank: alpha/r (LoRA paper)"})
+    encoders: str = field(default="both", metadata={"help": "towers to adapt: both | vision | text"})
+    blocks: list[int] = field(default_factory=list, metadata={"help": "block indices to adapt (empty: all, the official setting)"})
+    params: list[str] = field(default_factory=lambda: ["q", "k", "v"], metadata={"help": "projections among q, k, v, o (official: q, k, v)"})
+    class_chunk: int = field(default=256, metadata={"help": "class prompts per text-encoder call"})
 
     def __post_init__(self) -> None:
         where = "CLIPLoRAConfig"

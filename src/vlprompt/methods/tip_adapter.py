@@ -18,7 +18,7 @@ the whole cache model (keys, one-hot values, α, β), since that is what was fit
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -69,15 +69,15 @@ class TipAdapterConfig:
     ``ensemble``: class features from all templates (the official ImageNet setting) instead of templates[0];
     ``class_chunk``: class prompts per text-encoder call."""
 
-    init_alpha: float = 1.17
-    init_beta: float = 1.0
-    search: bool = True
-    search_scale_alpha: float = 3.0
-    search_scale_beta: float = 7.0
-    search_steps_alpha: int = 20
-    search_steps_beta: int = 200
-    ensemble: bool = False
-    class_chunk: int = 256
+    init_alpha: float = field(default=1.17, metadata={"help": "alpha for training (-F) and when no validation split exists"})
+    init_beta: float = field(default=1.0, metadata={"help": "beta for training (-F) and when no validation split exists"})
+    search: bool = field(default=True, metadata={"help": "search alpha and beta on the validation split"})
+    search_scale_alpha: float = field(default=3.0, metadata={"help": "upper end of the alpha grid (official per-dataset scale)"})
+    search_scale_beta: float = field(default=7.0, metadata={"help": "upper end of the beta grid (official per-dataset scale)"})
+    search_steps_alpha: int = field(default=20, metadata={"help": "alpha grid size"})
+    search_steps_beta: int = field(default=200, metadata={"help": "beta grid size"})
+    ensemble: bool = field(default=False, metadata={"help": "class features from all templates instead of templates[0]"})
+    class_chunk: int = field(default=256, metadata={"help": "class prompts per text-encoder call"})
 
     def __post_init__(self) -> None:
         where = "TipAdapterConfig"
