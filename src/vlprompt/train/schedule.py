@@ -1,0 +1,27 @@
+"""The optimizer a TrainConfig names and its learning-rate schedule (linear warmup, then cosine or constant)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vlprompt.train.config import TrainConfig
+
+
+def build_optimizer(config: TrainConfig, params: list, world_size: int) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW at the config's lr scaled for ``world_size`` processes."""
+    lr = config.effective_lr(world_size)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+
+
+def lr_at(config: TrainConfig, step: int, base_lr: float, total: int, warmup: int) -> float:
+    """Linear warmup from warmup_start_factor*lr, then cosine to 0 (or constant)."""
+    if step < warmup:
+        start = config.warmup_start_factor
+        return base_lr * (start + (1 - start) * step / max(warmup, 1))
+    if config.scheduler == "constant":
+        return base_lr
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(progress, 1.0)))
