@@ -11,8 +11,14 @@ from vlprompt.methods.coop import CoOp, CoOpConfig
 
 @dataclass
 class KgCoOpConfig(CoOpConfig):
-    """``weight``: w in L = L_ce + w·(1 − mean_c cos(t_c, t_c^hand)); the paper uses 8."""
+    """``weight``: w in L = L_ce + w·(1 − mean_c cos(t_c, t_c^hand)); the paper uses 8.
 
+    The context starts as the official KgCoOp code starts it: the 4 tokens of "a photo of a" (its prompt
+    learner uses those words whenever CTX_INIT is set, which every released config does).
+    """
+
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
     weight: float = 8.0
 
     def __post_init__(self) -> None:

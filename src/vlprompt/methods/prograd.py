@@ -19,8 +19,15 @@ from vlprompt.methods.coop import CoOp, CoOpConfig
 @dataclass
 class ProGradConfig(CoOpConfig):
     """``lam``: how much of the conflicting gradient component is removed (1 = ProGrad, 0 = plain CoOp);
-    ``temperature``: softmax temperature of the KL to the zero-shot prediction (1 in the paper)."""
+    ``temperature``: softmax temperature of the KL to the zero-shot prediction (1 in the paper).
 
+    The context starts as the official ProGrad code starts it: 16 slots, the words of the task's hand-crafted
+    template before the class name right-aligned in the last slots, zeros before them.
+    """
+
+    n_ctx: int = 16
+    ctx_init: str = "template"
+    ctx_init_align: str = "right"
     lam: float = 1.0
     temperature: float = 1.0
 

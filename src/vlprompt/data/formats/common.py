@@ -549,12 +549,15 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
         "checksums": {role: split_checksum(d.sources, d.labels) for role, d in datasets.items()},
         **parsed.meta,
     }
+    labels = LabelSpace(list(parsed.classnames), list(parsed.templates))
+    if labels.classnames != list(parsed.classnames):
+        meta["raw_classnames"] = list(parsed.classnames)
     if parsed.test_only:
         datasets["train"] = ImageDataset([], [], loader, name=f"{parsed.name}/train")
         meta["test_only"] = True
     return TaskData(
         name=parsed.name,
-        labels=LabelSpace(list(parsed.classnames), list(parsed.templates)),
+        labels=labels,
         train=datasets["train"],
         test=datasets["test"],
         val=datasets.get("val"),
