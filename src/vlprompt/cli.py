@@ -65,6 +65,10 @@ def cmd_list(args) -> int:
         from vlprompt.methods import list_methods
 
         names = list_methods()
+    elif args.what == "presets":
+        from vlprompt.presets import list_presets
+
+        names = list_presets()
     else:
         from vlprompt.data.registry import list_datasets
 
@@ -162,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered names, one per line")
-    p.add_argument("what", choices=["backbones", "methods", "datasets"])
+    p.add_argument("what", choices=["backbones", "methods", "datasets", "presets"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="train one run: [CONFIG.yaml] [key=value ...]")

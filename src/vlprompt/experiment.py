@@ -55,6 +55,8 @@ class RunConfig:
     out: str | None = None
     # Where few-shot index files live (default: <out>/indices).
     index_dir: str | None = None
+    # The paper preset the run was built from (vlprompt.presets; expanded by run_config_from_dict).
+    preset: str = ""
 
     def __post_init__(self) -> None:
         check_choice("run", "protocol", self.protocol, PROTOCOLS)
@@ -173,4 +175,6 @@ def _write_config(out: Path, config: RunConfig, train_config: TrainConfig, backb
 
 
 def run_config_from_dict(values: dict) -> RunConfig:
-    return build_config(RunConfig, values, where="run")
+    from vlprompt.presets import apply_preset
+
+    return build_config(RunConfig, apply_preset(values), where="run")
