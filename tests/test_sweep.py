@@ -290,10 +290,11 @@ def test_vtab_selection_never_reads_test(plugin, tmp_path, monkeypatch):
     for name in final["ran"]:
         spec = json.loads((tmp_path / RUNS_DIR / name / "sweep.json").read_text())
         assert spec["stage"] == "final" and spec["variant"] == chosen[next(iter(chosen))]["variant"]
-    from vlprompt.analysis.report import load_runs, vtab_tables
+    from vlprompt.analysis.results import load_results
+    from vlprompt.analysis.tables import vtab_tables
 
-    tables = vtab_tables(load_runs(tmp_path / RUNS_DIR))
-    assert len(tables) == 1 and tables[0].rows[0].cells["guarded"].n == 2
+    tables = vtab_tables(load_results(tmp_path / RUNS_DIR))
+    assert len(tables) == 1 and tables[0].cells.set_index("column").at["guarded", "n"] == 2
 
 
 def test_world_sweep_configs_plan_every_method():

@@ -56,7 +56,40 @@ RESULT_COLUMNS = ("method", "backbone", "dataset", "shots", "seed", "split", "ac
 
 
 # ----- commands -----
+def format_method_options(name: str) -> str:
+    """A method's options (its config dataclass's fields) with defaults and help, and its training defaults."""
+    import dataclasses
+    import textwrap
+
+    from vlprompt.config_utils import describe_options
+    from vlprompt.methods import METHODS, import_all
+
+    import_all()
+    cls = METHODS.get(name)
+    options = describe_options(cls.config_class)
+    intro = (f"Options of method '{name}' ({cls.config_class.__name__}): set them as method_options.NAME=VALUE "
+             "on the command line or under method_options: in a YAML config.")
+    lines = [intro]
+    if not options:
+        lines.append(f"'{name}' has no options of its own.")
+    for option in options:
+        default = "(required)" if option.default is dataclasses.MISSING else f"= {option.default!r}"
+        lines.append(f"\n  {option.name}: {option.type} {default}")
+        lines += textwrap.wrap(option.help or "(no help text)", 100, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6)
+    if cls.train_defaults:
+        settings = ", ".join(f"{key}={value!r}" for key, value in sorted(cls.train_defaults.items()))
+        lines.append(f"\nRecommended training settings (train.NAME=VALUE overrides them): {settings}")
+    return "\n".join(lines)
+
+
 def cmd_list(args) -> int:
+    if args.options is not None:
+        if args.what != "methods":
+            raise ConfigError(f"--options describes a method; use 'vlprompt list methods --options NAME' "
+                              f"(not 'list {args.what}').")
+        print(format_method_options(args.options))
+        return 0
     if args.what == "backbones":
         from vlprompt.backbones.registry import list_backbones
 
@@ -102,7 +135,7 @@ def cmd_eval(args) -> int:
     from vlprompt.evaluation import evaluate_run
 
     records = evaluate_run(args.run_dir, dataset=args.dataset, root=args.root, split=args.split,
-                           options=parse_overrides(args.options))
+                           options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size)
     print(format_table(records, ("method", "backbone", "dataset", "split", "accuracy")))
     return 0
 
@@ -152,7 +185,8 @@ def cmd_protocol(args) -> int:
 def cmd_world_export(args) -> int:
     from vlprompt.data.world.export import export_world_task
 
-    root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed)
+    root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed,
+                             image_size=args.image_size, image_format=args.image_format)
     print(f"wrote world task '{args.task}' in the {args.format} layout under {root}")
     return 0
 
@@ -165,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list registered names, one per line")
+    p = sub.add_parser("list", help="list registered names, one per line (or a method's options)")
     p.add_argument("what", choices=["backbones", "methods", "datasets", "presets"])
+    p.add_argument("--options", metavar="NAME", help="with 'methods': print that method's options, defaults and help")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="train one run: [CONFIG.yaml] [key=value ...]")
@@ -179,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (default: the run's own)")
     p.add_argument("--root")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--device", help="cpu, cuda, cuda:1, auto (default: the run's train.device)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's train.eval_batch_size)")
     p.add_argument("options", nargs="*", help="dataset options as key=value")
     p.set_defaults(func=cmd_eval)
 
@@ -216,12 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="the offline world: export a task to disk in a real dataset layout")
     world_sub = p.add_subparsers(dest="world_command", required=True)
-    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs)")
+    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs or JPEGs)")
     e.add_argument("task", help="a world task, e.g. object or world-object (see 'vlprompt list datasets')")
     e.add_argument("--out", required=True)
     e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab"])
     e.add_argument("--per-class", type=int, default=16, help="train and test images per class (imagefolder)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--image-size", type=int, help="resize every image to this many pixels square (e.g. 224)")
+    e.add_argument("--image-format", default="png", choices=["png", "jpeg"])
     e.set_defaults(func=cmd_world_export)
 
     p = sub.add_parser("data", help="dataset tools")

@@ -7,7 +7,7 @@ SPT (methods/spt.py) is this same model with prompts initialised from the data's
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -26,18 +26,32 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VPTConfig:
-    """``num_tokens`` p per insertion point; ``dropout`` None means VPT's defaults (0.1 deep, 0 shallow);
-    ``projection_dim`` k learns prompts at width k mapped to d by a Linear; ``pool_prompts`` says whether prompt
-    tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS readouts ignore it);
-    ``nmi_every`` logs per-block NMI every that many steps on ``nmi_images`` fixed training images (0: off)."""
+    """VPT's options; each field's help says what it does (``vlprompt list methods --options vpt-deep``)."""
 
-    num_tokens: int = 10
-    dropout: float | None = None
-    projection_dim: int | None = None
-    pool_prompts: bool = True
-    nmi_every: int = 0
-    nmi_images: int = 16
-    nmi_normalization: str = "min"
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens p per insertion point"})
+    dropout: float | None = field(
+        default=None,
+        metadata={"help": "dropout on the prompts; unset means VPT's defaults (0.1 deep, 0 shallow)"},
+    )
+    projection_dim: int | None = field(
+        default=None,
+        metadata={"help": (
+            "learn prompts at width k, mapped to the backbone's width d by a Linear (unset: at d)"
+        )},
+    )
+    pool_prompts: bool = field(
+        default=True,
+        metadata={"help": (
+            "whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS "
+            "readouts ignore it)"
+        )},
+    )
+    nmi_every: int = field(
+        default=0,
+        metadata={"help": "log per-block NMI between prompt and patch tokens every that many steps (0: off)"},
+    )
+    nmi_images: int = field(default=16, metadata={"help": "fixed training images the NMI is measured on"})
+    nmi_normalization: str = field(default="min", metadata={"help": "NMI normalisation: min | sqrt | mean"})
 
     def __post_init__(self) -> None:
         where = type(self).__name__
