@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from vlprompt import __version__
+from vlprompt.analysis.nmi import NMICallback, split_nmi_options
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.config_utils import build_config, check_choice, check_range
 from vlprompt.data.base import LabelSpace, TaskData
@@ -57,12 +58,16 @@ class RunConfig:
     index_dir: str | None = None
     # The paper preset the run was built from (vlprompt.presets; expanded by run_config_from_dict).
     preset: str = ""
+    # NMI logging during training (analysis/nmi.py NMIOptions: every, images, normalization); the VPT/SPT
+    # method_options keys nmi_every, nmi_images, nmi_normalization are moved here.
+    nmi: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("run", "protocol", self.protocol, PROTOCOLS)
         check_range("run", "shots", self.shots, 0)
         import_all()
         METHODS.get(self.method)  # raises the close-names error for a mistyped name
+        self.method_options, self.nmi = split_nmi_options(self.method_options, self.nmi)
         if self.protocol == "shift" and not self.targets:
             raise ConfigError("run.targets is empty: the 'shift' protocol needs at least one target dataset.")
         for i, target in enumerate(self.targets):
@@ -127,7 +132,8 @@ def run_experiment(config: RunConfig) -> list[dict]:
     method = create_method(config.method, backbone, train_task.labels, **config.method_options)
     if out is not None and main_process:
         _write_config(out, config, train_config, backbone.backbone_id)
-    trainer = Trainer(method, train_config, out_dir=out)
+    callbacks = [NMICallback(**config.nmi)] if config.nmi else []
+    trainer = Trainer(method, train_config, out_dir=out, callbacks=callbacks)
     fit = trainer.fit(train_task)
     common = {"train_seconds": round(fit.train_seconds, 3), "val_accuracy": fit.val_accuracy, "steps": fit.steps}
     device = trainer.device

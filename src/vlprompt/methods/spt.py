@@ -112,7 +112,6 @@ class SelfPromptMethod(VisualPromptMethod):
 
     def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
         self.initialize_prompts(train_dataset, trainer.device, trainer.config.seed)
-        super().setup(train_dataset, trainer)
 
 
 @register_method("spt-shallow")

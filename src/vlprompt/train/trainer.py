@@ -32,6 +32,7 @@ from vlprompt.data.transforms import eval_transform, train_transform
 from vlprompt.errors import VlpromptError
 from vlprompt.io_utils import append_jsonl, check_writable_dir
 from vlprompt.seeding import derived_seed, rng_state, set_rng_state
+from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
 from vlprompt.train.config import TrainConfig
 
@@ -108,9 +109,11 @@ class _ImageSource:
 
 
 class Trainer:
-    """Fits one method on one task. ``out_dir`` (optional) receives metrics, the resume state and prompts."""
+    """Fits one method on one task. ``out_dir`` (optional) receives metrics, the resume state and prompts;
+    ``callbacks`` observe the loop (train/callbacks.py), and ``config.tensorboard`` adds a TensorBoard one."""
 
-    def __init__(self, method, config: TrainConfig | None = None, out_dir: str | Path | None = None) -> None:
+    def __init__(self, method, config: TrainConfig | None = None, out_dir: str | Path | None = None,
+                 callbacks: list[Callback] | tuple[Callback, ...] = ()) -> None:
         self.method = method
         self.config = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -125,14 +128,17 @@ class Trainer:
         self.history: list[dict] = []
         if self.out_dir is not None and self.is_main:
             check_writable_dir(self.out_dir)
+        self.callbacks = CallbackList([*callbacks, *config_callbacks(self.config, self.out_dir)])
 
     # ----- hooks' helpers -----
     def log_metrics(self, record: dict) -> None:
-        """Append a record to metrics.jsonl (rank 0 only) and to the in-memory history."""
+        """Append a record to metrics.jsonl (rank 0 only) and to the in-memory history, then pass it to the
+        callbacks' ``on_log``."""
         record = {"step": self.step, "epoch": self.epoch, **record}
         self.history.append(record)
         if self.out_dir is not None and self.is_main:
             append_jsonl(self.out_dir / METRICS_NAME, record)
+        self.callbacks.on_log(self, dict(record))
 
     # ----- data -----
     def _features(self, dataset: ImageDataset, transform, name: str, views: int = 1) -> torch.Tensor:
@@ -173,10 +179,13 @@ class Trainer:
         preprocess = method.backbone.preprocess
         if hasattr(method, "setup"):
             method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+        self.callbacks.on_fit_start(self, task)
         params = [p for p in method.trainable_parameters()]
         if not params or config.epochs == 0:
             val = self.evaluate(task.val) if task.val is not None else None
-            return FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
+            result = FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
+            self.callbacks.on_fit_end(self, result)
+            return result
 
         source = self._train_source(task.train)
         n = len(source)
@@ -225,6 +234,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if hasattr(method, "on_step_end"):
                     method.on_step_end(self.step, self)
+                self.callbacks.on_step_end(self, self.step)
                 if self.step % config.log_every == 0:
                     loss_mean = distributed.sum_scalar(loss_value) / self.world_size
                     self.log_metrics({"loss": loss_mean, "lr": optimizer.param_groups[0]["lr"]})
@@ -237,8 +247,10 @@ class Trainer:
                 accuracy = self.evaluate(task.val)
                 method.train()
                 self.log_metrics({"val_accuracy": accuracy})
+                self.callbacks.on_eval(self, epoch, accuracy)
                 if config.select == "best_val" and accuracy > best[0]:
                     best = (accuracy, copy.deepcopy(method.trainable_state_dict()))
+            self.callbacks.on_epoch_end(self, epoch)
             self._save_resume(resume_path, optimizer, epoch + 1, 0, best)
         source.close()
 
@@ -256,7 +268,9 @@ class Trainer:
             save_prompts(method, self.out_dir, extra={"train_config": config.__dict__, "val_accuracy": val})
             if resume_path is not None and resume_path.exists():
                 resume_path.unlink()
-        return FitResult(val, seconds, self.step, self.history, self.out_dir)
+        result = FitResult(val, seconds, self.step, self.history, self.out_dir)
+        self.callbacks.on_fit_end(self, result)
+        return result
 
     def _accumulate(self, batch: dict, params: list, local_n: int, step_total: int) -> float:
         """Forward + backward of one micro-batch; each gradient part is added to its running sum weighted by
