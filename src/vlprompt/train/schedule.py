@@ -17,11 +17,20 @@ def build_optimizer(config: TrainConfig, params: list, world_size: int) -> torch
 
 
 def lr_at(config: TrainConfig, step: int, base_lr: float, total: int, warmup: int) -> float:
-    """Linear warmup from warmup_start_factor*lr, then cosine to 0 (or constant)."""
+    """Warm-up (linear from warmup_start_factor*lr, or constant warmup_lr), then cosine (or constant).
+
+    With lr_update="epoch" the step is taken at its epoch's start, so the lr holds for the whole epoch.
+    """
+    if config.lr_update == "epoch" and config.epochs > 0:
+        per_epoch = max(total // config.epochs, 1)
+        step = step // per_epoch * per_epoch
     if step < warmup:
+        if config.warmup_type == "constant":
+            return config.warmup_lr
         start = config.warmup_start_factor
         return base_lr * (start + (1 - start) * step / max(warmup, 1))
     if config.scheduler == "constant":
         return base_lr
-    progress = (step - warmup) / max(total - warmup, 1)
+    span = total if config.cosine_span == "all_epochs" else total - warmup
+    progress = (step - warmup) / max(span, 1)
     return 0.5 * base_lr * (1 + math.cos(math.pi * min(progress, 1.0)))

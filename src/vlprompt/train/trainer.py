@@ -224,6 +224,8 @@ class Trainer:
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0 and not last_micro:
                     self._save_resume(resume_path, optimizer, epoch, micro + 1, best)
             method.on_epoch_end(epoch, self)
+            log.info("epoch %d/%d done (%d steps, %.0f s)", epoch + 1, config.epochs, self.step,
+                     time.perf_counter() - started)
             if task.val is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
                 accuracy = self.evaluate(task.val)
                 method.train()
