@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import yaml
 
 from vlprompt import __version__
+from vlprompt.analysis.markdown import format_table
 from vlprompt.config_utils import deep_merge, load_yaml_mapping
 from vlprompt.errors import ConfigError, VlpromptError
 
@@ -39,17 +40,6 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
 def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
     config = next((i for i in items if "=" not in i), None)
     return config, [i for i in items if "=" in i]
-
-
-def format_table(records: list[dict], columns: Sequence[str]) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in records]
-    return "\n".join(lines)
 
 
 TRAIN_EPILOG = """\
