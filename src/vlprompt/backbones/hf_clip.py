@@ -16,7 +16,7 @@ from torch import nn
 
 from vlprompt.backbones.base import AttentionProjections, Backbone, PreprocessConfig, VisionTower
 from vlprompt.backbones.causal_text import CausalTextTower, attend_with_prefix
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import VlpromptError, missing_extra
 
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -24,6 +24,14 @@ _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 _SEPARATE = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
+
+
+def require_transformers(feature: str) -> None:
+    """transformers is the optional ``[hf]`` extra: say so, naming ``feature``, when it is not installed."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as error:
+        raise missing_extra("transformers", "hf", feature) from error
 
 
 def _layer_output(output: Any) -> torch.Tensor:
@@ -163,6 +171,7 @@ def hf_clip_preprocess(model: nn.Module, image_processor: Any = None) -> Preproc
 
 def wrap_hf_clip(model: nn.Module, tokenizer: Any, backbone_id: str, image_processor: Any = None) -> Backbone:
     """A transformers ``CLIPModel`` as a Backbone (kind "clip"); the tokenizer pads to max_length."""
+    require_transformers(f"Backbone '{backbone_id}'")
     from transformers import CLIPModel
 
     if not isinstance(model, CLIPModel):

@@ -363,9 +363,10 @@ def _open_clip_tokenizer(arch: str, name: str) -> Any:
 
 # ----- transformers -----
 def _create_hf(spec: str, name: str, **kwargs: Any) -> Backbone:
-    from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from vlprompt.backbones.hf_clip import require_transformers, wrap_hf_clip
 
-    from vlprompt.backbones.hf_clip import wrap_hf_clip
+    require_transformers(f"Backbone '{name}'")
+    from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     random_init = _as_bool(kwargs.pop("random_init", False), "random_init")
     local_only = os.path.isdir(spec) or not _hub_reachable()
