@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from vlprompt import __version__
+from vlprompt.artifacts.card import write_model_card
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.config_utils import build_config, check_choice, check_range
 from vlprompt.data.base import LabelSpace, TaskData
@@ -154,6 +155,7 @@ def run_experiment(config: RunConfig) -> list[dict]:
                                    source=task.name, **common))
     if out is not None and main_process:
         atomic_write_json(out / RESULTS_NAME, records)
+        write_model_card(out)  # the run folder's README.md now shows these results
     return records
 
 
