@@ -8,7 +8,8 @@ from PIL import Image
 from vlprompt.data.base import LabelSpace
 
 CLASSES = ["red", "green", "blue"]
-LABELS = LabelSpace(list(CLASSES), ["a photo of a {}.", "a drawing of a {}."])
+GROUPS = {"photo": ["a photo of a {}."], "drawing": ["a drawing of a {}."], "sketch": ["a sketch of a {}."]}
+LABELS = LabelSpace(list(CLASSES), ["a photo of a {}.", "a drawing of a {}."], GROUPS)
 
 
 def images(count: int = 6, seed: int = 0) -> list[Image.Image]:
