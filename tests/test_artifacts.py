@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from artifact_helpers import LABELS, images, randomize
 from safetensors.torch import save_file
 
 import vlprompt
-from artifact_helpers import LABELS, images, randomize
 from vlprompt.backbones import tiny
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.data.transforms import eval_transform

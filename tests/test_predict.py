@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from artifact_helpers import LABELS, images, randomize
 
 import vlprompt
-from artifact_helpers import LABELS, images, randomize
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.cli import main
 from vlprompt.data.transforms import eval_transform
@@ -94,7 +94,7 @@ def test_cli_predict_prints_and_writes_csv_and_json(clip, image_dir, tmp_path, c
 
 
 def test_class_names_can_be_overridden_for_open_vocabulary_prompts_only(clip, image_dir, tmp_path, capsys):
-    folder, paths = image_dir
+    _, paths = image_dir
     coop = create_method("coop", clip, LABELS, n_ctx=3)
     randomize(coop, 3)
     vlprompt.save_pretrained(coop, tmp_path / "coop")

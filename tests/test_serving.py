@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from artifact_helpers import LABELS, images, randomize
 
 import vlprompt
-from artifact_helpers import LABELS, images, randomize
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.cli import main
 from vlprompt.data.base import LabelSpace

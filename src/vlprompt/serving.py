@@ -50,6 +50,11 @@ def _kind(method) -> str:
     return "alone"
 
 
+def _take(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Rows of ``tensor``; no copy when they are all of it in order (a batch of one kind)."""
+    return tensor if rows == list(range(tensor.shape[0])) else tensor[rows]
+
+
 class MultiTaskPredictor:
     """N prompt folders (or loaded methods) on one shared frozen backbone; ``logits(images, tasks)`` computes a
     mixed batch in shared passes and equals each task's own forward."""
@@ -100,17 +105,17 @@ class MultiTaskPredictor:
         for row, task in enumerate(tasks):
             rows_by_kind[self.kinds[task]].append(row)
         shared = rows_by_kind["visual"] + rows_by_kind["features"]
-        tokens = visual.embed(images[shared]) if shared else None
+        tokens = visual.embed(_take(images, shared)) if shared else None
         position = {row: i for i, row in enumerate(shared)}
         if rows_by_kind["features"]:
             rows = rows_by_kind["features"]
-            feats = visual.finalize(self._blocks(tokens[[position[r] for r in rows]]))
+            feats = visual.finalize(self._blocks(_take(tokens, [position[r] for r in rows])))
             self._heads(rows, tasks, feats, out, lambda method, f: method.predict({"features": f}))
         by_length: dict[int, list[int]] = {}
         for row in rows_by_kind["visual"]:
             by_length.setdefault(self.methods[tasks[row]].prompts.num_tokens, []).append(row)
         for rows in by_length.values():
-            feats = self._prompted(tokens[[position[r] for r in rows]], [tasks[r] for r in rows])
+            feats = self._prompted(_take(tokens, [position[r] for r in rows]), [tasks[r] for r in rows])
             self._heads(rows, tasks, feats, out, lambda method, f: method.head(f))
         for row in rows_by_kind["alone"]:
             out[row] = self.methods[tasks[row]].predict({"image": images[row : row + 1]})[0]
