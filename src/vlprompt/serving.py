@@ -82,7 +82,12 @@ class MultiTaskPredictor:
             self.methods[name] = method.eval()
         self.backbone = backbone
         self.kinds = {name: _kind(m) for name, m in self.methods.items()}
-        self.device = torch.device(device) if device else next(backbone.visual.parameters()).device
+        if device:
+            from vlprompt.train.trainer import resolve_device
+
+            self.device = resolve_device(device)
+        else:
+            self.device = next(backbone.visual.parameters()).device
         for method in self.methods.values():
             method.to(self.device)
 

@@ -282,7 +282,9 @@ def _create_open_clip(spec: str, name: str, **kwargs: Any) -> Backbone:
     if spec.startswith("local-dir:"):
         return _create_open_clip_dir(spec, name, random_init, **kwargs)
     if spec.startswith("hf-hub:"):
-        return _create_open_clip_hub(spec, name, random_init, **kwargs)
+        from vlprompt.backbones.hf_hub import create_open_clip_hub
+
+        return create_open_clip_hub(spec, name, random_init, **kwargs)
     arch, _, pretrained = spec.partition("@")
     if arch not in open_clip.list_models():
         raise VlpromptError(
@@ -367,44 +369,6 @@ def _create_open_clip_dir(spec: str, name: str, random_init: bool, **kwargs: Any
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
-_HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-def _create_open_clip_hub(spec: str, name: str, random_init: bool, **kwargs: Any) -> Backbone:
-    """``open_clip:hf-hub:<repo>``: the repo's snapshot in the local HF cache is read as an open_clip model
-    folder (no network); without one, the hub is tried only when reachable and offline mode is off."""
-    import open_clip
-
-    from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
-
-    repo = spec[len("hf-hub:") :].strip("/")
-    if repo.count("/") != 1:
-        raise VlpromptError(
-            f"Backbone '{name}': '{repo}' is not a Hugging Face repo id; write 'open_clip:hf-hub:<owner>/<name>', "
-            "e.g. open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K."
-        )
-    config = _cached_hf_file(repo, ["open_clip_config.json"])
-    weights = _cached_hf_file(repo, _HUB_WEIGHT_NAMES)
-    if config is not None and (weights is not None or random_init):
-        folder = os.path.dirname(config)
-        if weights is not None and os.path.dirname(weights) != folder:
-            raise VlpromptError(
-                f"Backbone '{name}': the HF cache holds open_clip_config.json and the weights of '{repo}' from "
-                "different revisions; load the model once more on a machine with network to refresh the cache."
-            )
-        return _create_open_clip_dir(f"local-dir:{folder}", name, random_init, **kwargs)
-    how_local = f"an open_clip model folder: 'open_clip:local-dir:/path/to/folder' (a download of '{repo}')"
-    if not _hub_reachable():
-        raise _missing_weights(name, how_local, "random_init=true with the config in the cache")
-    try:
-        model = open_clip.create_model(spec, load_weights=not random_init, **kwargs)
-    except OSError as error:
-        raise _missing_weights(name, how_local, "random_init=true") from error
-    except (RuntimeError, KeyError, AssertionError) as error:
-        raise _wrong_checkpoint(name, repo, error) from error
-    return wrap_open_clip(model.eval(), _open_clip_tokenizer(spec, name), open_clip_preprocess(model), name)
-
-
 def _find_open_clip_weights(tag_config: dict) -> str | None:
     hub = tag_config.get("hf_hub", "")
     if hub:
