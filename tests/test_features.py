@@ -158,3 +158,13 @@ def test_augmented_views_are_reproducible_and_differ(tmp_path):
 def test_cache_dir_without_key_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="cache_key"):
         encode_dataset(CountingEncoder(), make_dataset(), cache_dir=tmp_path)
+
+
+def test_augmented_views_do_not_depend_on_the_worker_count():
+    augment = T.Compose([T.RandomResizedCrop(8, scale=(0.3, 1.0)), T.RandomHorizontalFlip(), T.ToTensor()])
+    dataset = make_dataset(n=9)
+    here = encode_dataset(CountingEncoder(), dataset, batch_size=2, views=3, augment=augment, seed=5)
+    workers = encode_dataset(CountingEncoder(), dataset, batch_size=2, views=3, augment=augment, seed=5,
+                             num_workers=2)
+    assert torch.equal(here, workers)
+    assert not torch.equal(here[0], here[1])  # the views really are augmented differently

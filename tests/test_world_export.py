@@ -27,3 +27,18 @@ def test_vtab_export_has_the_four_split_files(tmp_path: Path):
     assert lines["train800val200"] == lines["train800"] + lines["val200"]
     task = load_dataset("vtab", root=str(tmp_path), task="world-count", classnames="classnames.txt")
     assert task.labels.classnames == ["one", "two", "three", "four"]
+
+
+def test_export_at_224_px_as_jpeg_reads_back(tmp_path: Path):
+    from PIL import Image
+
+    root = tmp_path / "jpegs"
+    assert main(["world", "export", "object", "--out", str(root), "--per-class", "1", "--image-size", "224",
+                 "--image-format", "jpeg"]) == 0
+    files = sorted((root / "train").rglob("*"))
+    images = [f for f in files if f.is_file()]
+    assert len(images) == 24 and all(f.suffix == ".jpg" for f in images)
+    with Image.open(images[0]) as image:
+        assert image.format == "JPEG" and image.size == (224, 224)
+    task = load_dataset("imagefolder", root=str(root))
+    assert len(task.train) == 24 and task.train[0][0].size == (224, 224)

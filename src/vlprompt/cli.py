@@ -98,7 +98,7 @@ def cmd_eval(args) -> int:
     from vlprompt.evaluation import evaluate_run
 
     records = evaluate_run(args.run_dir, dataset=args.dataset, root=args.root, split=args.split,
-                           options=parse_overrides(args.options))
+                           options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size)
     print(format_table(records, ("method", "backbone", "dataset", "split", "accuracy")))
     return 0
 
@@ -148,7 +148,8 @@ def cmd_protocol(args) -> int:
 def cmd_world_export(args) -> int:
     from vlprompt.data.world.export import export_world_task
 
-    root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed)
+    root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed,
+                             image_size=args.image_size, image_format=args.image_format)
     print(f"wrote world task '{args.task}' in the {args.format} layout under {root}")
     return 0
 
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (default: the run's own)")
     p.add_argument("--root")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--device", help="cpu, cuda, cuda:1, auto (default: the run's train.device)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's train.eval_batch_size)")
     p.add_argument("options", nargs="*", help="dataset options as key=value")
     p.set_defaults(func=cmd_eval)
 
@@ -315,12 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="the offline world: export a task to disk in a real dataset layout")
     world_sub = p.add_subparsers(dest="world_command", required=True)
-    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs)")
+    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs or JPEGs)")
     e.add_argument("task", help="a world task, e.g. object or world-object (see 'vlprompt list datasets')")
     e.add_argument("--out", required=True)
     e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab"])
     e.add_argument("--per-class", type=int, default=16, help="train and test images per class (imagefolder)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--image-size", type=int, help="resize every image to this many pixels square (e.g. 224)")
+    e.add_argument("--image-format", default="png", choices=["png", "jpeg"])
     e.set_defaults(func=cmd_world_export)
 
     p = sub.add_parser("data", help="dataset tools")

@@ -15,7 +15,10 @@ from vlprompt.train.trainer import evaluate
 
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
-                 options: dict | None = None) -> list[dict]:
+                 options: dict | None = None, device: str | None = None,
+                 batch_size: int | None = None) -> list[dict]:
+    """Accuracy of a run folder's prompts. ``device`` and ``batch_size`` default to the run's own training
+    config (train.device, train.eval_batch_size, train.num_workers)."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_NAME
     if not config_path.exists():
@@ -35,6 +38,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
     backbone = create_backbone(config.backbone)
     method = create_method(config.method, backbone, task.labels, **config.method_options)
     load_prompts(method, run_dir)
-    accuracy = evaluate(method, data, batch_size=256, device="cpu")
+    train = config.train_config()
+    accuracy = evaluate(method, data, batch_size=batch_size or train.eval_batch_size, device=device or train.device,
+                        num_workers=train.resolved_num_workers())
     return [{"method": config.method, "backbone": config.backbone, "dataset": task.name, "split": split,
              "accuracy": accuracy}]

@@ -130,7 +130,8 @@ def run_experiment(config: RunConfig) -> list[dict]:
     fit = trainer.fit(train_task)
     common = {"train_seconds": round(fit.train_seconds, 3), "val_accuracy": fit.val_accuracy, "steps": fit.steps}
     device = trainer.device
-    eval_kwargs = {"batch_size": train_config.eval_batch_size, "device": device, "cache_dir": train_config.cache_dir}
+    eval_kwargs = {"batch_size": train_config.eval_batch_size, "device": device, "cache_dir": train_config.cache_dir,
+                   "num_workers": train_config.resolved_num_workers()}
     records = []
     if config.protocol == "fewshot":
         records.append(_record(config, task, "test", evaluate(method, task.test, **eval_kwargs), **common))

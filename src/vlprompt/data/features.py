@@ -7,6 +7,10 @@ transform name), the data (item ids, labels, how images are loaded), the transfo
 views and their seed. A file is written to a temporary name and moved into place, and it records its full
 key and a checksum of its tensor, so an interrupted write, a truncated file or a file from another backbone
 is never read as complete: it is rebuilt.
+
+Images are decoded by DataLoader workers (data/loading.py), and under torchrun the batches are dealt out
+round-robin over the ranks and the results all-gathered: every batch is encoded with exactly the items and
+shape it has in one process, so every rank ends with the same, bit-identical cache as a single process.
 """
 from __future__ import annotations
 
@@ -21,16 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vlprompt import distributed
 from vlprompt.data.base import ImageDataset
+from vlprompt.data.loading import BatchLoader, workers_for
 from vlprompt.errors import ConfigError
 from vlprompt.io_utils import atomic_write
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+# 2: augmented views are drawn per image from (seed, view, index), whatever the worker count.
+CACHE_FORMAT = 2
 _SIMPLE = (str, int, float, bool, type(None))
 
 
@@ -102,12 +108,34 @@ def _write(path: Path, features: torch.Tensor, key: str) -> None:
     atomic_write(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp), metadata=metadata))
 
 
-def _encode_pass(encoder, dataset: ImageDataset, batch_size: int, device) -> torch.Tensor:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def _encode_pass(encoder, dataset: ImageDataset, batch_size: int, device, *, seed: int, view: int,
+                 num_workers: int) -> torch.Tensor:
+    """One pass over ``dataset`` in order; this rank encodes batches rank, rank + W, ... and all ranks gather."""
+    device = torch.device(device)
+    bounds = [(start, min(start + batch_size, len(dataset))) for start in range(0, len(dataset), batch_size)]
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = bounds[rank::world]
+    loader = BatchLoader(dataset, seed=seed, num_workers=workers_for(num_workers, len(mine)),
+                         pin_memory=device.type == "cuda", persistent=False)
+    batches = loader.run(view, [range(start, stop) for start, stop in mine])
     # None: tqdm shows the bar on a terminal and stays quiet in logs and CI.
-    batches = tqdm(loader, desc=f"encoding {dataset.name or 'images'}", leave=False, disable=None)
-    chunks = [encoder(images.to(device)).float().cpu() for images, _ in batches]
-    return torch.cat(chunks)
+    batches = tqdm(batches, total=len(mine), desc=f"encoding {dataset.name or 'images'}", leave=False,
+                   disable=None if rank == 0 else True)
+    chunks = [encoder(images.to(device, non_blocking=True)).float().cpu() for images, _ in batches]
+    if world == 1:
+        return torch.cat(chunks)
+    # Gathered flat, since a rank left without a batch (fewer batches than ranks) does not know the width.
+    local = torch.cat([chunk.reshape(-1) for chunk in chunks]) if chunks else torch.zeros(0)
+    parts = distributed.all_gather_rows(local)
+    width = sum(part.numel() for part in parts) // len(dataset)
+    ordered: list[torch.Tensor] = [torch.empty(0)] * len(bounds)
+    for owner, part in enumerate(parts):
+        offset = 0
+        for number in range(owner, len(bounds), world):
+            size = (bounds[number][1] - bounds[number][0]) * width
+            ordered[number] = part[offset : offset + size]
+            offset += size
+    return torch.cat(ordered).reshape(len(dataset), width)
 
 
 @torch.no_grad()
@@ -122,12 +150,14 @@ def encode_dataset(
     views: int = 1,
     augment: Callable | None = None,
     seed: int = 0,
+    num_workers: int = 0,
 ) -> torch.Tensor:
     """Encode every image of ``dataset`` in order -> [N, D]; with ``views`` > 1 -> [views, N, D].
 
     ``views`` = 1 uses the dataset's own transform (exact features). ``views`` > 1 draws each view with
     ``augment`` (default: the dataset's transform, expected to be random) under a generator seeded by
-    (seed, view), so the views are reproducible. ``cache_dir`` needs ``cache_key`` (at least the backbone id
+    (seed, view, index) per image, so the views are reproducible whatever ``num_workers`` (decoding processes;
+    0 = this process) and the number of ranks. ``cache_dir`` needs ``cache_key`` (at least the backbone id
     and its weights hash) so that features of one backbone are never served to another.
     """
     if views < 1:
@@ -143,21 +173,17 @@ def encode_dataset(
             )
         key = _full_key(cache_key, dataset, dataset.transform, views, seed)
         path = Path(cache_dir) / f"features-{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
-        if path.exists():
-            cached = _read(path, key)
-            if cached is not None:
-                log.info("Image features read from %s", path)
-                return cached
-    if views == 1:
-        features = _encode_pass(encoder, dataset, batch_size, device)
-    else:
-        passes = []
-        for view in range(views):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed * 1_000_003 + view)
-                passes.append(_encode_pass(encoder, dataset, batch_size, device))
-        features = torch.stack(passes)
-    if path is not None:
+        cached = _read(path, key) if path.exists() else None
+        # Ranks must agree on encoding, or some would wait in a collective the others never join.
+        if distributed.sum_scalar(float(cached is not None)) == distributed.world_size():
+            log.info("Image features read from %s", path)
+            return cached
+    passes = [
+        _encode_pass(encoder, dataset, batch_size, device, seed=seed, view=view, num_workers=num_workers)
+        for view in range(views)
+    ]
+    features = passes[0] if views == 1 else torch.stack(passes)
+    if path is not None and distributed.is_main_process():
         _write(path, features, key)
         log.info("Image features written to %s", path)
     return features

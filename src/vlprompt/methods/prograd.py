@@ -2,7 +2,8 @@
 
 Both losses come from one forward on the same cached image features: the student logits (learned prompts)
 and the zero-shot teacher logits (hand-crafted prompt) share v, so the image tower is never run twice.
-The projection itself is applied by the single Trainer through the ``grad_transform`` hook.
+The projection itself is applied by the single Trainer through the ``grad_parts`` / ``combine_grads`` hooks,
+on the gradients of the whole optimizer step (all micro-batches of grad_accum, all ranks).
 """
 from __future__ import annotations
 
@@ -44,22 +45,31 @@ class ProGrad(CoOp):
             result["loss_kl"] = kl_to_teacher(outputs["logits"], teacher, self.config.temperature)
         return result
 
-    def grad_transform(self, outputs: dict, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """Per tensor: G_d = ∇L_ce, G_g = ∇L_kl; project G_d when they form an obtuse angle.
+    def grad_parts(self, outputs: dict, params: list[torch.Tensor]) -> list[list[torch.Tensor | None]]:
+        """[G_d, G_g] per tensor: ∇L_ce and ∇L_kl (just [G_d] without the KL term).
 
         Both losses reach the prompts only through the class features t, so the two gradients are
         J^T·∂L_ce/∂t and J^T·∂L_kl/∂t with the same Jacobian: one batched backward through the text encoder
         computes both (the frozen weights are read once for the pair instead of once per backward).
+        The Trainer sums each part over micro-batches and ranks before ``combine_grads``, so the projection
+        acts on the full batch's G_d and G_g, as in the official single-GPU code with that batch.
         """
         if "loss_kl" not in outputs:
-            return list(torch.autograd.grad(outputs["loss"], params, allow_unused=True))
+            return [list(torch.autograd.grad(outputs["loss"], params, allow_unused=True))]
         features = outputs["class_features"]
         wrt_ce = torch.autograd.grad(outputs["loss"], features, retain_graph=True)[0]
         wrt_kl = torch.autograd.grad(outputs["loss_kl"], features, retain_graph=True)[0]
         pairs = torch.autograd.grad(
             features, params, grad_outputs=torch.stack([wrt_ce, wrt_kl]), is_grads_batched=True, allow_unused=True
         )
-        projected = []
-        for pair in pairs:
-            projected.append(None if pair is None else prograd_project(pair[0], pair[1], self.config.lam))
-        return projected
+        return [[None if p is None else p[0] for p in pairs], [None if p is None else p[1] for p in pairs]]
+
+    def combine_grads(self, parts: list[list[torch.Tensor | None]]) -> list[torch.Tensor | None]:
+        """Per tensor: project G_d when it forms an obtuse angle with G_g."""
+        if len(parts) == 1:
+            return parts[0]
+        return [d if d is None or g is None else prograd_project(d, g, self.config.lam) for d, g in zip(*parts)]
+
+    def grad_transform(self, outputs: dict, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The projected gradient of one batch on its own (no accumulation, one process)."""
+        return self.combine_grads(self.grad_parts(outputs, params))

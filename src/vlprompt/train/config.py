@@ -1,6 +1,7 @@
 """TrainConfig: every knob of the single training loop, validated where it is set."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from vlprompt.config_utils import check_choice, check_range
@@ -34,6 +35,9 @@ class TrainConfig:
     feature_views: int = 1
     eval_batch_size: int = 256
     device: str = "auto"
+    # Processes decoding and augmenting images (0 = the training process); None = min(8, CPU count).
+    # Results do not depend on it: each image's augmentation is seeded by (seed, epoch, index).
+    num_workers: int | None = None
     # Model selection on the validation split only (never on test): keep the last or the best-val epoch.
     select: str = "last"
     val_every: int = 1
@@ -65,8 +69,13 @@ class TrainConfig:
         check_range(where, "val_every", self.val_every, 1)
         check_range(where, "log_every", self.log_every, 1)
         check_range(where, "checkpoint_every", self.checkpoint_every, 0)
+        if self.num_workers is not None:
+            check_range(where, "num_workers", self.num_workers, 0)
         if self.max_grad_norm is not None:
             check_range(where, "max_grad_norm", self.max_grad_norm, 0.0)
+
+    def resolved_num_workers(self) -> int:
+        return min(8, os.cpu_count() or 1) if self.num_workers is None else self.num_workers
 
     def effective_lr(self, world_size: int = 1) -> float:
         if not self.scale_lr_by_batch:

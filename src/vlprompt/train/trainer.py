@@ -1,9 +1,15 @@
 """The one training loop. Methods plug in through optional hooks; there is no trainer subclass per method.
 
-Determinism: the order of an epoch is a permutation drawn from a generator seeded by (seed, epoch); every
-other random draw (augmentation, dropout) comes from torch's global RNG, whose state is saved in the resume
-state together with the optimizer and the position in the epoch. Killing a run and resuming it therefore
-replays exactly the same steps, and on CPU gives bit-identical parameters.
+Determinism: the order of an epoch is a permutation drawn from a generator seeded by (seed, epoch); an
+image's augmentation is drawn from a generator seeded by (seed, epoch, index) in whichever DataLoader worker
+decodes it (data/loading.py), so the worker count changes nothing; every other random draw (dropout) comes
+from torch's global RNGs, CPU and CUDA, whose states are saved in the resume state together with the
+optimizer and the position in the epoch. Killing a run and resuming it therefore replays exactly the same
+steps, and on CPU gives bit-identical parameters.
+
+Gradients: a method may split its gradient into parts (``grad_parts``, e.g. ProGrad's G_d and G_g) that are
+accumulated and reduced over micro-batches and ranks separately and only combined (``combine_grads``) once
+they are the full batch's, so a rule that is not linear sees the same gradients as one process, one batch.
 """
 from __future__ import annotations
 
@@ -18,13 +24,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vlprompt import distributed
 from vlprompt.data.base import ImageDataset, TaskData
 from vlprompt.data.features import encode_dataset
+from vlprompt.data.loading import BatchLoader, workers_for
 from vlprompt.data.transforms import eval_transform, train_transform
 from vlprompt.errors import VlpromptError
 from vlprompt.io_utils import append_jsonl, check_writable_dir
 from vlprompt.seeding import derived_seed, rng_state, set_rng_state
-from vlprompt.train import distributed
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
 from vlprompt.train.config import TrainConfig
 
@@ -41,12 +48,6 @@ class FitResult:
     steps: int
     history: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _cache_key(method, dataset: ImageDataset, transform_name: str) -> dict:
@@ -70,6 +71,12 @@ class _FeatureSource:
     def __len__(self) -> int:
         return self.labels.numel()
 
+    def batches(self, epoch: int, index_batches: list[torch.Tensor]):
+        return (self.batch(indices, epoch) for indices in index_batches)
+
+    def close(self) -> None:
+        pass
+
     def batch(self, indices: torch.Tensor, epoch: int) -> dict:
         if self.features.dim() == 3:
             views = self.features.shape[0]
@@ -82,18 +89,22 @@ class _FeatureSource:
 
 
 class _ImageSource:
-    """Training batches decoded and augmented on the fly (methods that put prompts inside the image tower)."""
+    """Training batches decoded and augmented on the fly by DataLoader workers (methods that put prompts
+    inside the image tower); an item's augmentation depends on (seed, epoch, index) only."""
 
-    def __init__(self, dataset: ImageDataset) -> None:
-        self.dataset = dataset
-        self.labels = torch.tensor(dataset.labels, dtype=torch.long)
+    def __init__(self, dataset: ImageDataset, seed: int, num_workers: int, pin_memory: bool) -> None:
+        self.size = len(dataset)
+        self.loader = BatchLoader(dataset, seed=seed, num_workers=num_workers, pin_memory=pin_memory)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.size
 
-    def batch(self, indices: torch.Tensor, epoch: int) -> dict:
-        images = [self.dataset[int(i)][0] for i in indices]
-        return {"image": torch.stack(images), "label": self.labels[indices]}
+    def batches(self, epoch: int, index_batches: list[torch.Tensor]):
+        return ({"image": images, "label": labels} for images, labels in self.loader.run(epoch, index_batches))
+
+    def close(self) -> None:
+        """Stop the persistent workers now rather than whenever the loader is collected."""
+        self.loader = None
 
 
 class Trainer:
@@ -103,12 +114,14 @@ class Trainer:
         self.method = method
         self.config = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = resolve_device(self.config.device)
+        self.device = distributed.resolve_device(self.config.device)
         self.rank = distributed.rank()
         self.world_size = distributed.world_size()
         self.is_main = self.rank == 0
         self.step = 0
         self.epoch = 0
+        # Running weighted sums of the gradient parts of the current optimizer step (see _accumulate).
+        self._grad_sums: list[list[torch.Tensor | None]] | None = None
         self.history: list[dict] = []
         if self.out_dir is not None and self.is_main:
             check_writable_dir(self.out_dir)
@@ -133,6 +146,7 @@ class Trainer:
             cache_key=_cache_key(self.method, dataset, name),
             views=views,
             seed=self.config.seed,
+            num_workers=self.config.resolved_num_workers(),
         )
 
     def _train_source(self, dataset: ImageDataset):
@@ -146,7 +160,10 @@ class Trainer:
             else:
                 feats = self._features(dataset, eval_transform(preprocess), "eval")
             return _FeatureSource(feats, labels, config.seed)
-        return _ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)))
+        batches_per_epoch = math.ceil(len(dataset) / (config.batch_size * self.world_size))
+        return _ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)), config.seed,
+                            workers_for(config.resolved_num_workers(), batches_per_epoch),
+                            pin_memory=self.device.type == "cuda")
 
     # ----- the loop -----
     def fit(self, task: TaskData) -> FitResult:
@@ -192,11 +209,10 @@ class Trainer:
                 disable=None if config.progress and self.is_main else True,
                 leave=False,
             )
-            for micro in bar:
-                global_indices = order[micro * global_batch : (micro + 1) * global_batch]
-                local_indices = global_indices[self.rank :: self.world_size]
-                batch = source.batch(local_indices, epoch)
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+            local = [order[m * global_batch : (m + 1) * global_batch][self.rank :: self.world_size]
+                     for m in range(first, micro_per_epoch)]
+            for micro, local_indices, batch in zip(bar, local, source.batches(epoch, local)):
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 group = micro // config.grad_accum * config.grad_accum * global_batch
                 group_total = min(group + config.grad_accum * global_batch, n) - group
                 loss_value = self._accumulate(batch, params, len(local_indices), group_total)
@@ -222,6 +238,7 @@ class Trainer:
                 if config.select == "best_val" and accuracy > best[0]:
                     best = (accuracy, copy.deepcopy(method.trainable_state_dict()))
             self._save_resume(resume_path, optimizer, epoch + 1, 0, best)
+        source.close()
 
         if config.select == "best_val" and best[1] is not None:
             with torch.no_grad():
@@ -240,9 +257,9 @@ class Trainer:
         return FitResult(val, seconds, self.step, self.history, self.out_dir)
 
     def _accumulate(self, batch: dict, params: list, local_n: int, step_total: int) -> float:
-        """Forward + backward of one micro-batch; gradients are added to p.grad weighted by its share of the
-        examples of this optimizer step (all micro-batches, all ranks), so that accumulation and multi-process
-        training average exactly like one big batch."""
+        """Forward + backward of one micro-batch; each gradient part is added to its running sum weighted by
+        the micro-batch's share of the examples of this optimizer step (all micro-batches, all ranks), so that
+        accumulation and multi-process training average exactly like one big batch."""
         config = self.config
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         with autocast:
@@ -255,17 +272,19 @@ class Trainer:
                 f"{config.lr}), use precision=fp32, or set max_grad_norm; the last saved resume state and earlier "
                 "files are untouched."
             )
-        if hasattr(self.method, "grad_transform"):
-            grads = self.method.grad_transform(outputs, params)
+        if hasattr(self.method, "grad_parts"):
+            parts = self.method.grad_parts(outputs, params)
         else:
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            parts = [torch.autograd.grad(loss, params, allow_unused=True)]
         # Ranks' gradients are summed then divided by world_size in _optimizer_step.
         weight = local_n / step_total * self.world_size
-        for param, grad in zip(params, grads):
-            if grad is None:
-                continue
-            grad = grad.detach() * weight
-            param.grad = grad if param.grad is None else param.grad + grad
+        if self._grad_sums is None:
+            self._grad_sums = [[None] * len(params) for _ in parts]
+        for sums, part in zip(self._grad_sums, parts):
+            for i, grad in enumerate(part):
+                if grad is not None:
+                    grad = grad.detach() * weight
+                    sums[i] = grad if sums[i] is None else sums[i] + grad
         return float(loss.detach())
 
     def _optimizer(self, params: list) -> torch.optim.Optimizer:
@@ -286,11 +305,16 @@ class Trainer:
         return 0.5 * base_lr * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     def _optimizer_step(self, optimizer, params, base_lr: float, total: int, warmup: int) -> None:
-        grads = [p.grad for p in params if p.grad is not None]
+        """Reduce each gradient part over ranks, combine the parts (full-batch gradients), then step."""
+        sums, self._grad_sums = self._grad_sums or [[None] * len(params)], None
         if self.world_size > 1:
-            distributed.all_reduce_sum_(grads)
-            for g in grads:
+            flat = [g for part in sums for g in part if g is not None]
+            distributed.all_reduce_sum_(flat)
+            for g in flat:
                 g.div_(self.world_size)
+        grads = self.method.combine_grads(sums) if hasattr(self.method, "combine_grads") else sums[0]
+        for param, grad in zip(params, grads):
+            param.grad = grad
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         for group in optimizer.param_groups:
@@ -335,14 +359,15 @@ class Trainer:
     # ----- evaluation -----
     def evaluate(self, dataset: ImageDataset) -> float:
         return evaluate(self.method, dataset, batch_size=self.config.eval_batch_size, device=self.device,
-                        cache_dir=self.config.cache_dir)
+                        cache_dir=self.config.cache_dir, num_workers=self.config.resolved_num_workers())
 
 
 @torch.no_grad()
 def predict(method, dataset: ImageDataset, *, batch_size: int = 256, device: str | torch.device = "cpu",
-            cache_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for every item of ``dataset`` with the backbone's eval transform."""
-    device = resolve_device(str(device)) if isinstance(device, str) else device
+            cache_dir: str | None = None, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for every item of ``dataset`` with the backbone's eval transform; ``num_workers``
+    processes decode the images (0 = this one)."""
+    device = distributed.resolve_device(str(device)) if isinstance(device, str) else device
     method = method.to(device)
     was_training = method.training
     method.eval()
@@ -357,15 +382,17 @@ def predict(method, dataset: ImageDataset, *, batch_size: int = 256, device: str
             device=device,
             cache_dir=cache_dir,
             cache_key=_cache_key(method, dataset, "eval"),
+            num_workers=num_workers,
         )
         for start in range(0, len(labels), batch_size):
             batch = {"features": feats[start : start + batch_size].to(device)}
             logits.append(method.predict(batch).float().cpu())
     else:
-        source = _ImageSource(dataset.with_transform(transform))
-        for start in range(0, len(labels), batch_size):
-            batch = source.batch(torch.arange(start, min(start + batch_size, len(labels))), 0)
-            logits.append(method.predict({"image": batch["image"].to(device)}).float().cpu())
+        batches = [range(start, min(start + batch_size, len(labels))) for start in range(0, len(labels), batch_size)]
+        loader = BatchLoader(dataset.with_transform(transform), seed=None, persistent=False,
+                             num_workers=workers_for(num_workers, len(batches)), pin_memory=device.type == "cuda")
+        for images, _ in loader.run(0, batches):
+            logits.append(method.predict({"image": images.to(device, non_blocking=True)}).float().cpu())
     method.train(was_training)
     return torch.cat(logits), labels
 

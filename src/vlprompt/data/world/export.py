@@ -1,12 +1,15 @@
 """Write a world task to disk in a distributed dataset layout (ImageFolder or VTAB-1k txt).
 
-This makes every README workflow runnable offline as written: the files are real PNGs read back through the
-same format readers and validator as a user's own data.
+This makes every README workflow runnable offline as written: the files are real PNGs (or JPEGs) read back
+through the same format readers and validator as a user's own data. ``image_size`` resizes the world's small
+renders (e.g. to 224 px, to measure decoding at the size a ViT-B/16 reads).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+from PIL import Image
 
 from vlprompt.data.base import ImageDataset
 from vlprompt.data.registry import load_dataset
@@ -14,26 +17,41 @@ from vlprompt.errors import ConfigError
 from vlprompt.io_utils import atomic_write_text, check_writable_dir
 
 FORMATS = ("imagefolder", "vtab")
+IMAGE_FORMATS = {"png": ".png", "jpeg": ".jpg"}
 
 
-def _write_images(dataset: ImageDataset, folder: Path, names: list[str], by_class: bool) -> list[tuple[str, int]]:
-    """Save each image as PNG; returns (path relative to the dataset root, label) per image."""
+def _write_images(dataset: ImageDataset, folder: Path, names: list[str], by_class: bool, image_size: int | None,
+                  image_format: str) -> list[tuple[str, int]]:
+    """Save each image; returns (path relative to the dataset root, label) per image."""
     rows = []
+    suffix = IMAGE_FORMATS[image_format]
     for index in range(len(dataset)):
         image, label = dataset[index]
-        relative = Path(names[label] if by_class else "images") / f"{dataset.ids[index].replace('/', '_')}.png"
+        if image_size is not None:
+            image = image.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
+        relative = Path(names[label] if by_class else "images") / f"{dataset.ids[index].replace('/', '_')}{suffix}"
         target = folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target)
+        if image_format == "jpeg":
+            image.save(target, quality=90)
+        else:
+            image.save(target)
         rows.append((relative.as_posix(), label))
     return rows
 
 
 def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder", per_class: int = 16,
-                      seed: int = 0) -> Path:
-    """Export ``world-<task>`` (or a full dataset name) to ``out``; returns the dataset root to pass as root=."""
+                      seed: int = 0, image_size: int | None = None, image_format: str = "png") -> Path:
+    """Export ``world-<task>`` (or a full dataset name) to ``out``; returns the dataset root to pass as root=.
+    ``image_size`` (pixels, square) resizes every image; ``image_format`` is 'png' or 'jpeg'."""
     if fmt not in FORMATS:
         raise ConfigError(f"export format = {fmt!r} is not allowed; choose one of {list(FORMATS)}.")
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"export image_format = {image_format!r} is not allowed; choose one of "
+                          f"{list(IMAGE_FORMATS)}.")
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f"export image_size = {image_size} must be a positive number of pixels.")
+    images = {"image_size": image_size, "image_format": image_format}
     name = task_name if task_name.startswith("world-") else f"world-{task_name}"
     out = check_writable_dir(out, "export folder")
     if fmt == "imagefolder":
@@ -41,14 +59,14 @@ def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder",
                             test_per_class=per_class, seed=seed)
         names = [c.replace(" ", "_") for c in task.labels.classnames]
         for split, data in (("train", task.train), ("val", task.val), ("test", task.test)):
-            _write_images(data.with_transform(None), out / split, names, by_class=True)
+            _write_images(data.with_transform(None), out / split, names, by_class=True, **images)
         return out
     # VTAB-1k: 800 train + 200 val images whatever the class count, as the benchmark defines them.
     task = load_dataset(name, train_per_class=math.ceil(1000 / len(task_classes(name))),
                         val_per_class=1, test_per_class=per_class, seed=seed)
     folder = out / name
-    train_rows = _write_images(task.train.with_transform(None), folder, [], by_class=False)
-    test_rows = _write_images(task.test.with_transform(None), folder, [], by_class=False)
+    train_rows = _write_images(task.train.with_transform(None), folder, [], by_class=False, **images)
+    test_rows = _write_images(task.test.with_transform(None), folder, [], by_class=False, **images)
     lines = {
         "train800": train_rows[:800],
         "val200": train_rows[800:1000],
