@@ -106,7 +106,7 @@ def predict_images(method, images: Sequence, topk: int = 5, batch_size: int = 64
     if topk < 1:
         raise VlpromptError(f"topk = {topk}: ask for at least 1 label.")
     if device is not None:
-        from vlprompt.train.trainer import resolve_device
+        from vlprompt.distributed import resolve_device
 
         method.to(resolve_device(device))
     method.eval()

@@ -83,7 +83,7 @@ class MultiTaskPredictor:
         self.backbone = backbone
         self.kinds = {name: _kind(m) for name, m in self.methods.items()}
         if device:
-            from vlprompt.train.trainer import resolve_device
+            from vlprompt.distributed import resolve_device
 
             self.device = resolve_device(device)
         else:

@@ -107,7 +107,7 @@ def from_pretrained(path: str | Path, backbone: Any = None, classnames: Sequence
     method.pretrained_config = meta
     method.eval()
     if device is not None:
-        from vlprompt.train.trainer import resolve_device
+        from vlprompt.distributed import resolve_device
 
         method.to(resolve_device(device))
     log.info("loaded %s from %s (%s)", meta["method"], folder, CONFIG_NAME)
