@@ -186,7 +186,6 @@ def load_prompts(method, path: str | Path) -> dict:
             f"Checkpoint '{weights_path}' was trained with method '{meta.get('method')}', not "
             f"'{method.method_name}'. Create the method it was trained with."
         )
-    check_backbone(meta, method.backbone, weights_path)
     tensors = read_tensors(path, meta)
     own = dict(method.named_parameters())
     class_dependent = set(meta.get("class_dependent", []))
@@ -209,6 +208,7 @@ def load_prompts(method, path: str | Path) -> dict:
                 f"Checkpoint '{weights_path}': tensor '{name}' has shape {tuple(tensor.shape)} but the model expects "
                 f"{tuple(own[name].shape)} (another backbone width, prompt length or class count)."
             )
+    check_backbone(meta, method.backbone, weights_path)  # after the shapes: a width mismatch says so
     with torch.no_grad():
         for name, tensor in tensors.items():
             own[name].copy_(tensor.to(own[name].device, own[name].dtype))
