@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 TARGETS = {"mixed_vs_separate": 1.0, "text_mixed_vs_single": 1.3}
-SIZES = {"world-clip": 256, "clip-b16-224": 16}  # name -> batch size
+SIZES = {"world-clip": 128, "clip-b16-224": 16}  # name -> batch size
 TASK_SETS = {
     "text": [("coop", {"n_ctx": 16}), ("kgcoop", {"n_ctx": 4}), ("zeroshot", {}), ("linear", {})],
     "visual": [("vpt-shallow", {"num_tokens": 10}), ("vpt-deep", {"num_tokens": 10}),

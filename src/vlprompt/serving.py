@@ -140,7 +140,7 @@ class MultiTaskPredictor:
         index = torch.tensor([names.index(t) for t in tasks], device=tokens.device)
         prompts = [self.methods[n].prompts for n in names]
         count = prompts[0].num_tokens
-        deep = torch.tensor([p.depth > 1 for p in prompts], device=tokens.device)[index]
+        deep_rows = torch.nonzero(torch.tensor([p.depth > 1 for p in prompts], device=tokens.device)[index]).flatten()
 
         def layer(i: int) -> torch.Tensor:  # [B, p, d]: each row's task prompts for insertion point i
             stack = [p.prompts(i if p.depth > 1 else 0, 1)[0] for p in prompts]
@@ -148,10 +148,9 @@ class MultiTaskPredictor:
 
         tokens = torch.cat([tokens[:, :prefix], layer(0), tokens[:, prefix:]], dim=1)
         for i in range(visual.num_blocks):
-            if i > 0 and bool(deep.any()):
-                current = tokens[:, prefix : prefix + count]
-                fresh = torch.where(deep[:, None, None], layer(i), current)
-                tokens = torch.cat([tokens[:, :prefix], fresh, tokens[:, prefix + count :]], dim=1)
+            if i > 0 and deep_rows.numel():
+                # the previous block's output is a fresh tensor (no_grad): overwrite the deep rows' prompt slots
+                tokens[deep_rows, prefix : prefix + count] = layer(i)[deep_rows]
             tokens = visual.block(i, tokens)
         features = torch.empty(0)
         pool = torch.tensor([bool(self.methods[t].config.pool_prompts) for t in tasks], device=tokens.device)
