@@ -156,7 +156,7 @@ def render_markdown(results: dict) -> str:
         "# Multi-task serving (bench_serving.py)",
         "",
         (f"N = 4 tasks per batch, image i names task i mod 4; {results['threads']} CPU thread(s), "
-         f"{results['rounds']} rounds (ViT-B/16: 2), fastest round. mixed = one MultiTaskPredictor call; "
+         f"{results['rounds']} rounds (ViT-B/16: 2), fastest round of each. mixed = one MultiTaskPredictor call; "
          "separate = each task's own pass over its images; single = one task's pass over all images."),
         "",
         "| backbone | batch | tasks | mixed s | separate s | single s | mixed / separate | mixed / single |",
@@ -167,6 +167,8 @@ def render_markdown(results: dict) -> str:
             s = row["seconds"]
             lines.append(f"| {size} | {entry['batch_size']} | {task_set} | {s['mixed']:.4f} | {s['separate']:.4f} | "
                          f"{s['single']:.4f} | {row['mixed_vs_separate']:.2f} | {row['mixed_vs_single']:.2f} |")
+    if "clip-b16-224" not in results["sizes"]:
+        lines += ["", "ViT-B/16 serving not measured in this run (CPU only here; `--sizes clip-b16-224` adds it)."]
     target = (f"Targets: mixed / separate ≤ {TARGETS['mixed_vs_separate']}; for text tasks mixed / single ≤ "
               f"{TARGETS['text_mixed_vs_single']}.")
     lines += ["", target, "", "## Backbone weights hash (sha256 of the state dict)", "",
