@@ -57,6 +57,7 @@ def run_one(
     backbone: str, dataset: str, label: str, method: str, options: dict, seed: int, out: Path, cache_dir: Path
 ) -> dict:
     from vlprompt.experiment import RunConfig, run_experiment
+    from vlprompt.run_dir import RunDir
 
     options = dict(options)
     if method.startswith(("vpt", "spt")):
@@ -74,11 +75,10 @@ def run_one(
         out=str(run_dir),
     )
     started = time.perf_counter()
-    finished = run_dir / "results.json"
-    # A finished run folder is reused (rerunning after an interruption only does what is missing).
-    record = json.loads(finished.read_text())[0] if finished.exists() else run_experiment(config)[0]
+    # A finished run folder is reused (run_experiment returns its results; an interrupted one resumes).
+    record = run_experiment(config)[0]
     nmi = []
-    metrics = run_dir / "metrics.jsonl"
+    metrics = RunDir(run_dir).metrics
     if metrics.exists():
         for line in metrics.read_text().splitlines():
             entry = json.loads(line)

@@ -1,4 +1,4 @@
-"""The NMI diagnostic against a hand computation, and its logging through the trainer hooks."""
+"""The NMI diagnostic against a hand computation, and its logging through the trainer callback."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.vpt  # noqa: F401
-from vlprompt.analysis.nmi import block_nmi, normalized_mutual_information
-from vlprompt.data.base import ImageDataset, LabelSpace
+from vlprompt.analysis.nmi import NMICallback, block_nmi, normalized_mutual_information
+from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
 
@@ -67,26 +68,27 @@ def test_nmi_bad_normalization_names_the_field():
 
 def test_block_nmi_per_block_and_logged_every_n_steps():
     backbone = tiny_backbone(depth=3)
-    method = create_method(
-        "vpt-deep", backbone, LabelSpace(["a", "b"]), num_tokens=4, nmi_every=2, nmi_images=3
-    )
+    method = create_method("vpt-deep", backbone, LabelSpace(["a", "b"]), num_tokens=4)
     values = block_nmi(backbone.visual, method.prompts, torch.randn(2, 3, 32, 32))
     assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
 
-    images = [torch.randn(3, 32, 32) for _ in range(5)]
-    dataset = ImageDataset(list(range(5)), [0, 1, 0, 1, 0], load=lambda i: images[i])
+    pixels = torch.randint(0, 256, (5, 32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    dataset = ImageDataset(list(range(5)), [0, 1, 0, 1, 0], load=lambda i: Image.fromarray(pixels[i].numpy()))
 
     class Recorder:
         def __init__(self):
+            self.method = method
             self.records = []
 
         def log_metrics(self, record):
             self.records.append(record)
 
     trainer = Recorder()
-    method.setup(dataset, trainer)
+    callback = NMICallback(every=2, images=3)
+    callback.on_fit_start(trainer, TaskData("t", LabelSpace(["a", "b"]), dataset, None, dataset))
+    assert callback.probe.shape == (3, 3, 32, 32)
     for step in range(1, 5):
-        method.on_step_end(step, trainer)
+        callback.on_step_end(trainer, step)
     assert [r["step"] for r in trainer.records] == [0, 2, 4]
     assert set(trainer.records[0]) == {"step", "nmi/block0", "nmi/block1", "nmi/block2", "nmi/mean"}
     assert method.prompts.training  # NMI is computed without prompt dropout but leaves the mode as it was

@@ -6,13 +6,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from vlprompt.analysis.report import harmonic_mean, load_runs, write_report
-from vlprompt.errors import VlpromptError
+from vlprompt.analysis.report import write_report
+from vlprompt.analysis.results import load_results
+from vlprompt.analysis.tables import harmonic_mean
+from vlprompt.cli import main
+from vlprompt.errors import MissingExtraError, VlpromptError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -271,4 +275,37 @@ def test_plots_are_valid_pngs(tmp_path):
         _assert_png(path)
     text = written["report.md"].read_text()
     assert all(f"![{p.name}]({p.name})" in text for p in pngs)
-    assert len(load_runs(runs)) == 2 * 2 * 3 + 2 * 2 + 1
+    assert len(load_results(runs)) == 2 * 2 * 3 + 2 * 2 + 1
+
+
+def test_without_matplotlib_the_report_writes_its_tables_and_names_the_extra(tmp_path, monkeypatch, capsys):
+    # matplotlib absent, as after a plain `pip install vlprompt`: None in sys.modules makes its import fail.
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["vlprompt.analysis.plots"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    runs = tmp_path / "runs"
+    _base2new(runs, "coop", 1, 0.80, 0.40)
+    with pytest.raises(MissingExtraError, match=r"pip install 'vlprompt\[plots\]'"):
+        import vlprompt.analysis.plots  # noqa: F401
+    assert main(["report", str(runs)]) == 0
+    printed = capsys.readouterr().out
+    assert "Tables only, no plots: Report plots need matplotlib" in printed and "vlprompt[plots]" in printed
+    written = sorted(p.name for p in (runs / "report").iterdir())
+    assert written == ["base2new_world_shapes_16-shot.csv", "report.md", "trace.csv"]
+
+
+def test_load_results_gives_one_row_per_record_with_its_run_folder(tmp_path):
+    runs = tmp_path / "runs"
+    _base2new(runs, "coop", 1, 0.80, None, label="coop ctx=4")
+    make_run(runs, "plain", [{"method": "linear", "dataset": "world:shapes", "shots": 0, "accuracy": 0.25}])
+    (runs / "results.json").write_text(json.dumps([{"method": "coop", "accuracy": 0.5}]))  # not a run folder
+    results = load_results(runs)
+    assert list(results.columns[:6]) == ["run", "path", "backbone", "label", "stage", "variant"]
+    assert list(results["run"]) == ["b2n_coop_s1", "b2n_coop_s1", "plain"]
+    assert list(results["label"]) == ["coop ctx=4", "coop ctx=4", "linear"]  # sweep.json's label, else the method
+    assert list(results["split"]) == ["base", "new", "test"] and results["path"][2] == str(runs / "plain")
+    assert str(results["shots"].dtype) == "Int64" and list(results["shots"]) == [16, 16, 0]
+    assert results["accuracy"].isna().tolist() == [False, True, False]
+    assert results["saw_new_classnames"].tolist()[:2] == [False, False]
+    one = load_results(runs / "plain")  # a single run folder
+    assert len(one) == 1 and one["run"][0] == "." and one["accuracy"][0] == 0.25

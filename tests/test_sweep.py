@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -290,10 +291,11 @@ def test_vtab_selection_never_reads_test(plugin, tmp_path, monkeypatch):
     for name in final["ran"]:
         spec = json.loads((tmp_path / RUNS_DIR / name / "sweep.json").read_text())
         assert spec["stage"] == "final" and spec["variant"] == chosen[next(iter(chosen))]["variant"]
-    from vlprompt.analysis.report import load_runs, vtab_tables
+    from vlprompt.analysis.results import load_results
+    from vlprompt.analysis.tables import vtab_tables
 
-    tables = vtab_tables(load_runs(tmp_path / RUNS_DIR))
-    assert len(tables) == 1 and tables[0].rows[0].cells["guarded"].n == 2
+    tables = vtab_tables(load_results(tmp_path / RUNS_DIR))
+    assert len(tables) == 1 and tables[0].cells.set_index("column").at["guarded", "n"] == 2
 
 
 def test_world_sweep_configs_plan_every_method():
@@ -375,3 +377,32 @@ def test_vtab_stages_on_the_vtab1k_reader(plugin, tmp_path):
     # batch 8, 2 epochs: train800 (8 items) is 1 step an epoch, train800val200 (12 items) 2 steps.
     assert record["steps"] == 4
     assert all(r[0]["steps"] == 2 for name, r in results.items() if name.startswith("vtab-select"))
+
+
+def test_sweep_survives_an_unwritable_error_file_and_still_writes_its_summary(plugin, tmp_path, monkeypatch):
+    import errno
+
+    from vlprompt import io_utils
+
+    real = io_utils.os.fsync
+
+    def no_space_for_error_files(fd):
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(f".{ERROR_NAME}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(io_utils.os, "fsync", no_space_for_error_files)
+    summary = run_sweep(_config(datasets=["sweeptest:colours", "sweeptest:broken"]), tmp_path)
+    assert len(summary["ran"]) == 1 and len(summary["failed"]) == 1
+    assert "could not be written" in summary["failed"][0]["error"]
+    assert json.loads((tmp_path / "summary.json").read_text())["failed"] == summary["failed"]
+
+
+def test_vtab_stage_datasets_load_without_importing_the_sweep():
+    code = (
+        "import sys; from vlprompt.data.registry import DATASETS, list_datasets; "
+        "names = list_datasets(); assert 'vtab-select' in names and 'vtab-final' in names, names; "
+        "assert 'vlprompt.sweep' not in sys.modules; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout.strip() == "ok", done.stderr

@@ -211,7 +211,6 @@ def test_mean_readout_counts_prompts_only_when_asked():
         ({"num_tokens": 0}, "num_tokens"),
         ({"dropout": 1.5}, "dropout"),
         ({"projection_dim": 0}, "projection_dim"),
-        ({"nmi_normalization": "max"}, "nmi_normalization"),
         ({"num_tokns": 3}, "num_tokens"),
     ],
 )

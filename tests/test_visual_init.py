@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
+from PIL import Image
 from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.spt  # noqa: F401
-from vlprompt.data.base import ImageDataset, LabelSpace
+from vlprompt.analysis.nmi import NMICallback, method_nmi, nmi_record
+from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
+from vlprompt.data.transforms import eval_transform
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.init import (
@@ -20,6 +21,7 @@ from vlprompt.prompts.init import (
     minibatch_kmeans,
     pool_prototypes,
 )
+from vlprompt.train import TrainConfig, Trainer
 
 LABELS = LabelSpace(["a", "b"])
 
@@ -104,18 +106,21 @@ def test_reservoir_is_bounded_and_uniform():
     assert abs(rate[:100].mean() - 0.1) < 0.02 and abs(rate[-100:].mean() - 0.1) < 0.02
 
 
-def test_setup_initialises_before_training_and_logs_nmi():
-    method = create_method(
-        "spt-shallow", tiny_backbone(), LABELS, num_tokens=2, nmi_every=1, init_batch_size=4
-    )
+def test_setup_initialises_before_training_and_nmi_sees_the_initialised_prompts():
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (10, 32, 32, 3), generator=generator, dtype=torch.uint8)
+    pictures = ImageDataset(list(range(10)), [i % 2 for i in range(10)],
+                            load=lambda i: Image.fromarray(pixels[i].numpy()))
+    method = create_method("spt-shallow", tiny_backbone(), LABELS, num_tokens=2, init_batch_size=4)
     before = method.prompts.tokens.detach().clone()
-    records = []
-    trainer = types.SimpleNamespace(
-        device=torch.device("cpu"), config=types.SimpleNamespace(seed=1), log_metrics=records.append
-    )
-    method.setup(image_dataset(), trainer)
-    assert not torch.equal(before, method.prompts.tokens)
-    assert records and records[0]["step"] == 0 and "nmi/block0" in records[0]
+    config = TrainConfig(epochs=0, progress=False, device="cpu", num_workers=0)
+    trainer = Trainer(method, config, callbacks=[NMICallback(every=1, images=3)])
+    history = trainer.fit(TaskData("t", LABELS, pictures, pictures)).history
+    assert not torch.equal(before, method.prompts.tokens)  # setup initialised the prompts
+    # The callback's step-0 record comes after setup: it measures the initialised prompts.
+    probe = pictures.with_transform(eval_transform(method.backbone.preprocess))
+    expected = nmi_record(method_nmi(method, torch.stack([probe[i][0] for i in range(3)])))
+    assert history == [{"step": 0, "epoch": 0, **expected}]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """vlprompt: prompt learning on frozen vision and vision-language transformers.
 
-Public API: backbones by name, methods by name, the single Trainer, prompt-only checkpoints, registries.
+Public API: backbones by name, methods by name, the single Trainer, prompt-only checkpoints, registries,
+and every run's results as a pandas DataFrame (load_results).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ _EXPORTS = {
     "RunConfig": "vlprompt.experiment",
     "run_experiment": "vlprompt.experiment",
     "seed_everything": "vlprompt.seeding",
+    "load_results": "vlprompt.analysis.results",
     "save_pretrained": "vlprompt.artifacts.pretrained",
     "from_pretrained": "vlprompt.artifacts.pretrained",
     "MultiTaskPredictor": "vlprompt.serving",
@@ -31,8 +33,8 @@ _EXPORTS = {
 __all__ = [  # noqa: RUF022  (grouped as in _EXPORTS)
     "__version__", "create_backbone", "list_backbones", "create_method", "list_methods", "load_dataset",
     "list_datasets", "LabelSpace", "TaskData", "Trainer", "TrainConfig", "evaluate", "save_prompts",
-    "load_prompts", "RunConfig", "run_experiment", "seed_everything", "save_pretrained", "from_pretrained",
-    "MultiTaskPredictor",
+    "load_prompts", "RunConfig", "run_experiment", "seed_everything", "load_results", "save_pretrained",
+    "from_pretrained", "MultiTaskPredictor",
 ]
 
 

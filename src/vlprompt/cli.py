@@ -52,11 +52,53 @@ def format_table(records: list[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+TRAIN_EPILOG = """\
+resume and run folders:
+  A run folder is fixed to its config when it starts (config.json holds the fingerprint of every field that
+  changes the result). Rerunning the same command into the same --out resumes an interrupted run from its last
+  saved state ("resuming from step N"; train.checkpoint_every=N saves every N steps, otherwise at epoch ends)
+  and leaves a finished run as it is. Another config is refused with the fields that differ: rerun with the
+  same config, choose a new --out, or pass --restart (unfinished run) / --overwrite (finished run). One process
+  at a time trains a folder (an OS lock, released when the process dies)."""
+
 RESULT_COLUMNS = ("method", "backbone", "dataset", "shots", "seed", "split", "accuracy", "train_seconds")
 
 
 # ----- commands -----
+def format_method_options(name: str) -> str:
+    """A method's options (its config dataclass's fields) with defaults and help, and its training defaults."""
+    import dataclasses
+    import textwrap
+
+    from vlprompt.config_utils import describe_options
+    from vlprompt.methods import METHODS, import_all
+
+    import_all()
+    cls = METHODS.get(name)
+    options = describe_options(cls.config_class)
+    intro = (f"Options of method '{name}' ({cls.config_class.__name__}): set them as method_options.NAME=VALUE "
+             "on the command line or under method_options: in a YAML config.")
+    lines = [intro]
+    if not options:
+        lines.append(f"'{name}' has no options of its own.")
+    for option in options:
+        default = "(required)" if option.default is dataclasses.MISSING else f"= {option.default!r}"
+        lines.append(f"\n  {option.name}: {option.type} {default}")
+        lines += textwrap.wrap(option.help or "(no help text)", 100, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6)
+    if cls.train_defaults:
+        settings = ", ".join(f"{key}={value!r}" for key, value in sorted(cls.train_defaults.items()))
+        lines.append(f"\nRecommended training settings (train.NAME=VALUE overrides them): {settings}")
+    return "\n".join(lines)
+
+
 def cmd_list(args) -> int:
+    if args.options is not None:
+        if args.what != "methods":
+            raise ConfigError(f"--options describes a method; use 'vlprompt list methods --options NAME' "
+                              f"(not 'list {args.what}').")
+        print(format_method_options(args.options))
+        return 0
     if args.what == "backbones":
         from vlprompt.backbones.registry import list_backbones
 
@@ -85,13 +127,33 @@ def cmd_train(args) -> int:
         values["out"] = args.out
     values.setdefault("out", "runs/latest")
     config = run_config_from_dict(values)
-    records = run_experiment(config)
+    from vlprompt.run_dir import RunDir
+
+    run_dir = RunDir(config.out)
+    finished_before = run_dir.is_finished() and not args.overwrite
+    records = run_experiment(config, restart=args.restart, overwrite=args.overwrite)
     from vlprompt.train.distributed import is_main_process
 
     if is_main_process():  # under torchrun every rank returns the same records; one prints them
         print(format_table(records, RESULT_COLUMNS))
-        print(f"\nresults, resolved config and prompts written to {config.out}")
+        print(f"\n{_written(run_dir, finished_before, records)}")
     return 0
+
+
+def _written(run_dir, finished_before: bool, records: list[dict]) -> str:
+    """What the run folder holds now, said truthfully (no tensors is said as such)."""
+    if finished_before:
+        return f"nothing to do: {run_dir.path} already holds this run, finished with the same config"
+    from vlprompt.train.checkpoint import read_prompt_meta
+
+    shapes = read_prompt_meta(run_dir.path).get("shapes", {}) if run_dir.prompts_meta.exists() else {}
+    names = [p.name for p in (run_dir.results, run_dir.config, run_dir.metrics, run_dir.prompts) if p.exists()]
+    note = ""
+    if not shapes:
+        note = " (the method has no trained tensors: its prompt checkpoint records the method only)"
+    elif records and records[0].get("steps") == 0:
+        note = " (no training step ran: the prompt checkpoint holds the initial values)"
+    return f"wrote {', '.join(names)} to {run_dir.path}{note}"
 
 
 def cmd_eval(args) -> int:
@@ -119,10 +181,11 @@ def cmd_data(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from vlprompt.sweep import format_summary, load_sweep_config, run_sweep
+    from vlprompt.sweep import create_launcher, format_summary, load_sweep_config, run_sweep
 
     config = load_sweep_config(args.config, parse_overrides(args.overrides))
-    summary = run_sweep(config, args.out, workers=args.workers)
+    launcher = create_launcher(args.launcher, args.workers, args.address, args.cpus_per_run, args.gpus_per_run)
+    summary = run_sweep(config, args.out, workers=args.workers, launcher=launcher)
     print(format_summary(summary))
     return 1 if summary["failed"] else 0
 
@@ -149,7 +212,8 @@ def cmd_world_export(args) -> int:
     from vlprompt.data.world.export import export_world_task
 
     root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed,
-                             image_size=args.image_size, image_format=args.image_format)
+                             image_size=args.image_size, image_format=args.image_format,
+                             overwrite=args.overwrite)
     print(f"wrote world task '{args.task}' in the {args.format} layout under {root}")
     return 0
 
@@ -265,19 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list registered names, one per line")
+    p = sub.add_parser("list", help="list registered names, one per line (or a method's options)")
     p.add_argument("what", choices=["backbones", "methods", "datasets"])
+    p.add_argument("--options", metavar="NAME", help="with 'methods': print that method's options, defaults and help")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("train", help="train one run: [CONFIG.yaml] [key=value ...]")
+    p = sub.add_parser(
+        "train", help="train one run: [CONFIG.yaml] [key=value ...]", epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("items", nargs="*", help="a YAML config and/or overrides such as method=coop train.lr=0.002")
     p.add_argument("--out", help="run folder (default runs/latest)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the unfinished run in --out (its resume state and history) and start afresh")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --out; the old one stays intact until the new one has finished")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained run folder, optionally on another dataset")
     p.add_argument("run_dir")
     p.add_argument("--dataset", help="dataset name (default: the run's own)")
-    p.add_argument("--root")
+    p.add_argument("--root", help="dataset root (default: the run's own, stored as an absolute path)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--device", help="cpu, cuda, cuda:1, auto (default: the run's train.device)")
     p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's train.eval_batch_size)")
@@ -293,7 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="overrides of the sweep config as key=value (e.g. train.epochs=2)")
     p.add_argument("--out", required=True, help="sweep folder (one sub-folder per run)")
-    p.add_argument("--workers", type=int, default=1, help="runs at once, as separate processes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local launcher: runs at once, as separate processes (with CUDA, one GPU each)")
+    p.add_argument("--launcher", default="local", choices=["local", "ray"],
+                   help="where runs execute: this machine, or one Ray task per run (pip install 'vlprompt[ray]')")
+    p.add_argument("--address", help="ray launcher: the cluster, 'auto' or HOST:PORT (default: a local Ray)")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="ray launcher: CPUs each run's task reserves")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="ray launcher: GPUs each run's task reserves")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="markdown + CSV tables and PNG plots from a folder of runs")
@@ -326,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--image-size", type=int, help="resize every image to this many pixels square (e.g. 224)")
     e.add_argument("--image-format", default="png", choices=["png", "jpeg"])
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (refused otherwise)")
     e.set_defaults(func=cmd_world_export)
 
     p = sub.add_parser("data", help="dataset tools")

@@ -126,3 +126,28 @@ def check_range(where: str, field_name: str, value: float, low: float | None = N
 
 def as_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionInfo:
+    """One field of a config dataclass as the user sees it: name, type, default and help text."""
+
+    name: str
+    type: str
+    default: Any  # dataclasses.MISSING when the field has none
+    help: str
+
+
+def describe_options(cls: type) -> list[OptionInfo]:
+    """The fields of a config dataclass with their defaults and help (field metadata "help"), in order."""
+    options = []
+    for item in dataclasses.fields(cls):
+        if item.default is not dataclasses.MISSING:
+            default = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            default = item.default_factory()
+        else:
+            default = dataclasses.MISSING
+        kind = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", str(item.type))
+        options.append(OptionInfo(item.name, kind, default, str(item.metadata.get("help", ""))))
+    return options

@@ -11,6 +11,7 @@ from vlprompt.errors import VlpromptError
 from vlprompt.experiment import RunConfig, run_experiment
 from vlprompt.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
 from vlprompt.methods import METHODS, list_methods
+from vlprompt.run_dir import RESULTS_NAME
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def run_demo(out: str | Path, methods: list[str] | None = None) -> list[dict]:
             raise VlpromptError(f"demo: method '{name}' failed: {error}") from None
         print(f"  {name:<20} {records[-1]['accuracy']:.4f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
     total = time.perf_counter() - started
-    atomic_write_json(out / "results.json", records)
+    atomic_write_json(out / RESULTS_NAME, records)
     from vlprompt.cli import format_table
 
     table = format_table(records, COLUMNS)
@@ -62,5 +63,5 @@ def run_demo(out: str | Path, methods: list[str] | None = None) -> list[dict]:
         f"{DEMO_SHOTS} shots, seed {DEMO_SEED}; accuracy on the test split. Total time {total:.1f} s.\n\n{table}\n",
     )
     print(table)
-    print(f"\nwrote {out / 'results.json'} and {out / 'report.md'} in {total:.1f} s")
+    print(f"\nwrote {out / RESULTS_NAME} and {out / 'report.md'} in {total:.1f} s")
     return records

@@ -21,6 +21,18 @@ class CheckpointError(VlpromptError):
     """A checkpoint that does not fit the backbone, method or class set it is loaded into."""
 
 
+class MissingExtraError(VlpromptError):
+    """An optional feature's package is not installed; the message names the pip extra that brings it."""
+
+
+def missing_extra(package: str, extra: str, feature: str) -> MissingExtraError:
+    """The error for a feature whose optional package (``pip install 'vlprompt[extra]'``) is missing."""
+    return MissingExtraError(
+        f"{feature}: {package} is not installed. Install it with: pip install 'vlprompt[{extra}]' (or "
+        "'vlprompt[all]' for every optional feature)."
+    )
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> VlpromptError:
     """An error for an unknown registry name that lists the close names (or all of them)."""
     known = sorted(known)

@@ -1,15 +1,15 @@
 """Evaluate a trained run folder: on its own test split, or on another dataset (new classes, shifted domains)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.data.fewshot import base_new_split
 from vlprompt.data.registry import load_dataset
 from vlprompt.errors import VlpromptError
-from vlprompt.experiment import CONFIG_NAME, run_config_from_dict
+from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods.base import create_method
+from vlprompt.run_dir import CONFIG_NAME, RunDir
 from vlprompt.train.checkpoint import load_prompts
 from vlprompt.train.trainer import evaluate
 
@@ -17,17 +17,19 @@ from vlprompt.train.trainer import evaluate
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
                  options: dict | None = None, device: str | None = None,
                  batch_size: int | None = None) -> list[dict]:
-    """Accuracy of a run folder's prompts. ``device`` and ``batch_size`` default to the run's own training
-    config (train.device, train.eval_batch_size, train.num_workers)."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_NAME
-    if not config_path.exists():
-        raise VlpromptError(f"'{run_dir}' is not a run folder: {CONFIG_NAME} is missing. Pass the --out folder of "
-                            "'vlprompt train'.")
-    saved = json.loads(config_path.read_text(encoding="utf-8"))
-    config = run_config_from_dict(saved["run"])
+    """Accuracy of a run folder's prompts. ``dataset`` (default: the run's own) and ``root`` (default: the
+    run's own, stored resolved) each replace only themselves: ``root`` alone evaluates the run's dataset read
+    from another place. ``device`` and ``batch_size`` default to the run's own training config
+    (train.device, train.eval_batch_size, train.num_workers)."""
+    folder = RunDir(run_dir)
+    saved = folder.read_config()
+    if saved is None or "run" not in saved:
+        raise VlpromptError(f"'{folder.path}' is not a run folder: {CONFIG_NAME} is missing. Pass the --out folder "
+                            "of 'vlprompt train' (or of a Trainer(..., out_dir=...)).")
+    config = run_config_from_dict({**saved["run"], "out": None})
     if dataset is None:
-        task = load_dataset(config.dataset, root=config.root, **config.dataset_options)
+        task = load_dataset(config.dataset, root=root if root is not None else config.root,
+                            **{**config.dataset_options, **(options or {})})
         if config.protocol == "base2new":
             task = base_new_split(task)[0]
     else:
@@ -37,7 +39,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
         raise VlpromptError(f"Dataset '{task.name}' has no '{split}' split.")
     backbone = create_backbone(config.backbone)
     method = create_method(config.method, backbone, task.labels, **config.method_options)
-    load_prompts(method, run_dir)
+    load_prompts(method, folder.path)
     train = config.train_config()
     accuracy = evaluate(method, data, batch_size=batch_size or train.eval_batch_size, device=device or train.device,
                         num_workers=train.resolved_num_workers())

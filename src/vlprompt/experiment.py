@@ -1,21 +1,25 @@
 """One run = one method x backbone x dataset x protocol x shots x seed, from a typed RunConfig.
 
 The CLI, the demo and sweeps all go through ``run_experiment``; it saves the resolved config, the library
-version and the backbone id beside every result, so each number in a table traces to its run folder.
+version and the backbone id beside every result, so each number in a table traces to its run folder. The run
+folder's rules (run_dir.py): the same config resumes an unfinished run and leaves a finished one as it is; another
+config is refused unless ``restart`` (unfinished) or ``overwrite`` (finished; replaced only once the new run has
+finished); one process at a time trains a folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
-import time
+import os
+import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlprompt import __version__
+from vlprompt.analysis.nmi import NMICallback, split_nmi_options
 from vlprompt.artifacts.card import write_model_card
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.config_utils import build_config, check_choice, check_range
@@ -23,9 +27,10 @@ from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.data.fewshot import base_new_split, few_shot_task
 from vlprompt.data.registry import load_dataset
 from vlprompt.errors import ConfigError, VlpromptError
-from vlprompt.io_utils import atomic_write_json, check_writable_dir
+from vlprompt.io_utils import check_writable_dir
 from vlprompt.methods import import_all
 from vlprompt.methods.base import METHODS, PromptMethod, create_method
+from vlprompt.run_dir import RunDir, config_document, fingerprint_fields, mismatch_error
 from vlprompt.seeding import seed_everything
 from vlprompt.train import distributed
 from vlprompt.train.config import TrainConfig
@@ -34,8 +39,6 @@ from vlprompt.train.trainer import Trainer, evaluate
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("fewshot", "base2new", "shift")
-RESULTS_NAME = "results.json"
-CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -56,12 +59,16 @@ class RunConfig:
     out: str | None = None
     # Where few-shot index files live (default: <out>/indices).
     index_dir: str | None = None
+    # NMI logging during training (analysis/nmi.py NMIOptions: every, images, normalization); the VPT/SPT
+    # method_options keys nmi_every, nmi_images, nmi_normalization are moved here.
+    nmi: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("run", "protocol", self.protocol, PROTOCOLS)
         check_range("run", "shots", self.shots, 0)
         import_all()
         METHODS.get(self.method)  # raises the close-names error for a mistyped name
+        self.method_options, self.nmi = split_nmi_options(self.method_options, self.nmi)
         if self.protocol == "shift" and not self.targets:
             raise ConfigError("run.targets is empty: the 'shift' protocol needs at least one target dataset.")
         for i, target in enumerate(self.targets):
@@ -72,6 +79,32 @@ class RunConfig:
     def train_config(self) -> TrainConfig:
         defaults = dict(METHODS.get(self.method).train_defaults)
         return build_config(TrainConfig, {**defaults, **self.train, "seed": self.seed}, where="train")
+
+
+def _resolve(root: str | None) -> str | None:
+    return None if root is None else str(Path(root).expanduser().resolve())
+
+
+def resolved_paths(config: RunConfig) -> RunConfig:
+    """Dataset roots as absolute paths, so the folder evaluates from any directory."""
+    targets = [{**t, "root": _resolve(t.get("root"))} if t.get("root") else t for t in config.targets]
+    return dataclasses.replace(config, root=_resolve(config.root), targets=targets)
+
+
+def run_fingerprint(config: RunConfig, train_config: TrainConfig) -> dict:
+    """The result-defining fields with training and method options resolved (a default given explicitly is
+    the same run as the default left out)."""
+    method_config = build_config(METHODS.get(config.method).config_class, config.method_options,
+                                 where=f"method '{config.method}'")
+    run = {**dataclasses.asdict(config), "method_options": dataclasses.asdict(method_config)}
+    return fingerprint_fields(run, dataclasses.asdict(train_config))
+
+
+def _shots_used(task: TaskData) -> dict:
+    """Training images per class actually used (a class with fewer images than ``shots`` gives all it has)."""
+    counts = Counter(task.train.labels)
+    per_class = [counts.get(label, 0) for label in range(task.labels.num_classes)]
+    return {"shots_used_min": min(per_class), "shots_used_max": max(per_class)}
 
 
 def _record(config: RunConfig, task: TaskData, split: str, accuracy: float | None, **extra: Any) -> dict:
@@ -107,28 +140,80 @@ def _load_task(config: RunConfig) -> TaskData:
     return load_dataset(config.dataset, root=config.root, **config.dataset_options)
 
 
-def run_experiment(config: RunConfig) -> list[dict]:
-    """Train and evaluate one run; returns result records (also written to <out>/results.json)."""
+def run_experiment(config: RunConfig, *, restart: bool = False, overwrite: bool = False) -> list[dict]:
+    """Train and evaluate one run; returns result records (also written to <out>/results.json).
+
+    With ``out`` set, the run folder decides what happens: a finished run of the same config is returned as it
+    is (nothing trains), an unfinished one resumes, another config raises RunConfigMismatch (unless
+    ``restart``/``overwrite``), a folder locked by a live process raises RunLockedError."""
     distributed.init_from_env()
-    main_process = distributed.is_main_process()
-    out = Path(config.out) if config.out else None
-    if out is not None and main_process:
-        check_writable_dir(out)
+    given_root = config.root
+    config = resolved_paths(config)
     train_config = config.train_config()
+    if config.out is None:
+        return _run(config, train_config, None, None)
+    out = Path(config.out)
+    run_dir = RunDir(out)
+    fields = run_fingerprint(config, train_config)
+    if not distributed.is_main_process():  # rank 0 owns the folder; the others follow its decision
+        if run_dir.is_finished() and run_dir.stored_fingerprint() == fields and not overwrite:
+            return run_dir.read_results()
+        return _run(config, train_config, None, fields)
+    check_writable_dir(out)
+    with run_dir.lock():
+        stored = run_dir.stored_fingerprint()
+        if run_dir.is_finished():
+            if stored == fields and not overwrite:
+                log.warning("'%s' already holds this run, finished with the same config: nothing to do", out)
+                return run_dir.read_results()
+            if not overwrite:
+                raise mismatch_error(out, stored or {}, fields, finished=True)
+            return _replace_finished(config, train_config, fields, given_root)
+        if stored is not None and stored != fields and not (restart or overwrite):
+            raise mismatch_error(out, stored, fields, finished=False)
+        if restart or overwrite or stored != fields:
+            # Progress discarded on request, or left by an attempt without a config.json to check it against.
+            run_dir.clear_attempt()
+        return _run(config, train_config, run_dir, fields, given_root)
+
+
+def _replace_finished(config: RunConfig, train_config: TrainConfig, fields: dict, given_root: str | None) -> list:
+    """--overwrite of a finished run: train into a staging folder beside it, then swap the folders, so the old
+    run stays complete until the new one is."""
+    out = Path(config.out)
+    staging = RunDir(out.parent / f".{out.name}.overwrite")
+    with staging.lock():
+        shutil.rmtree(staging.path, ignore_errors=True)
+        records = _run(config, train_config, staging, fields, given_root)
+        trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        os.replace(out, trash)
+        os.replace(staging.path, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    log.warning("replaced the finished run in '%s' (--overwrite)", out)
+    return records
+
+
+def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, fields: dict | None,
+         given_root: str | None = None) -> list[dict]:
+    out = run_dir.path if run_dir is not None else (Path(config.out) if config.out else None)
     seed_everything(config.seed)
     task = _load_task(config)
     if config.protocol == "base2new":
         task, new_task = base_new_split(task)
-    index_dir = config.index_dir or (str(out / "indices") if out is not None else None)
+    index_dir = config.index_dir or (str(RunDir(out).indices) if out is not None else None)
     train_task = few_shot_task(task, config.shots, config.seed, index_dir) if config.shots else task
     backbone = create_backbone(config.backbone)
     seed_everything(config.seed)
     method = create_method(config.method, backbone, train_task.labels, **config.method_options)
-    if out is not None and main_process:
-        _write_config(out, config, train_config, backbone.backbone_id)
-    trainer = Trainer(method, train_config, out_dir=out)
+    if run_dir is not None:
+        document = config_document(dataclasses.asdict(config), dataclasses.asdict(train_config),
+                                   backbone.backbone_id, given_root)
+        run_dir.write_config(document, fields)
+    callbacks = [NMICallback(**config.nmi)] if config.nmi else []
+    trainer = Trainer(method, train_config, out_dir=out, callbacks=callbacks, fingerprint=fields)
     fit = trainer.fit(train_task)
-    common = {"train_seconds": round(fit.train_seconds, 3), "val_accuracy": fit.val_accuracy, "steps": fit.steps}
+    common = {"train_seconds": round(fit.train_seconds, 3), "val_accuracy": fit.val_accuracy, "steps": fit.steps,
+              **_shots_used(train_task)}
     device = trainer.device
     eval_kwargs = {"batch_size": train_config.eval_batch_size, "device": device, "cache_dir": train_config.cache_dir,
                    "num_workers": train_config.resolved_num_workers()}
@@ -154,25 +239,10 @@ def run_experiment(config: RunConfig) -> list[dict]:
                 )
             records.append(_record(config, target_task, "target", evaluate(method, target_task.test, **eval_kwargs),
                                    source=task.name, **common))
-    if out is not None and main_process:
-        atomic_write_json(out / RESULTS_NAME, records)
-        write_model_card(out)  # the run folder's README.md now shows these results
+    if run_dir is not None:
+        run_dir.write_results(records)
+        write_model_card(run_dir.path)  # the run folder's README.md now shows these results
     return records
-
-
-def _write_config(out: Path, config: RunConfig, train_config: TrainConfig, backbone_id: str) -> None:
-    atomic_write_json(
-        out / CONFIG_NAME,
-        {
-            "run": dataclasses.asdict(config),
-            "train_resolved": dataclasses.asdict(train_config),
-            "backbone_id": backbone_id,
-            "vlprompt_version": __version__,
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        },
-    )
 
 
 def run_config_from_dict(values: dict) -> RunConfig:

@@ -1,12 +1,64 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never half of one.
+
+A failed write (a full disk raises OSError from Python and RuntimeError from torch.save's C++ writer) becomes one
+WriteError naming the file, its folder and the free space there; the previous complete file stays as it was.
+Files follow the process umask like any ``open()`` would (mkstemp alone would create them 0600).
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from vlprompt.errors import VlpromptError
+
+
+class WriteError(VlpromptError, OSError):
+    """A file could not be written (full disk, quota, permissions); earlier complete files are intact."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Free bytes on the disk holding ``folder`` (or its nearest existing parent); None when unknown."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
+
+
+def write_failed(path: Path, error: BaseException) -> WriteError:
+    free = free_bytes(path.parent)
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        free is not None and free < 1024 * 1024)
+    detail = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
+    reason = f"the disk is full: {detail[:160]}" if full and "space" not in detail else detail[:200]
+    space = "free space unknown" if free is None else f"{_size(free)} free"
+    return WriteError(
+        f"Could not write '{path.name}' in '{path.parent}' ({reason}; {space}). The previous complete files "
+        "there are intact. Free some space (or choose another --out) and rerun: an unfinished run resumes from "
+        "its last saved state."
+    )
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -17,10 +69,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())
         write(tmp_path)
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, WriteError):
+            raise
+        raise write_failed(path, error) from error
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -36,18 +93,25 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line; a line is written whole with one write call and flushed."""
+    """Append one JSON line, whole or not at all: a failed write is cut back to the previous end of file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True, default=float) + "\n")
-        handle.flush()
+    data = (json.dumps(record, sort_keys=True, default=float) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(28, "short write (disk full?)")
+        except OSError as error:
+            os.ftruncate(fd, end)
+            raise write_failed(path, error) from error
+    finally:
+        os.close(fd)
 
 
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     """Fail before any work when ``path`` cannot be created or written."""
-    from vlprompt.errors import VlpromptError
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,31 @@ def grouped_text_ce(soft: torch.Tensor, hard: torch.Tensor, scale: float) -> tor
     targets = torch.arange(soft.shape[0], device=soft.device)
     logits = scale * torch.einsum("cd,tkd->tck", soft, hard.detach().to(soft.dtype))
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.repeat(hard.shape[0]))
+
+
+def feature_l1(features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference over every entry (PromptSRC's L_SCL-text and L_SCL-image, ``F.l1_loss`` mean)."""
+    return nn.functional.l1_loss(features, anchors.detach().to(features.dtype), reduction="mean")
+
+
+def logit_kl_per_entry(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """PromptSRC's L_SCL-logits: KL(p_teacher ‖ p_student) summed, times T², divided by the logits' B·C entries.
+
+    Not ``kl_to_teacher``'s batch mean: the official code divides the summed KL by ``logits.numel()``.
+    """
+    student = nn.functional.log_softmax(student_logits / temperature, dim=-1)
+    teacher = nn.functional.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    total = nn.functional.kl_div(student, teacher, reduction="sum", log_target=True)
+    return total * temperature * temperature / student_logits.numel()
+
+
+def gaussian_epoch_weights(epochs: int, mean: float, std: float) -> torch.Tensor:
+    """PromptSRC's GPA weights: w_e ∝ N(e; mean, std²) for epochs e = 1..N, normalised to sum 1 ([N], float64).
+
+    Computed as a softmax of the log-density so that a mean far from 1..N cannot underflow to all zeros; the
+    normalising constant of the Gaussian cancels, as it does in the official normalised weights.
+    """
+    if std <= 0:
+        raise ValueError(f"GPA std must be positive, got {std}")
+    index = torch.arange(1, epochs + 1, dtype=torch.float64)
+    return torch.softmax(-0.5 * ((index - mean) / std) ** 2, dim=0)

@@ -5,19 +5,33 @@ is approximated by sigmoid cross-attention, pi_kj proportional to sigmoid(p_k . 
 sum 1. With marginals pi(p_k) = sum_j pi_kj and pi(e_j) = sum_k pi_kj, NMI = I(P; E) / norm, where norm is
 min(H_P, H_E) (Estevez et al. 2009, the default), sqrt(H_P * H_E) or (H_P + H_E) / 2.
 The tokens used for block i are the ones entering block i (for deep prompts: that block's own prompts).
+
+During training the diagnostic is a trainer callback (``NMICallback``); a run config builds it from its
+``nmi`` options or from the ``method_options.nmi_*`` keys VPT/SPT runs and sweeps have always used.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vlprompt.backbones.base import VisionTower
-from vlprompt.config_utils import check_choice
+from vlprompt.config_utils import build_config, check_choice, check_range
+from vlprompt.data.transforms import eval_transform
+from vlprompt.errors import ConfigError
 from vlprompt.prompts.visual import VisualPrompts, prompted_tokens
+from vlprompt.train.callbacks import Callback
+
+if TYPE_CHECKING:
+    from vlprompt.data.base import TaskData
+    from vlprompt.train.trainer import Trainer
 
 NORMALIZATIONS = ("min", "sqrt", "mean")
+# method_options keys of VPT/SPT runs (when NMI logging was a method option) -> NMIOptions fields.
+METHOD_OPTION_KEYS = {"nmi_every": "every", "nmi_images": "images", "nmi_normalization": "normalization"}
 
 
 def normalized_mutual_information(
@@ -91,3 +105,65 @@ def nmi_record(values: list[float], prefix: str = "nmi") -> dict[str, float]:
     record = {f"{prefix}/block{i}": v for i, v in enumerate(values)}
     record[f"{prefix}/mean"] = sum(values) / len(values) if values else 0.0
     return record
+
+
+@dataclass
+class NMIOptions:
+    """NMI logging of a run: every ``every`` optimizer steps (0: off) on the first ``images`` training images
+    (eval transform), with the given ``normalization`` of the mutual information."""
+
+    every: int = 0
+    images: int = 16
+    normalization: str = "min"
+
+    def __post_init__(self) -> None:
+        check_range("nmi", "every", self.every, 0)
+        check_range("nmi", "images", self.images, 1)
+        check_choice("nmi", "normalization", self.normalization, NORMALIZATIONS)
+
+
+def split_nmi_options(method_options: dict, nmi: dict) -> tuple[dict, dict]:
+    """A run's method_options without the ``nmi_*`` keys, and its NMI options (run-level ``nmi`` merged with
+    those keys, validated; {} when NMI logging is off). The caller's dicts are left untouched."""
+    legacy = {METHOD_OPTION_KEYS[k]: v for k, v in method_options.items() if k in METHOD_OPTION_KEYS}
+    clash = [k for k in legacy if k in nmi and nmi[k] != legacy[k]]
+    if clash:
+        raise ConfigError(
+            f"run.nmi.{clash[0]} = {nmi[clash[0]]!r} and method_options.nmi_{clash[0]} = "
+            f"{legacy[clash[0]]!r} disagree; set NMI logging in one place."
+        )
+    options = build_config(NMIOptions, {**legacy, **nmi}, where="run.nmi")
+    rest = {k: v for k, v in method_options.items() if k not in METHOD_OPTION_KEYS}
+    return rest, asdict(options) if options.every > 0 else {}
+
+
+class NMICallback(Callback):
+    """Logs per-block NMI (``nmi/block<i>``, ``nmi/mean``) to the trainer's metrics at step 0, once the
+    method's ``setup`` has run (SPT's prompts are initialised by then), and every ``every`` optimizer steps,
+    on a fixed probe: the first ``images`` training images with the backbone's eval transform."""
+
+    def __init__(self, every: int, images: int = 16, normalization: str = "min") -> None:
+        check_range("NMICallback", "every", every, 1)
+        self.options = NMIOptions(every, images, normalization)
+        self.probe: torch.Tensor | None = None
+
+    def on_fit_start(self, trainer: Trainer, task: TaskData) -> None:
+        method = trainer.method
+        if not isinstance(getattr(method, "prompts", None), VisualPrompts):
+            raise ConfigError(
+                "NMI logging (nmi.every / method_options.nmi_every) measures visual prompt tokens against "
+                f"patch tokens, and method '{method.method_name}' has no visual prompts. Use it with vpt-* or "
+                "spt-*, or remove the option."
+            )
+        dataset = task.train.with_transform(eval_transform(method.backbone.preprocess))
+        count = min(self.options.images, len(dataset))
+        self.probe = torch.stack([dataset[i][0] for i in range(count)])
+        self._log(trainer, 0)
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if step % self.options.every == 0:
+            self._log(trainer, step)
+
+    def _log(self, trainer: Trainer, step: int) -> None:
+        values = method_nmi(trainer.method, self.probe, self.options.normalization)
+        trainer.log_metrics({"step": step, **nmi_record(values)})

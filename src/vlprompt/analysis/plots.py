@@ -1,5 +1,8 @@
 """PNG plots for reports: accuracy vs shots, base/new/HM bars, NMI per block over training.
 
+They read the report's tables and `load_results`' frame (NMI curves from each run folder's metrics.jsonl).
+matplotlib is an optional extra (`pip install 'vlprompt[plots]'`); the report writes its tables without it.
+
 Figures are ``matplotlib.figure.Figure`` objects drawn by the Agg canvas, so plotting never touches pyplot's
 global state or needs a display.
 """
@@ -13,15 +16,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+import pandas as pd
+
+from vlprompt.errors import missing_extra
+from vlprompt.run_dir import METRICS_NAME
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as error:
+    raise missing_extra("matplotlib", "plots", "Report plots need matplotlib") from error
 
 if TYPE_CHECKING:
-    from vlprompt.analysis.report import RunRecord, Table
+    from vlprompt.analysis.tables import Table
 
 log = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.jsonl"
 NMI_PREFIX = "nmi/block"
 DPI = 120
 
@@ -45,8 +55,9 @@ def plot_accuracy_vs_shots(series: dict[str, list[tuple[int, float, float]]], ti
             continue
         shots, means, stds = zip(*points)
         marker, line = styles[(index // 10) % len(styles)]
-        axes.errorbar(shots, means, yerr=[s or 0.0 for s in stds], marker=marker, linestyle=line, capsize=3,
-                      label=label)
+        axes.errorbar(
+            shots, means, yerr=[s or 0.0 for s in stds], marker=marker, linestyle=line, capsize=3, label=label
+        )
     axes.set_xscale("log", base=2)
     all_shots = sorted({p[0] for points in series.values() for p in points})
     axes.set_xticks(all_shots, [str(s) for s in all_shots])
@@ -124,38 +135,41 @@ def plot_nmi(curves: dict[str, list[dict[int, list[tuple[int, float]]]]], title:
     return _save(figure, path)
 
 
-def write_plots(tables: Iterable[Table], runs: Iterable[RunRecord], out: Path) -> list[tuple[str, Path]]:
-    """Every plot a report shows: (table slug or "nmi", png path)."""
+def _value(value: object) -> float | None:
+    return None if pd.isna(value) else float(value)
+
+
+def write_plots(tables: Iterable[Table], results: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
+    """Every plot a report shows, from its tables and `load_results`' frame: (slug or "nmi", png path)."""
     written: list[tuple[str, Path]] = []
     for table in tables:
+        cells = table.cells.set_index(["method", "column"])
         if table.kind == "fewshot":
-            series = {
-                row.label: [
-                    (int(c), row.cells[c].mean, row.cells[c].std)
-                    for c in table.columns
-                    if c in row.cells and c.isdigit()  # 'all' (whole split) has no place on a shots axis
-                ]
-                for row in table.rows
-            }
+            # 'all' (the whole split) has no place on a shots axis
+            shots = cells[cells.index.get_level_values("column").str.isdigit()]
+            series: dict[str, list] = {method: [] for method in table.methods}
+            for (method, column), cell in shots.iterrows():
+                series[method].append((int(column), _value(cell["mean"]), _value(cell["std"])))
             written.append(
                 (table.slug, plot_accuracy_vs_shots(series, table.title, out / f"{table.slug}.png"))
             )
         elif table.kind == "base2new":
-            bars = [
-                (row.label, *(row.cells[c].mean if c in row.cells else None for c in ("Base", "New", "HM")))
-                for row in table.rows
-            ]
+            means = (
+                cells["mean"].unstack("column").reindex(index=table.methods, columns=["Base", "New", "HM"])
+            )
+            bars = [(method, *(_value(v) for v in row)) for method, row in means.iterrows()]
             written.append((table.slug, plot_base_new_bars(bars, table.title, out / f"{table.slug}.png")))
     groups: dict[tuple, dict[str, list]] = {}
-    seen: set[str] = set()
-    for run in runs:
-        if run.folder in seen:
-            continue
-        seen.add(run.folder)
-        curves = read_nmi(run.path)
+    for _, run in results.drop_duplicates("run").iterrows():
+        curves = read_nmi(Path(run["path"]))
         if curves:
-            key = (run.record.get("dataset", "?"), run.record.get("shots"), run.backbone)
-            groups.setdefault(key, {}).setdefault(run.label, []).append(curves)
+            dataset, shots = run.get("dataset"), run.get("shots")
+            key = (
+                "?" if pd.isna(dataset) else dataset,
+                None if pd.isna(shots) else int(shots),
+                run["backbone"],
+            )
+            groups.setdefault(key, {}).setdefault(run["label"], []).append(curves)
     for (dataset, shots, backbone), curves in sorted(groups.items(), key=lambda kv: str(kv[0])):
         name = "".join(
             c if c.isalnum() or c in "-_." else "_" for c in f"nmi_{dataset}_{shots}shot_{backbone}"

@@ -6,7 +6,10 @@ Visual prompts are inserted right after the ``num_prefix_tokens`` prefix tokens,
 by blocks and by ``finalize`` is ``[prefix, prompts, patches]``.
 
 A text tower turns token ids into features through ``embed_tokens`` -> ``encode_embeddings``, which lets
-text-prompt methods replace some token embeddings by learned context vectors.
+text-prompt methods replace some token embeddings by learned context vectors. Towers with
+``supports_deep_prompts`` also take ``deep=[p_1, ..., p_{J-1}]`` in ``encode_embeddings``: learned tokens that
+overwrite the positions right after SOS at the input of text layers 1..J-1 (deep text prompts; layer 0's are
+the context embeddings), with pooling unchanged.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from vlprompt.errors import VlpromptError
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,17 @@ class VisionTower(nn.Module, abc.ABC):
         """The blocks as modules, for partial fine-tuning and forward hooks."""
         ...
 
+    def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The per-token norm ``embed`` applies last (CLIP's ln_pre), for tokens inserted before it.
+
+        IVLP, MaPLe and PromptSRC append their first-layer vision prompts before ln_pre, so those prompts pass
+        through it; since the norm acts per token, applying it to them alone is exact.
+        """
+        raise VlpromptError(
+            f"{type(self).__name__} does not expose its pre-norm; vision-language deep prompts (ivlp, maple, "
+            "promptsrc) need a CLIP image tower (open_clip, hf or world:clip)."
+        )
+
     @abc.abstractmethod
     def finalize(self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False) -> torch.Tensor:
         """Tokens after the last block -> features [B, feature_dim].
@@ -77,6 +93,7 @@ class TextTower(nn.Module, abc.ABC):
     width: int  # token embedding width
     context_length: int
     feature_dim: int
+    supports_deep_prompts: bool = False  # encode_embeddings takes ``deep`` (see the module docstring)
 
     @abc.abstractmethod
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:

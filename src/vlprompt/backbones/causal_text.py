@@ -13,11 +13,40 @@ Architecture adapters (open_clip, transformers) supply the per-layer pieces; the
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import TextTower
+
+DeepPrompts = Sequence[torch.Tensor]  # one [n_ctx, width] tensor per text layer 1..J-1
+
+
+def insert_deep_prompt(index: int, hidden: torch.Tensor, deep: DeepPrompts | None) -> torch.Tensor:
+    """Hidden states entering layer ``index`` with positions 1..n replaced by that layer's deep prompt.
+
+    Layer 0 takes its prompts from the embeddings; layer i >= 1 takes ``deep[i - 1]`` when there is one. The
+    previous layer's outputs at those positions are discarded (MaPLe / IVLP ``text_layer`` blocks).
+    """
+    if not deep or index == 0 or index > len(deep):
+        return hidden
+    tokens = deep[index - 1].to(hidden.dtype)
+    tokens = tokens.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+    return torch.cat([hidden[:, :1], tokens, hidden[:, 1 + tokens.shape[1] :]], dim=1)
+
+
+def check_deep_prompts(deep: DeepPrompts | None, num_layers: int, width: int, length: int) -> None:
+    """Deep prompts must fit: at most num_layers - 1 of them, each [n, width] with 1 + n <= sequence length."""
+    if not deep:
+        return
+    if len(deep) > num_layers - 1:
+        raise ValueError(f"{len(deep)} deep text prompts for a {num_layers}-layer text tower (at most {num_layers - 1})")
+    for tensor in deep:
+        if tensor.dim() != 2 or tensor.shape[1] != width or 1 + tensor.shape[0] > length:
+            raise ValueError(
+                f"deep text prompt of shape {tuple(tensor.shape)} does not fit [n <= {length - 1}, {width}]"
+            )
 
 
 def causal_mask(length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -75,6 +104,7 @@ class CausalTextTower(TextTower):
     """
 
     fast_paths_exact: bool = True
+    supports_deep_prompts: bool = True
 
     # ----- per-architecture pieces -----
     @property
@@ -99,44 +129,63 @@ class CausalTextTower(TextTower):
     def pool_project(self, pooled_hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and projection of the pooled hidden states [n, width] -> [n, feature_dim]."""
 
-    def encode_full(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    def encode_full(
+        self, embeddings: torch.Tensor, token_ids: torch.Tensor, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
         """The plain path over every position, as the library computes it (override for non-causal variants)."""
-        return self._encode_causal(embeddings, self.eot_positions(token_ids))
+        return self._encode_causal(embeddings, self.eot_positions(token_ids), deep)
 
-    def _encode_causal(self, embeddings: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    def _encode_causal(
+        self, embeddings: torch.Tensor, eot: torch.Tensor, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
         hidden = self.add_positions(embeddings)
         mask = causal_mask(hidden.shape[1], hidden.device, hidden.dtype)
         for index in range(self.num_layers):
-            hidden = self.run_layer(index, hidden, mask)
+            hidden = self.run_layer(index, insert_deep_prompt(index, hidden, deep), mask)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return self.pool_project(hidden[rows, eot.to(hidden.device)])
 
     # ----- shared control flow -----
     def encode_embeddings(
-        self, embeddings: torch.Tensor, token_ids: torch.Tensor, truncate: bool = True
+        self,
+        embeddings: torch.Tensor,
+        token_ids: torch.Tensor,
+        truncate: bool = True,
+        deep: DeepPrompts | None = None,
     ) -> torch.Tensor:
-        """Features from token embeddings; ``truncate`` cuts at the longest EOT + 1 (exact under causality)."""
+        """Features from token embeddings; ``truncate`` cuts at the longest EOT + 1 (exact under causality).
+
+        ``deep``: deep prompts for layers 1..len(deep), written over positions 1..n at each layer's input.
+        """
+        check_deep_prompts(deep, self.num_layers, self.width, embeddings.shape[1])
         if not (truncate and self.fast_paths_exact):
-            return self.encode_full(embeddings, token_ids)
+            return self.encode_full(embeddings, token_ids, deep)
         eot = self.eot_positions(token_ids)
-        return self._encode_causal(embeddings[:, : int(eot.max()) + 1], eot)
+        return self._encode_causal(embeddings[:, : int(eot.max()) + 1], eot, deep)
 
     def encode_shared_prefix(
-        self, prefix_embeddings: torch.Tensor, suffix_embeddings: torch.Tensor, suffix_token_ids: torch.Tensor
+        self,
+        prefix_embeddings: torch.Tensor,
+        suffix_embeddings: torch.Tensor,
+        suffix_token_ids: torch.Tensor,
+        deep: DeepPrompts | None = None,
     ) -> torch.Tensor:
         """Features of rows [prefix, suffix_i]: each prefix's hidden states are computed once, not once per row.
 
         prefix_embeddings: [P, width] shared by all n rows -> returns [n, feature_dim]; or [m, P, width], m
         prefixes each combined with every suffix -> returns [m, n, feature_dim].
         suffix_embeddings: [n, S, width]. suffix_token_ids: [n, P+S], the full ids (prefix slots included) that
-        locate the pooled token. Equals ``encode_embeddings(cat([prefix, suffix_i]), ids_i)`` for every pair.
+        locate the pooled token. Equals ``encode_embeddings(cat([prefix, suffix_i]), ids_i, deep=deep)`` for
+        every pair. Deep prompts sit inside the prefix, so it runs them once per layer too.
         """
         grouped = prefix_embeddings.dim() == 3
         prefixes = prefix_embeddings if grouped else prefix_embeddings.unsqueeze(0)
         groups, prefix_length = prefixes.shape[0], prefixes.shape[1]
         n = suffix_embeddings.shape[0]
+        check_deep_prompts(deep, self.num_layers, self.width, prefix_length + suffix_embeddings.shape[1])
         eot = self.eot_positions(suffix_token_ids).to(suffix_embeddings.device)
-        if not self.fast_paths_exact or int(eot.min()) < prefix_length:
+        deep_length = 1 + max((int(t.shape[0]) for t in deep), default=0) if deep else 0
+        if not self.fast_paths_exact or int(eot.min()) < prefix_length or prefix_length < deep_length:
             full = torch.cat(
                 [
                     prefixes.unsqueeze(1).expand(groups, n, -1, -1),
@@ -145,7 +194,7 @@ class CausalTextTower(TextTower):
                 dim=2,
             ).flatten(0, 1)
             ids = suffix_token_ids[:, : full.shape[1]].repeat(groups, 1)
-            features = self.encode_embeddings(full, ids).unflatten(0, (groups, n))
+            features = self.encode_embeddings(full, ids, deep=deep).unflatten(0, (groups, n))
             return features if grouped else features[0]
         suffix = self.add_positions(
             suffix_embeddings[:, : int(eot.max()) + 1 - prefix_length], start=prefix_length
@@ -154,6 +203,7 @@ class CausalTextTower(TextTower):
         prefix = self.add_positions(prefixes)
         prefix_mask = causal_mask(prefix_length, prefix.device, prefix.dtype)
         for index in range(self.num_layers):
+            prefix = insert_deep_prompt(index, prefix, deep)
             # the suffixes read the prefix's input to this layer, so update them first
             suffix = self.run_layer_after_prefix(index, suffix, prefix)
             if index + 1 < self.num_layers:

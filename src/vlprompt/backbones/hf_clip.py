@@ -43,6 +43,9 @@ class HFClipVisionTower(VisionTower):
         self.patch_size = int(config.patch_size)
         self.feature_dim = int(self.visual_projection.out_features)
 
+    def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.vision_model.pre_layrnorm(tokens)
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.vision_model.embeddings(images, interpolate_pos_encoding=False)
         return self.vision_model.pre_layrnorm(tokens)

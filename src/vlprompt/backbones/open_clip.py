@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
-from vlprompt.backbones.causal_text import CausalTextTower, attend_with_prefix, causal_mask
+from vlprompt.backbones.causal_text import (
+    CausalTextTower,
+    DeepPrompts,
+    attend_with_prefix,
+    causal_mask,
+    insert_deep_prompt,
+)
 from vlprompt.backbones.timm_vit import pool_tokens
 from vlprompt.errors import VlpromptError
 
@@ -61,6 +67,9 @@ class OpenClipVisionTower(VisionTower):
         self.patch_size = int(visual.conv1.kernel_size[0])
         self.feature_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.width
         self._batch_first = bool(getattr(visual.transformer, "batch_first", False))
+
+    def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.visual.ln_pre(tokens)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         visual = self.visual
@@ -232,7 +241,9 @@ class OpenClipTextTower(CausalTextTower):
         additive.masked_fill_(~key_mask, float("-inf"))
         return additive.repeat_interleave(self.heads, 0)
 
-    def encode_full(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    def encode_full(
+        self, embeddings: torch.Tensor, token_ids: torch.Tensor, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
         hidden = embeddings.to(self._cast_dtype())
         n, seq_len = hidden.shape[0], hidden.shape[1]
         if self.cls_emb is not None:
@@ -246,7 +257,7 @@ class OpenClipTextTower(CausalTextTower):
             mask = padding if mask is None else mask.unsqueeze(0) + padding
         hidden = hidden + self.positional_embedding[:seq_len].to(hidden.dtype)
         for index in range(self.num_layers):
-            hidden = self.run_layer(index, hidden, mask)
+            hidden = self.run_layer(index, insert_deep_prompt(index, hidden, deep), mask)
         rows = torch.arange(n, device=hidden.device)
         return self.pool_project(hidden[rows, self.eot_positions(token_ids).to(hidden.device)])
 

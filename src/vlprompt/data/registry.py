@@ -1,6 +1,7 @@
 """Dataset names -> loaders. A loader takes (root=None, **options) and returns a TaskData."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,7 @@ from vlprompt.registry import Registry
 DATASETS: Registry[Callable[..., TaskData]] = Registry("dataset")
 
 # Modules whose import registers datasets; imported lazily so `import vlprompt` stays light.
-_PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.formats.catalog")
+_PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.formats.catalog", "vlprompt.data.vtab_stages")
 
 
 def register_dataset(name: str):
@@ -28,8 +29,11 @@ def _import_providers() -> None:
 
 
 def load_dataset(name: str, root: str | None = None, **options: Any) -> TaskData:
+    """Load by name; the task's meta records how (``meta["source"]``), so a run folder can name its data."""
     _import_providers()
-    return DATASETS.get(name)(root=root, **options)
+    task = DATASETS.get(name)(root=root, **options)
+    return dataclasses.replace(task, meta={**task.meta, "source": {"dataset": name, "root": root,
+                                                                   "options": dict(options)}})
 
 
 def list_datasets() -> list[str]:

@@ -5,7 +5,10 @@ import importlib
 
 from vlprompt.methods.base import METHODS, PromptMethod, create_method, register_method
 
-_MODULES = ("zeroshot", "linear", "vpt", "spt", "finetune", "coop", "cocoop", "prograd", "kgcoop", "mocoop")
+_MODULES = (
+    "zeroshot", "linear", "vpt", "spt", "finetune", "coop", "cocoop", "prograd", "kgcoop", "mocoop",
+    "ivlp", "maple", "promptsrc",
+)
 
 
 def import_all() -> None:

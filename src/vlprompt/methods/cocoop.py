@@ -6,7 +6,7 @@ at most ``prompts_per_call`` prompts and, under autograd, recomputed in backward
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
@@ -22,14 +22,25 @@ from vlprompt.prompts.text import CLASS_POSITIONS
 
 @dataclass
 class CoCoOpConfig:
-    """CoCoOp's defaults follow the paper (4 context tokens from "a photo of a"); ``n_ctx``, ``ctx_init`` and
-    ``class_position`` mean what they mean for CoOp. ``prompts_per_call``: images × classes sent through the
-    text encoder in one call."""
+    """CoCoOp's options; defaults follow the paper (4 context tokens from "a photo of a"). Each field's help
+    says what it does (``vlprompt list methods --options cocoop``)."""
 
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"
-    class_position: str = "end"
-    prompts_per_call: int = 2048
+    n_ctx: int = field(
+        default=4,
+        metadata={"help": "learned context tokens M (as CoOp: ignored when ctx_init gives words)"},
+    )
+    ctx_init: str = field(
+        default="a photo of a",
+        metadata={"help": "words the context starts from, 'template', or '' for N(0, 0.02) (as CoOp)"},
+    )
+    class_position: str = field(
+        default="end",
+        metadata={"help": "where the class name sits: end | middle | front"},
+    )
+    prompts_per_call: int = field(
+        default=2048,
+        metadata={"help": "images x classes sent through the text encoder in one call (bounds memory)"},
+    )
 
     def __post_init__(self) -> None:
         check_range("CoCoOpConfig", "n_ctx", self.n_ctx, 1, 76)

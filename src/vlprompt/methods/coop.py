@@ -4,7 +4,7 @@ ProGrad and KgCoOp are CoOp plus one loss term each, so they subclass this file'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -29,24 +29,41 @@ TEMPLATE_INIT = "template"
 
 @dataclass
 class CoOpConfig:
-    """CoOp's options.
+    """CoOp's options; each field's help says what it does (``vlprompt list methods --options coop``)."""
 
-    ``n_ctx``: learned context tokens M (ignored when ``ctx_init`` gives words: M is then their token count).
-    ``ctx_init``: words to start from (e.g. "a photo of a"), "template" for the task's hand-crafted template
-    (its words before the class name become the context, its text after it the suffix), or "" for N(0, 0.02).
-    ``class_specific``: one context per class (CSC); it cannot move to other classes.
-    ``class_position``: where the class name sits: end | middle | front.
-    ``class_chunk``: class prompts per text-encoder call (bounds memory for many classes).
-    ``text_loss_weight``: optional LASP-style text-to-text loss (soft class features classified among the
-    hand-crafted features of all templates); 0 turns it off.
-    """
-
-    n_ctx: int = 16
-    ctx_init: str = ""
-    class_specific: bool = False
-    class_position: str = "end"
-    class_chunk: int = 256
-    text_loss_weight: float = 0.0
+    n_ctx: int = field(
+        default=16,
+        metadata={"help": (
+            "learned context tokens M (ignored when ctx_init gives words: M is then their token count)"
+        )},
+    )
+    ctx_init: str = field(
+        default="",
+        metadata={"help": (
+            "words to start from (e.g. 'a photo of a'); 'template' for the task's hand-crafted template "
+            "(its words before the class name become the context, its text after it the suffix); '' for "
+            "N(0, 0.02)"
+        )},
+    )
+    class_specific: bool = field(
+        default=False,
+        metadata={"help": "one context per class (CSC); it cannot move to other classes"},
+    )
+    class_position: str = field(
+        default="end",
+        metadata={"help": "where the class name sits: end | middle | front"},
+    )
+    class_chunk: int = field(
+        default=256,
+        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+    )
+    text_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": (
+            "weight of an optional LASP-style text-to-text loss (soft class features classified among "
+            "the hand-crafted features of all templates); 0 turns it off"
+        )},
+    )
 
     def __post_init__(self) -> None:
         where = type(self).__name__

@@ -8,7 +8,7 @@ weights: that is what these baselines train, and why prompt methods are cheaper 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -28,9 +28,9 @@ class FinetuneConfig:
 
 @dataclass
 class PartialConfig:
-    """``k``: how many of the last blocks train (with the head); the blocks before them stay frozen."""
+    """Partial fine-tuning: the last k blocks and the head train; the blocks before them stay frozen."""
 
-    k: int = 1
+    k: int = field(default=1, metadata={"help": "how many of the last blocks train (with the head)"})
 
     def __post_init__(self) -> None:
         check_range("PartialConfig", "k", self.k, 1)

@@ -1,7 +1,7 @@
 """KgCoOp: CoOp with a pull of each learned class feature towards its hand-crafted feature."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vlprompt.config_utils import check_range
 from vlprompt.losses import kg_distance
@@ -11,9 +11,12 @@ from vlprompt.methods.coop import CoOp, CoOpConfig
 
 @dataclass
 class KgCoOpConfig(CoOpConfig):
-    """``weight``: w in L = L_ce + w·(1 − mean_c cos(t_c, t_c^hand)); the paper uses 8."""
+    """KgCoOp: CoOp's options plus the weight of the knowledge-guided text loss."""
 
-    weight: float = 8.0
+    weight: float = field(
+        default=8.0,
+        metadata={"help": "w in L = L_ce + w·(1 − mean_c cos(t_c, t_c^hand)); the paper uses 8"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -15,9 +15,14 @@ from vlprompt.methods.base import PromptMethod, register_method
 
 @dataclass
 class LinearConfig:
-    """``normalize``: L2-normalise features before the head (useful for CLIP features, off as in VPT's table)."""
+    """Linear probe options."""
 
-    normalize: bool = False
+    normalize: bool = field(
+        default=False,
+        metadata={"help": (
+            "L2-normalise features before the head (useful for CLIP features; off as in VPT's table)"
+        )},
+    )
 
 
 @register_method("linear")

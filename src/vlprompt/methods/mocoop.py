@@ -30,17 +30,31 @@ from vlprompt.prompts.text import EvalCache, hand_crafted_features
 
 @dataclass
 class MoCoOpConfig:
-    """``groups``: names of the label space's template groups to use as experts (empty: all of them).
-    ``top_k``: experts mixed per image. ``lambda_text`` / ``lambda_gate``: λ1 / λ2 (reference: 5 and 1).
-    ``gate_prototype``: "class" (ground-truth class prototype, reference code) or "mean" (over classes).
-    ``class_chunk``: class prompts per text-encoder call."""
+    """Mixture of prompt experts; each field's help says what it does (``vlprompt list methods --options
+    mocoop``)."""
 
-    groups: list[str] = field(default_factory=list)
-    top_k: int = 2
-    lambda_text: float = 5.0
-    lambda_gate: float = 1.0
-    gate_prototype: str = "class"
-    class_chunk: int = 256
+    groups: list[str] = field(
+        default_factory=list,
+        metadata={"help": (
+            "names of the label space's template groups to use as experts (empty: all of them)"
+        )},
+    )
+    top_k: int = field(default=2, metadata={"help": "experts mixed per image"})
+    lambda_text: float = field(
+        default=5.0,
+        metadata={"help": "λ1, weight of the text-alignment loss (reference: 5)"},
+    )
+    lambda_gate: float = field(default=1.0, metadata={"help": "λ2, weight of the gate loss (reference: 1)"})
+    gate_prototype: str = field(
+        default="class",
+        metadata={"help": (
+            "'class' (ground-truth class prototype, as the reference code) or 'mean' (over classes)"
+        )},
+    )
+    class_chunk: int = field(
+        default=256,
+        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+    )
 
     def __post_init__(self) -> None:
         check_range("MoCoOpConfig", "top_k", self.top_k, 1)

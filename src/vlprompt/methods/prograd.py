@@ -7,7 +7,7 @@ on the gradients of the whole optimizer step (all micro-batches of grad_accum, a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,11 +19,18 @@ from vlprompt.methods.coop import CoOp, CoOpConfig
 
 @dataclass
 class ProGradConfig(CoOpConfig):
-    """``lam``: how much of the conflicting gradient component is removed (1 = ProGrad, 0 = plain CoOp);
-    ``temperature``: softmax temperature of the KL to the zero-shot prediction (1 in the paper)."""
+    """ProGrad: CoOp's options plus how the prompt-aligned gradient is taken."""
 
-    lam: float = 1.0
-    temperature: float = 1.0
+    lam: float = field(
+        default=1.0,
+        metadata={"help": (
+            "how much of the conflicting gradient component is removed (1 = ProGrad, 0 = plain CoOp)"
+        )},
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "softmax temperature of the KL to the zero-shot prediction (1 in the paper)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

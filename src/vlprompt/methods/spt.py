@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,17 +26,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SPTConfig(VPTConfig):
-    """``init`` picks the prototype strategy; ``token_budget`` bounds the tokens kept per insertion point
-    (memory = depth x token_budget x d whatever the training-set size); ``init_batch_size`` is the batch of the
-    collection pass (the pooling/sampling strategies use one random such batch); ``kmeans_*`` tune the
-    mini-batch k-means (iterations, mini-batch size, full Lloyd passes afterwards)."""
+    """SPT: VPT's options plus how the prompt prototypes are collected and clustered. The token budget
+    bounds memory (depth x token_budget x d) whatever the training-set size."""
 
-    init: str = "kmeans"
-    token_budget: int = 50000
-    init_batch_size: int = 64
-    kmeans_iterations: int = 50
-    kmeans_batch_size: int = 1024
-    kmeans_refine: int = 20
+    init: str = field(
+        default="kmeans",
+        metadata={"help": (
+            "prototype strategy: kmeans (the paper's best) | mean_pool | max_pool | random_sample"
+        )},
+    )
+    token_budget: int = field(
+        default=50000,
+        metadata={"help": "tokens kept per insertion point for the prototypes (memory = depth x budget x d)"},
+    )
+    init_batch_size: int = field(
+        default=64,
+        metadata={"help": (
+            "batch of the collection pass (pooling/sampling strategies use one random such batch)"
+        )},
+    )
+    kmeans_iterations: int = field(default=50, metadata={"help": "mini-batch k-means iterations"})
+    kmeans_batch_size: int = field(default=1024, metadata={"help": "mini-batch k-means batch size (tokens)"})
+    kmeans_refine: int = field(
+        default=20,
+        metadata={"help": "full Lloyd passes after the mini-batch k-means"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,7 +112,6 @@ class SelfPromptMethod(VisualPromptMethod):
 
     def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
         self.initialize_prompts(train_dataset, trainer.device, trainer.config.seed)
-        super().setup(train_dataset, trainer)
 
 
 @register_method("spt-shallow")

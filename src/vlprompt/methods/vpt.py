@@ -7,16 +7,15 @@ SPT (methods/spt.py) is this same model with prompts initialised from the data's
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from vlprompt.analysis.nmi import NORMALIZATIONS, method_nmi, nmi_record
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_choice, check_range
-from vlprompt.data.base import ImageDataset, LabelSpace
+from vlprompt.config_utils import check_range
+from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
 from vlprompt.prompts.visual import VisualPrompts, prompted_forward
@@ -26,18 +25,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VPTConfig:
-    """``num_tokens`` p per insertion point; ``dropout`` None means VPT's defaults (0.1 deep, 0 shallow);
-    ``projection_dim`` k learns prompts at width k mapped to d by a Linear; ``pool_prompts`` says whether prompt
-    tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS readouts ignore it);
-    ``nmi_every`` logs per-block NMI every that many steps on ``nmi_images`` fixed training images (0: off)."""
+    """VPT's options; each field's help says what it does (``vlprompt list methods --options vpt-deep``).
+    Per-block NMI during training is a trainer callback (analysis/nmi.py NMICallback), not a method option; a
+    run config builds it from ``method_options.nmi_every`` / ``nmi_images`` / ``nmi_normalization``."""
 
-    num_tokens: int = 10
-    dropout: float | None = None
-    projection_dim: int | None = None
-    pool_prompts: bool = True
-    nmi_every: int = 0
-    nmi_images: int = 16
-    nmi_normalization: str = "min"
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens p per insertion point"})
+    dropout: float | None = field(
+        default=None,
+        metadata={"help": "dropout on the prompts; unset means VPT's defaults (0.1 deep, 0 shallow)"},
+    )
+    projection_dim: int | None = field(
+        default=None,
+        metadata={"help": (
+            "learn prompts at width k, mapped to the backbone's width d by a Linear (unset: at d)"
+        )},
+    )
+    pool_prompts: bool = field(
+        default=True,
+        metadata={"help": (
+            "whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS "
+            "readouts ignore it)"
+        )},
+    )
 
     def __post_init__(self) -> None:
         where = type(self).__name__
@@ -52,9 +61,6 @@ class VPTConfig:
             raise ConfigError(
                 f"{where}.projection_dim = {self.projection_dim}: use a positive width or leave it unset."
             )
-        check_range(where, "nmi_every", self.nmi_every, 0)
-        check_range(where, "nmi_images", self.nmi_images, 1)
-        check_choice(where, "nmi_normalization", self.nmi_normalization, NORMALIZATIONS)
 
 
 class VisualPromptMethod(PromptMethod):
@@ -77,7 +83,6 @@ class VisualPromptMethod(PromptMethod):
             patch_size=visual.patch_size,
         )
         self.head = nn.Linear(visual.feature_dim, labels.num_classes)
-        self._nmi_probe: torch.Tensor | None = None
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return prompted_forward(self.visual, self.prompts, images, pool_prompts=self.config.pool_prompts)
@@ -85,21 +90,6 @@ class VisualPromptMethod(PromptMethod):
     def forward(self, batch: dict) -> dict:
         logits = self.head(self.encode(batch["image"]))
         return {"loss": self.cross_entropy(logits, batch), "logits": logits}
-
-    # ----- trainer hooks: NMI logging on a fixed probe batch -----
-    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
-        if self.config.nmi_every > 0:
-            count = min(self.config.nmi_images, len(train_dataset))
-            self._nmi_probe = torch.stack([train_dataset[i][0] for i in range(count)])
-            self._log_nmi(0, trainer)
-
-    def on_step_end(self, step: int, trainer: Any) -> None:
-        if self.config.nmi_every > 0 and self._nmi_probe is not None and step % self.config.nmi_every == 0:
-            self._log_nmi(step, trainer)
-
-    def _log_nmi(self, step: int, trainer: Any) -> None:
-        values = method_nmi(self, self._nmi_probe, self.config.nmi_normalization)
-        trainer.log_metrics({"step": step, **nmi_record(values)})
 
 
 @register_method("vpt-shallow")

@@ -6,7 +6,7 @@ the teacher of ProGrad and the anchor of KgCoOp, so they are computed here once 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -70,9 +70,12 @@ class ClipMethod(PromptMethod):
 
 @dataclass
 class ZeroShotConfig:
-    """``class_chunk``: class prompts per text-encoder call (bounds memory for many classes)."""
+    """Zero-shot CLIP options."""
 
-    class_chunk: int = 256
+    class_chunk: int = field(
+        default=256,
+        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+    )
 
 
 @register_method("zeroshot")

@@ -46,15 +46,19 @@ def _supports_shared_prefix(text: TextTower) -> bool:
     return bool(getattr(text, "fast_paths_exact", False)) and callable(getattr(text, "encode_shared_prefix", None))
 
 
-def encode_text_embeddings(text: TextTower, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+def encode_text_embeddings(
+    text: TextTower, embeddings: torch.Tensor, token_ids: torch.Tensor, deep: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
     """THE text-encoder call: token embeddings [n, L, w] + ids [n, L] -> features [n, D] (not normalised).
 
     CLIP's text transformer is causal, so the pooled EOT output depends only on the tokens up to the EOT;
     when the adapter offers the exact ``truncate`` path, sequences are cut at the longest EOT of the batch.
+    ``deep``: deep text prompts for layers 1..len(deep) (prompts/deep_text.py), on towers that support them.
     """
+    options = {"deep": deep} if deep else {}
     if _has_parameter(text.encode_embeddings, "truncate"):
-        return text.encode_embeddings(embeddings, token_ids, truncate=True)
-    return text.encode_embeddings(embeddings, token_ids)
+        return text.encode_embeddings(embeddings, token_ids, truncate=True, **options)
+    return text.encode_embeddings(embeddings, token_ids, **options)
 
 
 def end_token_positions(text: TextTower, token_ids: torch.Tensor) -> torch.Tensor:
@@ -252,7 +256,9 @@ class ContextPrompt(nn.Module):
         self.register_buffer("eot", layout.eot.to(device), persistent=False)
         self.register_buffer("base", text.embed_tokens(self.token_ids).detach(), persistent=False)
 
-    def _encode_chunk(self, text: TextTower, ctx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _encode_chunk(
+        self, text: TextTower, ctx: torch.Tensor, start: int, stop: int, deep: tuple[torch.Tensor, ...] = ()
+    ) -> torch.Tensor:
         """Features of classes [start, stop) for context ``ctx`` [*, 1 or C, M, w] -> [*, stop-start, D]."""
         if self.class_specific:
             ctx = ctx[..., start:stop, :, :]
@@ -264,7 +270,8 @@ class ContextPrompt(nn.Module):
         batch_shape = ctx.shape[:-3]
         if self._prefix_path(text, ctx):
             prefix = torch.cat([base[0, :1], ctx[0].to(base.dtype)])
-            return text.encode_shared_prefix(prefix, base[:, 1 + self.n_ctx :], ids)
+            options = {"deep": deep} if deep else {}
+            return text.encode_shared_prefix(prefix, base[:, 1 + self.n_ctx :], ids, **options)
         padded = torch.cat([ctx, ctx.new_zeros(*ctx.shape[:-2], 1, width)], dim=-2)
         padded = padded.expand(*batch_shape, count, self.n_ctx + 1, width)
         index = slot.expand(*batch_shape, count, length).unsqueeze(-1).expand(*batch_shape, count, length, width)
@@ -272,7 +279,7 @@ class ContextPrompt(nn.Module):
         embeddings = torch.where((slot < self.n_ctx).unsqueeze(-1), filled.to(base.dtype), base)
         flat = embeddings.reshape(-1, length, width)
         flat_ids = ids.expand(*batch_shape, count, length).reshape(-1, length)
-        features = encode_text_embeddings(text, flat, flat_ids)
+        features = encode_text_embeddings(text, flat, flat_ids, deep)
         return features.reshape(*batch_shape, count, features.shape[-1])
 
     def _prefix_path(self, text: TextTower, ctx: torch.Tensor) -> bool:
@@ -285,24 +292,38 @@ class ContextPrompt(nn.Module):
             and _supports_shared_prefix(text)
         )
 
-    def forward(self, text: TextTower, bias: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text: TextTower,
+        bias: torch.Tensor | None = None,
+        chunk: int | None = None,
+        deep: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
         """Normalised class features: [C, D], or [B, C, D] with a per-image ``bias`` [B, w] (CoCoOp).
 
         Classes go through the encoder ``chunk`` at a time; under autograd with several chunks each chunk is
         recomputed in backward (activation checkpointing), so memory stays bounded for many classes.
+        ``deep``: deep text prompts [n_ctx, w] for text layers 1..len(deep), over the context positions.
         """
+        deep = tuple(deep)
+        if deep and not (self.position == "end" and getattr(text, "supports_deep_prompts", False)):
+            raise ConfigError(
+                "Deep text prompts sit right after SOS: they need class_position 'end' and a text tower that "
+                f"supports them ({type(text).__name__} does not, or class_position is {self.position!r})."
+            )
         ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0)
         if bias is not None:
             ctx = ctx.unsqueeze(0) + bias[:, None, None, :].to(ctx.dtype)
         chunk = chunk or self.class_chunk
         bounds = [(s, min(s + chunk, self.num_classes)) for s in range(0, self.num_classes, chunk)]
-        use_checkpoint = len(bounds) > 1 and torch.is_grad_enabled() and ctx.requires_grad
+        trained = ctx.requires_grad or any(t.requires_grad for t in deep)
+        use_checkpoint = len(bounds) > 1 and torch.is_grad_enabled() and trained
         parts = []
         for start, stop in bounds:
             if use_checkpoint:
-                parts.append(checkpoint(self._encode_chunk, text, ctx, start, stop, use_reentrant=False))
+                parts.append(checkpoint(self._encode_chunk, text, ctx, start, stop, deep, use_reentrant=False))
             else:
-                parts.append(self._encode_chunk(text, ctx, start, stop))
+                parts.append(self._encode_chunk(text, ctx, start, stop, deep))
         return nn.functional.normalize(torch.cat(parts, dim=-2).float(), dim=-1)
 
 

@@ -46,6 +46,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     resume: bool = True
     progress: bool = True
+    # TensorBoard event files under <out>/tensorboard beside metrics.jsonl (needs vlprompt[tensorboard]).
+    tensorboard: bool = False
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:

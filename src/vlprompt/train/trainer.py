@@ -30,15 +30,14 @@ from vlprompt.data.features import encode_dataset
 from vlprompt.data.loading import BatchLoader, workers_for
 from vlprompt.data.transforms import eval_transform, train_transform
 from vlprompt.errors import VlpromptError
-from vlprompt.io_utils import append_jsonl, check_writable_dir
+from vlprompt.io_utils import check_writable_dir
+from vlprompt.run_dir import RunDir, mismatch_error
 from vlprompt.seeding import derived_seed, rng_state, set_rng_state
+from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
 from vlprompt.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-RESUME_NAME = "resume.pt"
-METRICS_NAME = "metrics.jsonl"
 
 
 @dataclass
@@ -108,12 +107,23 @@ class _ImageSource:
 
 
 class Trainer:
-    """Fits one method on one task. ``out_dir`` (optional) receives metrics, the resume state and prompts."""
+    """Fits one method on one task. ``out_dir`` (optional) receives metrics, the resume state and prompts;
+    ``callbacks`` observe the loop (train/callbacks.py), and ``config.tensorboard`` adds a TensorBoard one.
 
-    def __init__(self, method, config: TrainConfig | None = None, out_dir: str | Path | None = None) -> None:
+    ``fingerprint`` is the result-defining fields of the run (run_dir.fingerprint_fields), given by a caller
+    that owns the run folder's config.json and results (run_experiment). Without it (the Python API) the
+    trainer writes the same config.json the CLI writes, from the method, the training config and the task, so
+    that ``vlprompt eval`` reads the folder, and removes the resume state once the prompts are written.
+    """
+
+    def __init__(self, method, config: TrainConfig | None = None, out_dir: str | Path | None = None,
+                 callbacks: list[Callback] | tuple[Callback, ...] = (), fingerprint: dict | None = None) -> None:
         self.method = method
         self.config = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_dir = RunDir(self.out_dir) if self.out_dir is not None else None
+        self.fingerprint = fingerprint
+        self.owns_folder = fingerprint is None
         self.device = distributed.resolve_device(self.config.device)
         self.rank = distributed.rank()
         self.world_size = distributed.world_size()
@@ -125,14 +135,17 @@ class Trainer:
         self.history: list[dict] = []
         if self.out_dir is not None and self.is_main:
             check_writable_dir(self.out_dir)
+        self.callbacks = CallbackList([*callbacks, *config_callbacks(self.config, self.out_dir)])
 
     # ----- hooks' helpers -----
     def log_metrics(self, record: dict) -> None:
-        """Append a record to metrics.jsonl (rank 0 only) and to the in-memory history."""
+        """Append a record to metrics.jsonl (rank 0 only) and to the in-memory history, then pass it to the
+        callbacks' ``on_log``."""
         record = {"step": self.step, "epoch": self.epoch, **record}
         self.history.append(record)
-        if self.out_dir is not None and self.is_main:
-            append_jsonl(self.out_dir / METRICS_NAME, record)
+        if self.run_dir is not None and self.is_main:
+            self.run_dir.append_metric(record)
+        self.callbacks.on_log(self, dict(record))
 
     # ----- data -----
     def _features(self, dataset: ImageDataset, transform, name: str, views: int = 1) -> torch.Tensor:
@@ -167,16 +180,29 @@ class Trainer:
 
     # ----- the loop -----
     def fit(self, task: TaskData) -> FitResult:
+        if self.run_dir is None or not self.is_main or not self.owns_folder:
+            return self._fit(task)
+        with self.run_dir.lock():
+            self.fingerprint = self.run_dir.start_api_run(self.method, self.config, task)
+            return self._fit(task)
+
+    def _fit(self, task: TaskData) -> FitResult:
         config = self.config
         method = self.method.to(self.device)
         started = time.perf_counter()
         preprocess = method.backbone.preprocess
         if hasattr(method, "setup"):
             method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+        self.callbacks.on_fit_start(self, task)
         params = [p for p in method.trainable_parameters()]
         if not params or config.epochs == 0:
+            # Nothing to train (zero-shot) or nothing asked (epochs=0): the checkpoint holds what exists (no
+            # tensors, or the initial values), so the folder evaluates like any other.
             val = self.evaluate(task.val) if task.val is not None else None
-            return FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
+            self._save_final(val)
+            result = FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
+            self.callbacks.on_fit_end(self, result)
+            return result
 
         source = self._train_source(task.train)
         n = len(source)
@@ -189,12 +215,14 @@ class Trainer:
         base_lr = config.effective_lr(self.world_size)
 
         start_epoch, start_micro, best = 0, 0, (-1.0, None)
-        resume_path = self.out_dir / RESUME_NAME if self.out_dir is not None else None
-        if resume_path is not None and config.resume:
-            state = load_resume_state(resume_path)
-            if state is not None:
-                start_epoch, start_micro, best = self._restore(state, optimizer)
-                log.info("resumed from %s at epoch %d, batch %d", resume_path, start_epoch, start_micro)
+        resume_path = self.run_dir.resume if self.run_dir is not None else None
+        state = load_resume_state(resume_path) if resume_path is not None and config.resume else None
+        if state is not None:
+            start_epoch, start_micro, best = self._restore(state, optimizer)
+            log.warning("resuming from step %d (epoch %d, batch %d) of the run in '%s'", self.step,
+                        start_epoch + 1, start_micro, self.out_dir)
+        if self.run_dir is not None and self.is_main:
+            self.run_dir.rewrite_metrics(self.history)  # one history: the restored one, or none
 
         method.train()
         accum_count = 0
@@ -225,6 +253,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if hasattr(method, "on_step_end"):
                     method.on_step_end(self.step, self)
+                self.callbacks.on_step_end(self, self.step)
                 if self.step % config.log_every == 0:
                     loss_mean = distributed.sum_scalar(loss_value) / self.world_size
                     self.log_metrics({"loss": loss_mean, "lr": optimizer.param_groups[0]["lr"]})
@@ -235,8 +264,10 @@ class Trainer:
                 accuracy = self.evaluate(task.val)
                 method.train()
                 self.log_metrics({"val_accuracy": accuracy})
+                self.callbacks.on_eval(self, epoch, accuracy)
                 if config.select == "best_val" and accuracy > best[0]:
                     best = (accuracy, copy.deepcopy(method.trainable_state_dict()))
+            self.callbacks.on_epoch_end(self, epoch)
             self._save_resume(resume_path, optimizer, epoch + 1, 0, best)
         source.close()
 
@@ -250,11 +281,18 @@ class Trainer:
         val = best[0] if config.select == "best_val" and best[1] is not None else None
         if val is None and task.val is not None:
             val = next((r["val_accuracy"] for r in reversed(self.history) if "val_accuracy" in r), None)
-        if self.out_dir is not None and self.is_main:
-            save_prompts(method, self.out_dir, extra={"train_config": config.__dict__, "val_accuracy": val})
-            if resume_path is not None and resume_path.exists():
-                resume_path.unlink()
-        return FitResult(val, seconds, self.step, self.history, self.out_dir)
+        self._check_finite("the trained prompts")
+        self._save_final(val)
+        result = FitResult(val, seconds, self.step, self.history, self.out_dir)
+        self.callbacks.on_fit_end(self, result)
+        return result
+
+    def _save_final(self, val: float | None) -> None:
+        if self.run_dir is None or not self.is_main:
+            return
+        save_prompts(self.method, self.out_dir, extra={"train_config": self.config.__dict__, "val_accuracy": val})
+        if self.owns_folder:  # otherwise the caller removes it once results are written (RunDir.write_results)
+            self.run_dir.resume.unlink(missing_ok=True)
 
     def _accumulate(self, batch: dict, params: list, local_n: int, step_total: int) -> float:
         """Forward + backward of one micro-batch; each gradient part is added to its running sum weighted by
@@ -266,12 +304,7 @@ class Trainer:
             outputs = self.method(batch)
         loss = outputs["loss"]
         if loss is None or not torch.isfinite(loss.detach()).all():
-            raise VlpromptError(
-                f"The training loss became {None if loss is None else loss.item()} at step {self.step} (epoch "
-                f"{self.epoch + 1}) of method '{self.method.method_name}'. Lower the learning rate (now "
-                f"{config.lr}), use precision=fp32, or set max_grad_norm; the last saved resume state and earlier "
-                "files are untouched."
-            )
+            raise self._diverged(f"The training loss became {None if loss is None else loss.item()}")
         if hasattr(self.method, "grad_parts"):
             parts = self.method.grad_parts(outputs, params)
         else:
@@ -324,9 +357,23 @@ class Trainer:
         self.step += 1
 
     # ----- resume -----
+    def _diverged(self, what: str) -> VlpromptError:
+        return VlpromptError(
+            f"{what} at step {self.step} (epoch {self.epoch + 1}) of method '{self.method.method_name}'. Lower "
+            f"the learning rate (now train.lr={self.config.lr}), use precision=fp32, or set train.max_grad_norm. "
+            "Nothing non-finite was saved: the run folder keeps its last finite resume state. A changed lr is a "
+            "new config, so rerun it with --restart (same --out) or into a new --out."
+        )
+
+    def _check_finite(self, what: str) -> None:
+        for name, tensor in self.method.trainable_state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise self._diverged(f"Parameter '{name}' of {what} became non-finite")
+
     def _save_resume(self, path: Path | None, optimizer, epoch: int, micro: int, best) -> None:
         if path is None or not self.is_main:
             return
+        self._check_finite("the resume state")  # a poisoned state must never be what a rerun resumes from
         state = {
             "trainable": self.method.trainable_state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -337,14 +384,20 @@ class Trainer:
             "history": self.history,
             "best": best,
             "config": self.config.__dict__,
+            "fingerprint": self.fingerprint,
         }
         save_resume_state(path, state)
 
     def _restore(self, state: dict, optimizer) -> tuple[int, int, Any]:
-        if state.get("config", {}).get("seed") != self.config.seed:
+        stored = state.get("fingerprint")
+        if stored is None:  # a state written before fingerprints: the seed is all it can be checked by
+            stored = {**(self.fingerprint or {}), "train.seed": state.get("config", {}).get("seed")}
+        if self.fingerprint is not None and stored != self.fingerprint:
+            raise mismatch_error(self.out_dir, stored, self.fingerprint, finished=False, what=" (its resume state)")
+        if any(t.is_floating_point() and not torch.isfinite(t).all() for t in state["trainable"].values()):
             raise VlpromptError(
-                f"The resume state in '{self.out_dir}' belongs to a run with seed {state.get('config', {}).get('seed')}"
-                f", not {self.config.seed}. Use another output folder, or delete {RESUME_NAME} to start afresh."
+                f"The resume state '{self.run_dir.resume}' holds non-finite parameters (written by an older "
+                "version after the loss diverged). Rerun with --restart to start afresh."
             )
         named = dict(self.method.named_parameters())
         with torch.no_grad():

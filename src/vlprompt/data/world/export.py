@@ -7,6 +7,7 @@ renders (e.g. to 224 px, to measure decoding at the size a ViT-B/16 reads).
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 from PIL import Image
@@ -41,9 +42,13 @@ def _write_images(dataset: ImageDataset, folder: Path, names: list[str], by_clas
 
 
 def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder", per_class: int = 16,
-                      seed: int = 0, image_size: int | None = None, image_format: str = "png") -> Path:
+                      seed: int = 0, image_size: int | None = None, image_format: str = "png",
+                      overwrite: bool = False) -> Path:
     """Export ``world-<task>`` (or a full dataset name) to ``out``; returns the dataset root to pass as root=.
-    ``image_size`` (pixels, square) resizes every image; ``image_format`` is 'png' or 'jpeg'."""
+    ``image_size`` (pixels, square) resizes every image; ``image_format`` is 'png' or 'jpeg'.
+
+    A non-empty ``out`` is refused (two exports into one tree would merge their classes) unless ``overwrite``,
+    which removes it first."""
     if fmt not in FORMATS:
         raise ConfigError(f"export format = {fmt!r} is not allowed; choose one of {list(FORMATS)}.")
     if image_format not in IMAGE_FORMATS:
@@ -53,6 +58,14 @@ def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder",
         raise ConfigError(f"export image_size = {image_size} must be a positive number of pixels.")
     images = {"image_size": image_size, "image_format": image_format}
     name = task_name if task_name.startswith("world-") else f"world-{task_name}"
+    target = Path(out)
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"The export folder '{target}' is not empty; exporting into it would merge two tasks' classes and "
+                "files. Choose an empty or new --out, or pass --overwrite to replace its content."
+            )
+        shutil.rmtree(target)
     out = check_writable_dir(out, "export folder")
     if fmt == "imagefolder":
         task = load_dataset(name, train_per_class=per_class, val_per_class=max(per_class // 4, 1),

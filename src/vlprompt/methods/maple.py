@@ -1,0 +1,75 @@
+"""MaPLe: multi-modal prompt learning; the vision prompts of each of the first J layers are coupled to the text.
+
+Text prompts are the learned ones (deep text prompts, n tokens per layer for layers 0..J-1); the vision prompts of
+layer i are ``coupling_i(text prompt_i)`` with a per-layer Linear(d_txt -> d_vis). As in the official code, layer
+0's coupling is its own Linear and the couplings of layers 1..J-1 start as copies of one Linear (PyTorch's default
+init); the vision prompts enter the image tower like IVLP's (layer 0 through ln_pre). A depth beyond the text
+tower's layers prompts all of them (J = min(depth, text layers)); the image tower must have at least J blocks.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.config_utils import check_range
+from vlprompt.data.base import LabelSpace
+from vlprompt.errors import ConfigError
+from vlprompt.methods.base import register_method
+from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, DeepVLMethod
+from vlprompt.prompts.deep_text import clamp_depth
+
+
+@dataclass
+class MaPLeConfig:
+    """MaPLe's options (official: N_CTX, PROMPT_DEPTH, CTX_INIT): ``n_ctx`` tokens per layer in both towers,
+    ``depth`` J prompted layers in both (9 base-to-new, 3 cross-dataset / domain generalisation).
+    ``class_chunk``: class prompts per text-encoder call (bounds memory for many classes)."""
+
+    n_ctx: int = 2
+    depth: int = 9
+    ctx_init: str = "a photo of a"
+    class_chunk: int = 256
+
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        check_range(where, "n_ctx", self.n_ctx, 1, 76)
+        check_range(where, "depth", self.depth, 1)
+        check_range(where, "class_chunk", self.class_chunk, 1)
+
+    # the shared model reads the per-tower names
+    @property
+    def n_ctx_text(self) -> int:
+        return self.n_ctx
+
+    @property
+    def depth_text(self) -> int:
+        return self.depth
+
+
+@register_method("maple")
+class MaPLe(DeepVLMethod):
+    config_class = MaPLeConfig
+    train_defaults: ClassVar[dict[str, Any]] = dict(MULTIMODAL_RECIPE)
+
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: MaPLeConfig) -> None:
+        super().__init__(backbone, labels, config)
+        depth = clamp_depth(self.text_prompt.depth, self.visual.num_blocks, "vision")
+        if depth < self.text_prompt.depth:
+            raise ConfigError(
+                f"MaPLe couples every prompted text layer to an image block: depth {self.text_prompt.depth} needs "
+                f"that many image blocks, this image tower has {self.visual.num_blocks}. Lower depth."
+            )
+        text_width, vision_width = self.text.width, self.visual.width
+        device = self.text_prompt.context.ctx.device
+        first = nn.Linear(text_width, vision_width, device=device)
+        deeper = nn.Linear(text_width, vision_width, device=device)
+        self.coupling = nn.ModuleList([first] + [copy.deepcopy(deeper) for _ in range(depth - 1)])
+
+    def vision_prompts(self) -> list[torch.Tensor]:
+        text_prompts = self.text_prompt.layer_prompts()
+        return [layer(prompt) for layer, prompt in zip(self.coupling, text_prompts)]

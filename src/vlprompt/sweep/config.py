@@ -1,0 +1,180 @@
+"""The sweep config schema: a YAML grid validated into dataclasses, every unknown key named with its file."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlprompt.config_utils import build_config, check_choice, deep_merge, load_yaml_mapping
+from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.experiment import PROTOCOLS
+from vlprompt.methods import import_all, list_methods
+from vlprompt.methods.base import METHODS
+from vlprompt.train.config import TrainConfig
+
+SWEEP_PROTOCOLS = (*PROTOCOLS, "vtab")
+# RunConfig fields a grid may vary (the others are set by the sweep's own axes).
+GRID_ROOTS = ("backbone", "train", "method_options", "dataset_options")
+
+
+@dataclass
+class MethodEntry:
+    """One method of the grid, with its own options, training overrides and hyper-parameter grid."""
+
+    name: str
+    method_options: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    # How the method is named in report tables (default: the method name, plus the grid values).
+    label: str | None = None
+
+
+@dataclass
+class DatasetEntry:
+    """One dataset of the grid; ``protocols``/``shots``/``seeds`` override the sweep's for this dataset."""
+
+    dataset: str
+    root: str | None = None
+    options: dict = field(default_factory=dict)
+    protocols: list[str] | None = None
+    shots: list[int] | None = None
+    seeds: list[int] | None = None
+    # Domain shift: target datasets sharing the classes, each {"dataset": ..., "root": ..., "options": {...}}.
+    targets: list = field(default_factory=list)
+
+
+@dataclass
+class VtabConfig:
+    """VTAB-1k stages: the seed of the selection runs and the seeds of the final runs."""
+
+    select_seed: int = 1
+    final_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+
+@dataclass
+class SweepConfig:
+    """A grid of runs. ``all`` in ``methods`` stands for every registered method not listed with its own
+    settings. ``grid`` maps a dotted RunConfig field (``train.lr``, ``train.weight_decay``,
+    ``method_options.num_tokens``, ``backbone``...) to its values; a ``method_options`` key applies only to
+    the methods whose config has that field. The lr/256*batch rule is ``train: {scale_lr_by_batch: true}``."""
+
+    name: str = "sweep"
+    backbone: str = "world:clip"
+    methods: list = field(default_factory=list)
+    datasets: list = field(default_factory=list)
+    protocols: list[str] = field(default_factory=lambda: ["fewshot"])
+    shots: list[int] = field(default_factory=lambda: [16])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    train: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    vtab: dict = field(default_factory=dict)
+    # Modules imported before any run (in every worker): plugins that register datasets or backbones.
+    imports: list[str] = field(default_factory=list)
+    # Share frozen image features between runs (<out>/features) unless a run sets train.cache_dir itself: the
+    # cache is keyed by backbone weights and data, so every frozen-feature method encodes each split once.
+    feature_cache: bool = True
+
+    def __post_init__(self) -> None:
+        for module in self.imports:
+            import_plugin(module, "sweep.imports")
+        import_all()
+        if isinstance(self.methods, str):
+            self.methods = [self.methods]
+        if "all" in self.methods:
+            # 'all' stands for every registered method that the list does not name with its own settings.
+            named = {m["name"] if isinstance(m, dict) else m for m in self.methods if m != "all"}
+            index = self.methods.index("all")
+            rest = [m for m in self.methods[index + 1 :] if m != "all"]
+            self.methods = self.methods[:index] + [m for m in list_methods() if m not in named] + rest
+        if not self.methods:
+            raise ConfigError(
+                "sweep.methods is empty: list method names (or 'all' for every registered method)."
+            )
+        if not self.datasets:
+            raise ConfigError(
+                "sweep.datasets is empty: list at least one dataset (a name or {dataset: ..., ...})."
+            )
+        self.method_entries = [_method_entry(m, i) for i, m in enumerate(self.methods)]
+        self.dataset_entries = [_dataset_entry(d, i) for i, d in enumerate(self.datasets)]
+        self.vtab_config = build_config(VtabConfig, self.vtab, where="sweep.vtab")
+        for protocol in self.protocols:
+            check_choice("sweep", "protocols", protocol, SWEEP_PROTOCOLS)
+        for i, entry in enumerate(self.dataset_entries):
+            for protocol in entry.protocols or []:
+                check_choice(f"sweep.datasets[{i}]", "protocols", protocol, SWEEP_PROTOCOLS)
+        _check_grid(self.grid, "sweep.grid")
+        for i, entry in enumerate(self.method_entries):
+            _check_grid(entry.grid, f"sweep.methods[{i}].grid")
+        build_config(TrainConfig, {k: v for k, v in self.train.items() if k != "seed"}, where="sweep.train")
+
+
+def import_plugin(module: str, where: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        raise ConfigError(
+            f"{where}: cannot import module '{module}' ({error}). Check the name and that it is on "
+            "PYTHONPATH."
+        ) from None
+
+
+def _method_entry(value: Any, index: int) -> MethodEntry:
+    where = f"sweep.methods[{index}]"
+    entry = build_config(
+        MethodEntry, {"name": value} if isinstance(value, str) else _mapping(value, where), where
+    )
+    METHODS.get(entry.name)
+    return entry
+
+
+def _dataset_entry(value: Any, index: int) -> DatasetEntry:
+    where = f"sweep.datasets[{index}]"
+    return build_config(
+        DatasetEntry, {"dataset": value} if isinstance(value, str) else _mapping(value, where), where
+    )
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a name or a mapping, not {value!r}.")
+    return value
+
+
+def _check_grid(grid: Any, where: str) -> None:
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where} must map dotted RunConfig fields (e.g. train.lr) to lists of values.")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, values in grid.items():
+        root, _, rest = str(key).partition(".")
+        if root not in GRID_ROOTS:
+            raise ConfigError(
+                f"{where}: unknown key '{key}'; a grid key starts with one of {list(GRID_ROOTS)} "
+                "(e.g. train.lr, method_options.num_tokens)."
+            )
+        if root == "backbone" and rest:
+            raise ConfigError(f"{where}: '{key}': backbone takes no sub-field; write 'backbone'.")
+        if root != "backbone" and not rest:
+            raise ConfigError(f"{where}: '{key}' needs a sub-field, e.g. {root}.lr.")
+        if root == "train" and rest.split(".")[0] not in train_fields:
+            raise ConfigError(f"{where}: unknown key '{key}'; '{rest}' is not a TrainConfig field.")
+        if root == "train" and rest == "seed":
+            raise ConfigError(f"{where}: '{key}': seeds are the sweep's own axis; use seeds: [...].")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: '{key}' must be a non-empty list of values, not {values!r}.")
+
+
+def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepConfig:
+    """Read a sweep YAML; any invalid or unknown key is an error naming the key and the file.
+
+    ``overrides`` (e.g. ``{"train": {"epochs": 2}}`` from ``train.epochs=2`` on the command line) are merged
+    into the file's mapping, nested mappings key by key."""
+    path = Path(path)
+    values = load_yaml_mapping(path, "Sweep config", "name:, methods:, datasets:, ...")
+    values = deep_merge(values, overrides or {})
+    try:
+        return build_config(SweepConfig, values, where="sweep")
+    except VlpromptError as error:
+        raise type(error)(f"In sweep config '{path}': {error}") from None
+
