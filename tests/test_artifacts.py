@@ -122,7 +122,7 @@ def test_checksum_covers_names_shapes_and_values():
     assert tensors_checksum(base) != tensors_checksum(changed)
 
 
-def test_a_0_1_run_folder_still_loads(clip, tmp_path):
+def test_a_0_1_run_folder_still_loads(clip, tmp_path, caplog):
     method = create_method("coop", clip, LABELS, n_ctx=2)
     randomize(method, 3)
     save_prompts(method, tmp_path)
@@ -130,9 +130,12 @@ def test_a_0_1_run_folder_still_loads(clip, tmp_path):
     legacy = {k: config[k] for k in ("library", "version", "method", "method_config", "classnames", "shapes",
                                      "class_dependent")}
     legacy["backbone"] = clip.backbone_id  # 0.1 stored the id string, no hash, no checksum, no templates
+    legacy["method_config"]["nmi_every"] = 0  # an option a later version dropped (0.1 VPT's NMI logging)
     (tmp_path / "prompts.json").write_text(json.dumps(legacy))
     (tmp_path / "prompt_config.json").unlink()
-    loaded = vlprompt.from_pretrained(tmp_path, backbone=clip)
+    with caplog.at_level("WARNING"):
+        loaded = vlprompt.from_pretrained(tmp_path, backbone=clip)
+    assert "ignoring stored coop option(s) nmi_every" in caplog.text
     torch.testing.assert_close(loaded.prompt.ctx, method.prompt.ctx, atol=0, rtol=0)
     with pytest.raises(CheckpointError, match="trained on backbone"):
         vlprompt.from_pretrained(tmp_path, backbone=create_backbone("tiny:open_clip_custom_text"))

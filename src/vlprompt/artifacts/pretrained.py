@@ -81,6 +81,22 @@ def _backbone(meta: dict, folder: Path):
         ) from None
 
 
+def _current_options(method_name: str, options: dict, folder: Path) -> dict:
+    """The stored method config minus fields this version no longer has (e.g. 0.1's VPT ``nmi_*`` logging
+    options, now a callback): said in a warning; the tensor shapes are still checked on load."""
+    import dataclasses
+
+    from vlprompt.methods import METHODS, import_all
+
+    import_all()
+    known = {f.name for f in dataclasses.fields(METHODS.get(method_name).config_class)}
+    dropped = sorted(set(options) - known)
+    if dropped:
+        log.warning("'%s': ignoring stored %s option(s) %s, which this vlprompt version no longer has",
+                    folder, method_name, ", ".join(dropped))
+    return {k: v for k, v in options.items() if k in known}
+
+
 def from_pretrained(path: str | Path, backbone: Any = None, classnames: Sequence[str] | None = None,
                     device: str | None = None):
     """Rebuild the method of a prompt folder (or run folder) with its trained tensors, in eval mode.
@@ -100,7 +116,7 @@ def from_pretrained(path: str | Path, backbone: Any = None, classnames: Sequence
     labels = _labels(meta, folder, classnames)
     if backbone is None:
         backbone = _backbone(meta, folder)
-    options = dict(meta.get("method_config") or {})
+    options = _current_options(meta["method"], dict(meta.get("method_config") or {}), folder)
     method = create_method(meta["method"], backbone, labels, **options)
     meta = load_prompts(method, folder)
     method.pretrained_path = str(folder)
