@@ -107,6 +107,10 @@ def cmd_list(args) -> int:
         from vlprompt.methods import list_methods
 
         names = list_methods()
+    elif args.what == "presets":
+        from vlprompt.presets import list_presets
+
+        names = list_presets()
     else:
         from vlprompt.data.registry import list_datasets
 
@@ -330,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered names, one per line (or a method's options)")
-    p.add_argument("what", choices=["backbones", "methods", "datasets"])
+    p.add_argument("what", choices=["backbones", "methods", "datasets", "presets"])
     p.add_argument("--options", metavar="NAME", help="with 'methods': print that method's options, defaults and help")
     p.set_defaults(func=cmd_list)
 

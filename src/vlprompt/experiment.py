@@ -59,6 +59,8 @@ class RunConfig:
     out: str | None = None
     # Where few-shot index files live (default: <out>/indices).
     index_dir: str | None = None
+    # The paper preset the run was built from (vlprompt.presets; expanded by run_config_from_dict).
+    preset: str = ""
     # NMI logging during training (analysis/nmi.py NMIOptions: every, images, normalization); the VPT/SPT
     # method_options keys nmi_every, nmi_images, nmi_normalization are moved here.
     nmi: dict = field(default_factory=dict)
@@ -246,4 +248,6 @@ def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, f
 
 
 def run_config_from_dict(values: dict) -> RunConfig:
-    return build_config(RunConfig, values, where="run")
+    from vlprompt.presets import apply_preset
+
+    return build_config(RunConfig, apply_preset(values), where="run")

@@ -30,7 +30,6 @@ from vlprompt.registry import Registry
 log = logging.getLogger(__name__)
 
 BackboneFactory = Callable[..., Backbone]
-BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 NAME_PATTERNS = (
     "timm:<arch>[.<tag>]",
     "open_clip:<arch>@<pretrained>",
@@ -55,6 +54,9 @@ def _import_registering_modules() -> None:
         except ModuleNotFoundError as error:
             if error.name != module:
                 raise
+
+
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", populate=_import_registering_modules)
 
 
 def list_backbones() -> list[str]:

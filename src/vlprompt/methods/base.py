@@ -17,7 +17,14 @@ from vlprompt.config_utils import build_config
 from vlprompt.data.base import LabelSpace
 from vlprompt.registry import Registry
 
-METHODS: Registry[type[PromptMethod]] = Registry("method")
+
+def _import_method_modules() -> None:
+    from vlprompt.methods import import_all
+
+    import_all()
+
+
+METHODS: Registry[type[PromptMethod]] = Registry("method", populate=_import_method_modules)
 
 
 def register_method(name: str):
