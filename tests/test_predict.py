@@ -118,7 +118,7 @@ EXPORTABLE = [
     ("coop", {"n_ctx": 3}),
     ("coop", {"n_ctx": 2, "class_specific": True}),
     ("kgcoop", {"n_ctx": 3}),
-    ("prograd", {"n_ctx": 3}),
+    ("prograd", {"n_ctx": 4}),
     ("zeroshot", {}),
     ("zeroshot-ensemble", {}),
     ("linear", {}),
