@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 
 from vlprompt.backbones.tiny import tiny_open_clip
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
+from vlprompt.errors import CheckpointError
+from vlprompt.export import classifier_head
 from vlprompt.methods import list_methods
 from vlprompt.methods.base import create_method
 from vlprompt.run_dir import RunDir
@@ -30,6 +32,8 @@ OPTIONS = {
     "partial-k": {"k": 1},
     "mocoop": {"top_k": 1},
 }
+# Methods whose logits are a fixed affine map of the frozen image feature: exported as a plain classifier head.
+EXPORTABLE = {"zeroshot", "zeroshot-ensemble", "linear", "coop", "prograd", "kgcoop", "clap"}
 # Training-free methods: nothing moves during training (their fitted tensors come from the data, not from SGD).
 TRAINING_FREE = {"zeroshot", "zeroshot-ensemble", "tip-adapter"}
 
@@ -102,3 +106,21 @@ def test_every_method_trains_saves_and_reloads_exactly(clip, name, tmp_path):
     load_prompts(fresh, tmp_path)
     reloaded, _ = predict(fresh, task.test, batch_size=4)
     torch.testing.assert_close(reloaded, logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_exports_an_exact_classifier_or_refuses(clip, name):
+    task = battery_task()
+    torch.manual_seed(0)
+    method = create_method(name, clip, task.labels, **OPTIONS.get(name, {}))
+    if hasattr(method, "prepare"):  # cache models fit their tensors from the training data first
+        Trainer(method, TrainConfig(epochs=0, augment="none", device="cpu", progress=False, num_workers=0)).fit(task)
+    if name not in EXPORTABLE:
+        with pytest.raises(CheckpointError, match="cannot be exported as a classifier"):
+            classifier_head(method)
+        return
+    head = classifier_head(method)
+    features = torch.randn(5, method.backbone.visual.feature_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = method.predict({"features": features}).float()
+    torch.testing.assert_close(head(features), expected, rtol=1e-5, atol=1e-5)

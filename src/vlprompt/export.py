@@ -81,8 +81,9 @@ def classifier_head(method) -> ClassifierHead:
             head = candidate
             break
     if head is None:
-        raise _refuse(method, "its class features depend on the image (an image-conditioned prompt such as "
-                              "CoCoOp's meta-net or a mixture's router), so no fixed class-feature matrix exists.")
+        raise _refuse(method, "its logits are not an affine function of the image feature (an image-conditioned "
+                              "prompt such as CoCoOp's meta-net or a mixture's router, or Tip-Adapter's cache "
+                              "affinities), so no fixed class-feature matrix exists.")
     norms = head.class_features.norm(dim=-1)
     if head.normalize and float((norms.max() - norms.min()).abs()) <= 1e-5 * float(norms.max()):
         head = ClassifierHead(head.class_features / norms[:, None], float(norms.mean()), head.bias, True)
