@@ -149,8 +149,8 @@ def test_plain_backbone_plus_exported_head_equals_the_method(clip, tmp_path, nam
 
 
 @pytest.mark.parametrize("name,why", [
-    ("cocoop", "depend on the image"),
-    ("mocoop", "depend on the image"),
+    ("cocoop", "not an affine function of the image feature"),
+    ("mocoop", "not an affine function of the image feature"),
     ("vpt-shallow", "inside the image tower"),
     ("vpt-deep", "inside the image tower"),
 ])
