@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vlprompt.analysis.nmi import NMICallback, split_nmi_options
+from vlprompt.artifacts.card import write_model_card
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.config_utils import build_config, check_choice, check_range
 from vlprompt.data.base import LabelSpace, TaskData
@@ -242,6 +243,7 @@ def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, f
                                    source=task.name, **common))
     if run_dir is not None:
         run_dir.write_results(records)
+        write_model_card(run_dir.path)  # the run folder's README.md now shows these results
     return records
 
 
