@@ -101,6 +101,10 @@ def cmd_list(args) -> int:
         from vlprompt.presets import list_presets
 
         names = list_presets()
+    elif args.what == "sweeps":
+        from vlprompt.sweep.config import list_sweeps
+
+        names = list_sweeps()
     else:
         from vlprompt.data.registry import list_datasets
 
@@ -324,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered names, one per line (or a method's options)")
-    p.add_argument("what", choices=["backbones", "methods", "datasets", "presets"])
+    p.add_argument("what", choices=["backbones", "methods", "datasets", "presets", "sweeps"])
     p.add_argument("--options", metavar="NAME", help="with 'methods': print that method's options, defaults and help")
     p.set_defaults(func=cmd_list)
 
@@ -356,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="run a grid of runs from a YAML sweep config (finished runs are skipped)")
-    p.add_argument("config")
+    p.add_argument("config", help="a sweep YAML file, or a packaged sweep's name ('vlprompt list sweeps')")
     p.add_argument("overrides", nargs="*", help="overrides of the sweep config as key=value (e.g. train.epochs=2)")
     p.add_argument("--out", required=True, help="sweep folder (one sub-folder per run)")
     p.add_argument("--workers", type=int, default=1,
