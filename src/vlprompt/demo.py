@@ -29,7 +29,8 @@ def world_defaults() -> dict:
 def run_demo(out: str | Path, methods: list[str] | None = None) -> list[dict]:
     out = check_writable_dir(out)
     defaults = world_defaults()
-    names = methods or list_methods()
+    available = list_methods()  # imports every method module, so names given by the caller resolve too
+    names = methods or available
     for name in names:
         METHODS.get(name)
     records: list[dict] = []

@@ -75,3 +75,17 @@ def gaussian_epoch_weights(epochs: int, mean: float, std: float) -> torch.Tensor
         raise ValueError(f"GPA std must be positive, got {std}")
     index = torch.arange(1, epochs + 1, dtype=torch.float64)
     return torch.softmax(-0.5 * ((index - mean) / std) ** 2, dim=0)
+
+
+def class_adaptive_penalty(prototypes: torch.Tensor, anchors: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """CLAP's constraint: mean over classes of λ_c·‖w_c − t_c‖² (raw prototypes w and zero-shot features t)."""
+    distance = (prototypes - anchors.detach().to(prototypes.dtype)).pow(2).sum(-1)
+    return torch.mean(multipliers.detach().to(prototypes.dtype) * distance)
+
+
+def class_confidence(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """CLAP's multipliers λ_c: the mean softmax probability of class c over the samples labelled c (0 for a class
+    without samples)."""
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    one_hot = nn.functional.one_hot(labels, num_classes).float()
+    return (probabilities * one_hot).sum(0) / one_hot.sum(0).clamp_min(1)

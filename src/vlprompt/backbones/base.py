@@ -25,6 +25,34 @@ from vlprompt.errors import VlpromptError
 
 
 @dataclass(frozen=True)
+class AttentionProjections:
+    """Where one block's self-attention projections live, as the adapter knows them (the LoRA seam).
+
+    Either ``fused`` names an ``nn.MultiheadAttention`` attribute of ``owner`` (OpenAI / open_clip layout: q, k, v
+    stacked in its ``in_proj_weight``, o its ``out_proj``), or ``separate`` maps "q", "k", "v", "o" to the names of
+    ``nn.Linear`` attributes of ``owner`` (transformers' CLIP). ``replace`` swaps a module in, so a method can wrap
+    a projection without knowing the library's module tree.
+    """
+
+    owner: nn.Module
+    fused: str | None = None
+    separate: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> nn.Module:
+        return getattr(self.owner, name)
+
+    def replace(self, name: str, module: nn.Module) -> None:
+        setattr(self.owner, name, module)
+
+
+def no_attention_seam(tower: nn.Module) -> VlpromptError:
+    return VlpromptError(
+        f"The {type(tower).__name__} adapter does not expose its attention projections, so LoRA cannot attach to "
+        "it. LoRA supports open_clip (CLIP, CustomTextCLIP) and transformers CLIPModel towers."
+    )
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     """How images must be prepared for a backbone (read from the backbone library's own config)."""
 
@@ -80,6 +108,10 @@ class VisionTower(nn.Module, abc.ABC):
         """
         ...
 
+    def attention_projections(self, index: int) -> AttentionProjections:
+        """Block ``index``'s self-attention projections (q, k, v, o), for LoRA."""
+        raise no_attention_seam(self)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(images)
         for index in range(self.num_blocks):
@@ -118,6 +150,10 @@ class TextTower(nn.Module, abc.ABC):
         The ids only locate the pooling position; the embeddings may be learned.
         """
         ...
+
+    def attention_projections(self, index: int) -> AttentionProjections:
+        """Block ``index``'s self-attention projections (q, k, v, o), for LoRA."""
+        raise no_attention_seam(self)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.encode_embeddings(self.embed_tokens(token_ids), token_ids)

@@ -14,13 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
+from vlprompt.backbones.base import AttentionProjections, Backbone, PreprocessConfig, VisionTower
 from vlprompt.backbones.causal_text import CausalTextTower, attend_with_prefix
 from vlprompt.errors import VlpromptError
 
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+_SEPARATE = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
 
 
 def _layer_output(output: Any) -> torch.Tensor:
@@ -55,6 +58,9 @@ class HFClipVisionTower(VisionTower):
 
     def block_modules(self) -> Sequence[nn.Module]:
         return list(self.vision_model.encoder.layers)
+
+    def attention_projections(self, index: int) -> AttentionProjections:
+        return AttentionProjections(owner=self.vision_model.encoder.layers[index].self_attn, separate=dict(_SEPARATE))
 
     def finalize(
         self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False
@@ -94,6 +100,9 @@ class HFClipTextTower(CausalTextTower):
         if self.eos_token_id == 2:  # legacy configs: transformers pools at the largest id
             return token_ids.argmax(dim=-1)
         return (token_ids == self.eos_token_id).int().argmax(dim=-1)
+
+    def attention_projections(self, index: int) -> AttentionProjections:
+        return AttentionProjections(owner=self.text_model.encoder.layers[index].self_attn, separate=dict(_SEPARATE))
 
     # ----- CausalTextTower pieces -----
     @property

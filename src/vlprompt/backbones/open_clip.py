@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
+from vlprompt.backbones.base import AttentionProjections, Backbone, PreprocessConfig, VisionTower
 from vlprompt.backbones.causal_text import (
     CausalTextTower,
     DeepPrompts,
@@ -27,6 +27,16 @@ from vlprompt.backbones.timm_vit import pool_tokens
 from vlprompt.errors import VlpromptError
 
 Tokenizer = Callable[..., torch.Tensor]
+
+
+def _fused_attention(block: nn.Module, tower: str, index: int) -> AttentionProjections:
+    """open_clip's residual blocks keep q, k, v fused in one ``nn.MultiheadAttention`` called ``attn``."""
+    if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+        raise VlpromptError(
+            f"Block {index} of this open_clip {tower} tower has no nn.MultiheadAttention 'attn' (a custom block "
+            "type); LoRA cannot attach to it. Use a standard open_clip ViT / text transformer."
+        )
+    return AttentionProjections(owner=block, fused="attn")
 
 
 def _run_block(
@@ -84,6 +94,9 @@ class OpenClipVisionTower(VisionTower):
 
     def block_modules(self) -> Sequence[nn.Module]:
         return list(self.visual.transformer.resblocks)
+
+    def attention_projections(self, index: int) -> AttentionProjections:
+        return _fused_attention(self.visual.transformer.resblocks[index], "image", index)
 
     def finalize(
         self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False
@@ -181,6 +194,11 @@ class OpenClipTextTower(CausalTextTower):
         if self.pool_type == "first":
             return torch.zeros(n, dtype=torch.long, device=token_ids.device)
         return torch.full((n,), length - 1, dtype=torch.long, device=token_ids.device)
+
+    def attention_projections(self, index: int) -> AttentionProjections:
+        # the shared-prefix path reads the fused weights directly; with a wrapped attention it must not be used
+        self._kv_blocks = False
+        return _fused_attention(self.transformer.resblocks[index], "text", index)
 
     # ----- CausalTextTower pieces -----
     @property

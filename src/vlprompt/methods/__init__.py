@@ -7,7 +7,7 @@ from vlprompt.methods.base import METHODS, PromptMethod, create_method, register
 
 _MODULES = (
     "zeroshot", "linear", "vpt", "spt", "finetune", "coop", "cocoop", "prograd", "kgcoop", "mocoop",
-    "ivlp", "maple", "promptsrc",
+    "ivlp", "maple", "promptsrc", "clip_lora", "tip_adapter", "clap",
 )
 
 

@@ -84,6 +84,8 @@ def load_prompts(method, path: str | Path) -> dict:
         tensors = load_file(str(weights_path))
     except Exception as error:  # noqa: BLE001  (safetensors raises several types for damaged files)
         raise CheckpointError(f"Cannot read '{weights_path}' ({error}); the file is damaged or truncated.") from None
+    if hasattr(method, "resize_for_checkpoint"):  # tensors sized by the training data (Tip-Adapter's cache)
+        method.resize_for_checkpoint({name: tuple(t.shape) for name, t in tensors.items()})
     own = dict(method.named_parameters())
     class_dependent = set(meta.get("class_dependent", []))
     same_classes = list(meta.get("classnames", [])) == list(method.labels.classnames)

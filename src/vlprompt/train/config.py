@@ -20,6 +20,7 @@ class TrainConfig:
     lr: float = 2e-3
     optimizer: str = "sgd"
     momentum: float = 0.9
+    adam_eps: float = 1e-8
     weight_decay: float = 5e-4
     scheduler: str = "cosine"
     warmup_epochs: float = 1.0
@@ -63,6 +64,7 @@ class TrainConfig:
         check_range(where, "lr", self.lr, 0.0)
         check_range(where, "weight_decay", self.weight_decay, 0.0)
         check_range(where, "momentum", self.momentum, 0.0, 1.0)
+        check_range(where, "adam_eps", self.adam_eps, 0.0)
         check_range(where, "warmup_epochs", self.warmup_epochs, 0.0)
         check_range(where, "warmup_start_factor", self.warmup_start_factor, 0.0, 1.0)
         check_range(where, "grad_accum", self.grad_accum, 1)

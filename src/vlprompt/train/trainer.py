@@ -133,6 +133,7 @@ class Trainer:
         # Running weighted sums of the gradient parts of the current optimizer step (see _accumulate).
         self._grad_sums: list[list[torch.Tensor | None]] | None = None
         self.history: list[dict] = []
+        self._feature_memo: dict[tuple, torch.Tensor] = {}
         if self.out_dir is not None and self.is_main:
             check_writable_dir(self.out_dir)
         self.callbacks = CallbackList([*callbacks, *config_callbacks(self.config, self.out_dir)])
@@ -162,17 +163,27 @@ class Trainer:
             num_workers=self.config.resolved_num_workers(),
         )
 
+    def cached_features(self, dataset: ImageDataset, train: bool = False) -> torch.Tensor:
+        """Frozen image features as the loop sees them, computed once per fit: the training views ([V, N, D]
+        when feature_views > 1 with augmentation, else [N, D]) or, with ``train`` False, the eval transform's."""
+        config = self.config
+        preprocess = self.method.backbone.preprocess
+        views = config.feature_views if train and config.augment != "none" else 1
+        key = (id(dataset), views)
+        if key not in self._feature_memo:
+            if views > 1:
+                tf, name = train_transform(preprocess, config.augment), f"train-{config.augment}"
+            else:
+                tf, name = eval_transform(preprocess), "eval"
+            self._feature_memo[key] = self._features(dataset, tf, name, views=views)
+        return self._feature_memo[key]
+
     def _train_source(self, dataset: ImageDataset):
         config = self.config
         preprocess = self.method.backbone.preprocess
         if getattr(self.method, "uses_image_features", False):
             labels = torch.tensor(dataset.labels, dtype=torch.long)
-            if config.augment != "none" and config.feature_views > 1:
-                tf = train_transform(preprocess, config.augment)
-                feats = self._features(dataset, tf, f"train-{config.augment}", views=config.feature_views)
-            else:
-                feats = self._features(dataset, eval_transform(preprocess), "eval")
-            return _FeatureSource(feats, labels, config.seed)
+            return _FeatureSource(self.cached_features(dataset, train=True), labels, config.seed)
         batches_per_epoch = math.ceil(len(dataset) / (config.batch_size * self.world_size))
         return _ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)), config.seed,
                             workers_for(config.resolved_num_workers(), batches_per_epoch),
@@ -191,13 +202,19 @@ class Trainer:
         method = self.method.to(self.device)
         started = time.perf_counter()
         preprocess = method.backbone.preprocess
+        self._feature_memo = {}
         if hasattr(method, "setup"):
             method.setup(task.train.with_transform(eval_transform(preprocess)), self)
         self.callbacks.on_fit_start(self, task)
+        if hasattr(method, "prepare"):  # built from the task's cached features (Tip-Adapter's cache, CLAP's λ)
+            method.prepare(task, self)
         params = [p for p in method.trainable_parameters()]
         if not params or config.epochs == 0:
-            # Nothing to train (zero-shot) or nothing asked (epochs=0): the checkpoint holds what exists (no
-            # tensors, or the initial values), so the folder evaluates like any other.
+            # Nothing to train (zero-shot, training-free Tip-Adapter) or nothing asked (epochs=0): the checkpoint
+            # holds what exists (no tensors, the initial values, or a fitted cache), so the folder evaluates like
+            # any other.
+            if hasattr(method, "on_fit_end"):
+                method.on_fit_end(task, self)
             val = self.evaluate(task.val) if task.val is not None else None
             self._save_final(val)
             result = FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
@@ -276,6 +293,8 @@ class Trainer:
                 named = dict(method.named_parameters())
                 for name, tensor in best[1].items():
                     named[name].copy_(tensor)
+        if hasattr(method, "on_fit_end"):  # after training, before saving (Tip-Adapter's α/β search on val)
+            method.on_fit_end(task, self)
         method.eval()
         seconds = time.perf_counter() - started
         val = best[0] if config.select == "best_val" and best[1] is not None else None
@@ -325,7 +344,7 @@ class Trainer:
         lr = config.effective_lr(self.world_size)
         if config.optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, eps=config.adam_eps, weight_decay=config.weight_decay)
 
     def _lr_at(self, step: int, base_lr: float, total: int, warmup: int) -> float:
         """Linear warmup from warmup_start_factor*lr, then cosine to 0 (or constant)."""
