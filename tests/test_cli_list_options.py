@@ -19,7 +19,8 @@ DOCUMENTED = ("zeroshot", "zeroshot-ensemble", "linear", "vpt-shallow", "vpt-dee
 def test_options_show_inherited_fields_defaults_help_and_training_defaults(capsys):
     assert main(["list", "methods", "--options", "kgcoop"]) == 0
     text = capsys.readouterr().out
-    assert "n_ctx: int = 16" in text and "weight: float = 8.0" in text  # CoOp's fields, then KgCoOp's own
+    # CoOp's fields (n_ctx with KgCoOp's official default 4, class_position inherited as is), then KgCoOp's own
+    assert "n_ctx: int = 4" in text and "class_position: str = 'end'" in text and "weight: float = 8.0" in text
     assert "the paper uses 8" in text and "method_options.NAME=VALUE" in text
     assert "lr=0.002" in text  # KgCoOp's recommended training settings (CoOp's)
     assert text.index("n_ctx:") < text.index("weight:")

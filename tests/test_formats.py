@@ -202,7 +202,7 @@ def test_csv_single_file_with_split_column_and_integer_labels(tmp_path):
     (tmp_path / "data.csv").write_text("\n".join(rows[:-1]) + "\n")
     task = load_dataset("csv", str(tmp_path), file="data.csv")
     assert (len(task.train), len(task.val), len(task.test)) == (2, 2, 2)
-    assert task.labels.classnames == ["class_0", "class_1"]
+    assert task.labels.classnames == ["class 0", "class 1"]  # placeholder names class_<i>, read as CLIP reads them
 
 
 def test_missing_root_says_which_layout_is_expected(tmp_path):

@@ -160,7 +160,7 @@ def test_prograd_lambda_zero_is_coop_and_projection_is_applied(backbones, name):
     torch.manual_seed(1)
     coop = create_method("coop", clip, labels(), n_ctx=4).train()
     torch.manual_seed(1)
-    prograd0 = create_method("prograd", clip, labels(), n_ctx=4, lam=0.0).train()
+    prograd0 = create_method("prograd", clip, labels(), n_ctx=4, ctx_init="", lam=0.0).train()
     (coop_grad,) = torch.autograd.grad(coop(batch)["loss"], [coop.prompt.ctx])
     out = prograd0(batch)
     assert "loss_kl" not in out
@@ -168,7 +168,7 @@ def test_prograd_lambda_zero_is_coop_and_projection_is_applied(backbones, name):
     torch.testing.assert_close(grad0, coop_grad)
 
     torch.manual_seed(1)
-    prograd = create_method("prograd", clip, labels(), n_ctx=4).train()
+    prograd = create_method("prograd", clip, labels(), n_ctx=4, ctx_init="").train()
     out = prograd(batch)
     params = [prograd.prompt.ctx]
     g_d = torch.autograd.grad(out["loss"], params, retain_graph=True)[0]

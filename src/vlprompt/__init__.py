@@ -25,12 +25,16 @@ _EXPORTS = {
     "run_experiment": "vlprompt.experiment",
     "seed_everything": "vlprompt.seeding",
     "load_results": "vlprompt.analysis.results",
+    "save_pretrained": "vlprompt.artifacts.pretrained",
+    "from_pretrained": "vlprompt.artifacts.pretrained",
+    "MultiTaskPredictor": "vlprompt.serving",
 }
 
 __all__ = [  # noqa: RUF022  (grouped as in _EXPORTS)
     "__version__", "create_backbone", "list_backbones", "create_method", "list_methods", "load_dataset",
     "list_datasets", "LabelSpace", "TaskData", "Trainer", "TrainConfig", "evaluate", "save_prompts",
-    "load_prompts", "RunConfig", "run_experiment", "seed_everything", "load_results",
+    "load_prompts", "RunConfig", "run_experiment", "seed_everything", "load_results", "save_pretrained",
+    "from_pretrained", "MultiTaskPredictor",
 ]
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -26,7 +28,31 @@ def world_defaults() -> dict:
     return json.loads(text)
 
 
-def run_demo(out: str | Path, methods: list[str] | None = None) -> list[dict]:
+@contextmanager
+def _epoch_lines(enabled: bool):
+    """Show the trainer's per-epoch INFO line on stdout while the demo runs (tqdm bars are off there, and off a
+    terminal nothing else would move for minutes under load)."""
+    trainer_log = logging.getLogger("vlprompt.train.trainer")
+    if not enabled:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("      %(message)s"))
+    saved = trainer_log.level, trainer_log.propagate
+    trainer_log.addHandler(handler)
+    trainer_log.setLevel(logging.INFO)
+    trainer_log.propagate = False
+    try:
+        yield
+    finally:
+        trainer_log.removeHandler(handler)
+        trainer_log.setLevel(saved[0])
+        trainer_log.propagate = saved[1]
+
+
+def run_demo(out: str | Path, methods: list[str] | None = None, progress: bool = True) -> list[dict]:
+    """Run ``methods`` (default: all) on the world's default task; ``progress`` prints a "[k/N] method" line
+    before each method and one line per training epoch."""
     out = check_writable_dir(out)
     defaults = world_defaults()
     available = list_methods()  # imports every method module, so names given by the caller resolve too
@@ -35,7 +61,7 @@ def run_demo(out: str | Path, methods: list[str] | None = None) -> list[dict]:
         METHODS.get(name)
     records: list[dict] = []
     started = time.perf_counter()
-    for name in names:
+    for index, name in enumerate(names, 1):
         config = RunConfig(
             method=name,
             backbone=defaults["backbone"],
@@ -46,10 +72,12 @@ def run_demo(out: str | Path, methods: list[str] | None = None) -> list[dict]:
             train={**defaults.get("train", {}), **defaults.get("method_train", {}).get(name, {}), "progress": False},
             out=str(out / "runs" / name),
         )
-        log.info("demo: %s", name)
+        if progress:
+            print(f"[{index}/{len(names)} methods] {name} ...", flush=True)
         t0 = time.perf_counter()
         try:
-            records.extend(run_experiment(config))
+            with _epoch_lines(progress):
+                records.extend(run_experiment(config))
         except VlpromptError as error:
             raise VlpromptError(f"demo: method '{name}' failed: {error}") from None
         print(f"  {name:<20} {records[-1]['accuracy']:.4f}  ({time.perf_counter() - t0:.1f} s)", flush=True)

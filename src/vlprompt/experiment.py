@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vlprompt.analysis.nmi import NMICallback, split_nmi_options
+from vlprompt.artifacts.card import write_model_card
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.config_utils import build_config, check_choice, check_range
 from vlprompt.data.base import LabelSpace, TaskData
@@ -58,6 +59,8 @@ class RunConfig:
     out: str | None = None
     # Where few-shot index files live (default: <out>/indices).
     index_dir: str | None = None
+    # The paper preset the run was built from (vlprompt.presets; expanded by run_config_from_dict).
+    preset: str = ""
     # NMI logging during training (analysis/nmi.py NMIOptions: every, images, normalization); the VPT/SPT
     # method_options keys nmi_every, nmi_images, nmi_normalization are moved here.
     nmi: dict = field(default_factory=dict)
@@ -240,8 +243,11 @@ def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, f
                                    source=task.name, **common))
     if run_dir is not None:
         run_dir.write_results(records)
+        write_model_card(run_dir.path)  # the run folder's README.md now shows these results
     return records
 
 
 def run_config_from_dict(values: dict) -> RunConfig:
-    return build_config(RunConfig, values, where="run")
+    from vlprompt.presets import apply_preset
+
+    return build_config(RunConfig, apply_preset(values), where="run")

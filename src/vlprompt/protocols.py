@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 
 from vlprompt.analysis.report import write_report
-from vlprompt.config_utils import build_config
+from vlprompt.config_utils import build_config, deep_merge
 from vlprompt.errors import ConfigError
+from vlprompt.presets import epochs_for, load_preset
 from vlprompt.sweep import SweepConfig, format_summary, run_sweep
 
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -22,7 +23,7 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
     "vtab": {"shots": [0], "seeds": [1]},
 }
 ALLOWED_KEYS = ("methods", "method", "backbone", "dataset", "datasets", "root", "dataset_options", "shots", "seeds",
-                "targets", "train", "grid", "method_options", "vtab", "name")
+                "targets", "train", "grid", "method_options", "vtab", "name", "preset")
 
 
 def _as_list(value: Any) -> list:
@@ -46,6 +47,35 @@ def _flatten_grid(grid: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _expand_preset(protocol: str, values: dict) -> dict:
+    """``preset=NAME`` as the method, its options, its train config and (unless given) its grid; user keys win.
+    Epochs by shots need one epoch count for the whole command, as a sweep shares one train config."""
+    name = values["preset"]
+    preset = load_preset(name)
+    given = _as_list(values.get("methods", values.get("method")))
+    if given and given != [preset["method"]]:
+        raise ConfigError(f"preset '{name}' is the recipe of method '{preset['method']}'; drop methods= or pick "
+                          "the preset of that method ('vlprompt list presets').")
+    train = deep_merge(preset.get("train") or {}, dict(values.get("train", {})))
+    if "epochs" not in dict(values.get("train", {})):
+        shots = [int(s) for s in _as_list(values.get("shots"))] or PROTOCOL_DEFAULTS[protocol]["shots"]
+        epochs = {epochs_for(preset, s) for s in shots} - {None}
+        if len(epochs) > 1:
+            raise ConfigError(
+                f"preset '{name}' trains {sorted(epochs)} epochs across shots {shots} (epochs_by_shots), but one "
+                f"'vlprompt {protocol}' command shares one train config: run one command per epoch count (e.g. "
+                "shots=16), or set train.epochs."
+            )
+        if epochs:
+            train["epochs"] = epochs.pop()
+    expanded = {key: value for key, value in values.items() if key not in ("preset", "method", "methods")}
+    expanded.update(methods=[preset["method"]], train=train,
+                    method_options=deep_merge(preset.get("method_options") or {}, values.get("method_options", {})))
+    if not values.get("grid") and preset.get("grid"):
+        expanded["grid"] = {key: list(v) for key, v in preset["grid"].items()}
+    return expanded
+
+
 def protocol_sweep(protocol: str, values: dict) -> SweepConfig:
     """The sweep that one protocol command stands for."""
     if protocol not in PROTOCOL_DEFAULTS:
@@ -53,6 +83,8 @@ def protocol_sweep(protocol: str, values: dict) -> SweepConfig:
     unknown = sorted(set(values) - set(ALLOWED_KEYS))
     if unknown:
         raise ConfigError(f"'vlprompt {protocol}': unknown key '{unknown[0]}'; known keys: {', '.join(ALLOWED_KEYS)}.")
+    if values.get("preset"):
+        values = _expand_preset(protocol, values)
     methods = _as_list(values.get("methods", values.get("method")))
     if not methods:
         raise ConfigError(f"'vlprompt {protocol}' needs methods=NAME[,NAME...] (or methods=all).")

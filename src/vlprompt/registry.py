@@ -10,9 +10,23 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    """``populate`` imports the modules that register names; it runs once, before the first lookup, so that a
+    lookup works in a fresh interpreter whichever entry point (CLI, library call, demo) came first."""
+
+    def __init__(self, kind: str, populate: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._populate = populate
+
+    def _ensure_populated(self) -> None:
+        populate, self._populate = self._populate, None
+        if populate is None:
+            return
+        try:
+            populate()
+        except BaseException:
+            self._populate = populate
+            raise
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -24,16 +38,20 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        self._ensure_populated()
         try:
             return self._entries[name]
         except KeyError:
             raise unknown_name(self.kind, name, self._entries) from None
 
     def __contains__(self, name: str) -> bool:
+        self._ensure_populated()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
+        self._ensure_populated()
         return iter(sorted(self._entries))
 
     def names(self) -> list[str]:
+        self._ensure_populated()
         return sorted(self._entries)

@@ -3,7 +3,9 @@
 - ``timm:<arch>[.<tag>]``          a timm ViT; weights from ``weights=PATH``, the local HF / torch-hub cache, or
                                    the hub when reachable; ``pretrained=False`` or ``random_init=True`` for random init.
 - ``open_clip:<arch>@<pretrained>`` an open_clip CLIP; ``<pretrained>`` is a local file or a tag found in the cache;
-                                   ``open_clip:local-dir:<folder>`` reads an open_clip model folder.
+                                   ``open_clip:local-dir:<folder>`` reads an open_clip model folder;
+                                   ``open_clip:hf-hub:<repo>`` a model repo (open_clip_config.json + weights) from
+                                   the local HF cache, or the hub when reachable.
 - ``hf:<repo-or-path>``            a transformers CLIPModel from a local folder or the HF cache.
 
 Loading never waits on an unreachable network: the cache is searched first, offline mode (HF_HUB_OFFLINE=1) is
@@ -28,11 +30,11 @@ from vlprompt.registry import Registry
 log = logging.getLogger(__name__)
 
 BackboneFactory = Callable[..., Backbone]
-BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 NAME_PATTERNS = (
     "timm:<arch>[.<tag>]",
     "open_clip:<arch>@<pretrained>",
     "open_clip:local-dir:<folder>",
+    "open_clip:hf-hub:<repo>",
     "hf:<repo-or-path>",
 )
 # modules that register names when imported; optional while they are being written
@@ -54,6 +56,9 @@ def _import_registering_modules() -> None:
                 raise
 
 
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", populate=_import_registering_modules)
+
+
 def list_backbones() -> list[str]:
     """Every registered name, then the patterns that load real checkpoints."""
     _import_registering_modules()
@@ -61,15 +66,32 @@ def list_backbones() -> list[str]:
 
 
 def create_backbone(name: str, **kwargs: Any) -> Backbone:
-    """Load a backbone by name (see the module docstring for the name forms and keyword options)."""
+    """Load a backbone by name (see the module docstring for the name forms and keyword options).
+
+    The backbone remembers the name and options it was built from (``extra["create_args"]``, what a prompt
+    artifact stores to rebuild it) and hashes its weights as loaded, before any method can train them.
+    """
     _import_registering_modules()
+    options = dict(kwargs)
     if name in BACKBONES:
-        return BACKBONES.get(name)(**kwargs)
-    prefix, separator, rest = name.partition(":")
-    loaders = {"timm": _create_timm, "open_clip": _create_open_clip, "hf": _create_hf}
-    if not separator or prefix not in loaders or not rest:
-        raise unknown_name("backbone", name, list_backbones())
-    return loaders[prefix](rest, name, **kwargs)
+        backbone = BACKBONES.get(name)(**kwargs)
+    else:
+        prefix, separator, rest = name.partition(":")
+        loaders = {"timm": _create_timm, "open_clip": _create_open_clip, "hf": _create_hf}
+        if not separator or prefix not in loaders or not rest:
+            raise unknown_name("backbone", name, list_backbones())
+        backbone = loaders[prefix](rest, name, **kwargs)
+    create_args = {"name": name, "options": {key: _jsonable(value) for key, value in options.items()}}
+    backbone.extra.setdefault("create_args", create_args)
+    backbone.weights_hash()
+    return backbone
+
+
+def _jsonable(value: Any) -> Any:
+    """Options as a prompt config can store them (paths as strings)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
 
 
 # ----- shared helpers -----
@@ -261,6 +283,10 @@ def _create_open_clip(spec: str, name: str, **kwargs: Any) -> Backbone:
     random_init = _as_bool(kwargs.pop("random_init", False), "random_init")
     if spec.startswith("local-dir:"):
         return _create_open_clip_dir(spec, name, random_init, **kwargs)
+    if spec.startswith("hf-hub:"):
+        from vlprompt.backbones.hf_hub import create_open_clip_hub
+
+        return create_open_clip_hub(spec, name, random_init, **kwargs)
     arch, _, pretrained = spec.partition("@")
     if arch not in open_clip.list_models():
         raise VlpromptError(
@@ -329,6 +355,14 @@ def _create_open_clip_dir(spec: str, name: str, random_init: bool, **kwargs: Any
             f"Backbone '{name}': '{folder}' is not an open_clip model folder (no open_clip_config.json). Point "
             "'open_clip:local-dir:' at a folder holding open_clip_config.json and the weights file."
         )
+    if not random_init and not any(
+        os.path.isfile(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(_WEIGHT_SUFFIXES)
+    ):
+        # open_clip only warns and keeps random weights when the folder has none
+        raise VlpromptError(
+            f"Backbone '{name}': '{folder}' has an open_clip_config.json but no weights file "
+            f"({', '.join(_WEIGHT_SUFFIXES)}). Put the weights beside the config, or pass random_init=true."
+        )
     try:
         model = open_clip.create_model(spec, load_weights=not random_init, **kwargs)
     except (RuntimeError, KeyError, AssertionError) as error:
@@ -336,6 +370,7 @@ def _create_open_clip_dir(spec: str, name: str, random_init: bool, **kwargs: Any
     return wrap_open_clip(model.eval(), _open_clip_tokenizer(spec, name), open_clip_preprocess(model), name)
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 def _find_open_clip_weights(tag_config: dict) -> str | None:
     hub = tag_config.get("hf_hub", "")
     if hub:

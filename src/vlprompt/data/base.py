@@ -10,10 +10,19 @@ from torch.utils.data import Dataset
 from vlprompt.errors import ConfigError
 
 
+def display_name(name: str) -> str:
+    """A class or prompt word as CLIP should read it: '_' -> ' ' (the official CoOp code's only cleaning)."""
+    return str(name).replace("_", " ")
+
+
 @dataclass
 class LabelSpace:
     """Class names and the hand-crafted text of a task: what a CLIP method needs to build class features.
 
+    Class names are display names: underscores become spaces here, once, for every dataset format and for
+    names given from Python (``american_bulldog`` -> ``american bulldog``, ``Apply_Eye_Makeup`` -> ``Apply Eye
+    Makeup``), as every official CoOp-family code path does before tokenising. Folder and label names on disk
+    stay as they are (the dataset readers keep them; ``TaskData.meta["raw_classnames"]`` records them).
     ``templates[0]`` is the task's single hand-crafted template (used by zero-shot CLIP, ProGrad, KgCoOp);
     all of ``templates`` form the ensemble. ``template_groups`` maps a group name (e.g. a style) to its
     templates, for the mixture of prompt experts.
@@ -24,6 +33,7 @@ class LabelSpace:
     template_groups: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.classnames = [display_name(name) for name in self.classnames]
         if not self.classnames:
             raise ConfigError("LabelSpace.classnames is empty: a task needs at least one class name.")
         if not self.templates:

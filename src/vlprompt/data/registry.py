@@ -9,8 +9,6 @@ from typing import Any
 from vlprompt.data.base import TaskData
 from vlprompt.registry import Registry
 
-DATASETS: Registry[Callable[..., TaskData]] = Registry("dataset")
-
 # Modules whose import registers datasets; imported lazily so `import vlprompt` stays light.
 _PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.formats.catalog", "vlprompt.data.vtab_stages")
 
@@ -26,6 +24,9 @@ def _import_providers() -> None:
         except ModuleNotFoundError as error:
             if error.name != module:
                 raise
+
+
+DATASETS: Registry[Callable[..., TaskData]] = Registry("dataset", populate=_import_providers)
 
 
 def load_dataset(name: str, root: str | None = None, **options: Any) -> TaskData:

@@ -36,8 +36,17 @@ def train_transform(config: PreprocessConfig, augment: str) -> T.Compose:
     if augment == "none":
         return eval_transform(config)
     steps = [T.Lambda(_to_rgb)]
-    if augment == "crop_flip":
-        steps.append(T.RandomResizedCrop(config.image_size, scale=(0.5, 1.0), interpolation=_interpolation(config)))
+    if augment in ("crop_flip", "rrc_flip"):
+        # rrc_flip is Dassl's random_resized_crop (scale 0.08-1, as CoOp and its successors train); crop_flip a
+        # milder 0.5-1.
+        scale = (0.08, 1.0) if augment == "rrc_flip" else (0.5, 1.0)
+        steps.append(T.RandomResizedCrop(config.image_size, scale=scale, interpolation=_interpolation(config)))
+    elif augment == "resize_crop_flip":
+        # VPT's training transform: resize the short side to 256/224 of the input size, then a random crop.
+        steps += [
+            T.Resize(round(config.image_size * 256 / 224), interpolation=_interpolation(config)),
+            T.RandomCrop(config.image_size),
+        ]
     else:
         resize = round(config.image_size / max(config.crop_pct, 1e-6))
         steps += [T.Resize(resize, interpolation=_interpolation(config)), T.CenterCrop(config.image_size)]

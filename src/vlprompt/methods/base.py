@@ -6,7 +6,7 @@ hooks below with their defaults; no method needs its own trainer.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -17,7 +17,14 @@ from vlprompt.config_utils import build_config
 from vlprompt.data.base import LabelSpace
 from vlprompt.registry import Registry
 
-METHODS: Registry[type[PromptMethod]] = Registry("method")
+
+def _import_method_modules() -> None:
+    from vlprompt.methods import import_all
+
+    import_all()
+
+
+METHODS: Registry[type[PromptMethod]] = Registry("method", populate=_import_method_modules)
 
 
 def register_method(name: str):
@@ -48,6 +55,7 @@ class PromptMethod(nn.Module):
         self.backbone = backbone
         self.labels = labels
         self.config = config
+        backbone.weights_hash()  # fixed now, before any method trains backbone weights: the artifact identity
         backbone.freeze()
         self.visual = backbone.visual
         if backbone.text is not None:
@@ -86,6 +94,12 @@ class PromptMethod(nn.Module):
 
     def predict(self, batch: dict) -> torch.Tensor:
         return self.forward(batch)["logits"]
+
+    def predict_images(self, images: Sequence, topk: int = 5, **options: Any) -> list[dict]:
+        """Top-k labels and probabilities for PIL images or image paths (see vlprompt.inference)."""
+        from vlprompt.inference import predict_images
+
+        return predict_images(self, images, topk=topk, **options)
 
     @staticmethod
     def cross_entropy(logits: torch.Tensor, batch: dict) -> torch.Tensor | None:

@@ -18,6 +18,7 @@ from vlprompt.methods.base import register_method
 from vlprompt.methods.zeroshot import ClipMethod
 from vlprompt.prompts.text import (
     CLASS_POSITIONS,
+    INIT_ALIGNS,
     ContextPrompt,
     EvalCache,
     hand_crafted_features,
@@ -34,7 +35,7 @@ class CoOpConfig:
     n_ctx: int = field(
         default=16,
         metadata={"help": (
-            "learned context tokens M (ignored when ctx_init gives words: M is then their token count)"
+            "learned context tokens M (with ctx_init words and ctx_init_align 'fit', M is their word count)"
         )},
     )
     ctx_init: str = field(
@@ -42,7 +43,8 @@ class CoOpConfig:
         metadata={"help": (
             "words to start from (e.g. 'a photo of a'); 'template' for the task's hand-crafted template "
             "(its words before the class name become the context, its text after it the suffix); '' for "
-            "N(0, 0.02)"
+            "N(0, 0.02). Counted as the official code counts: M = the words, initialised from the first M "
+            "tokens; tokens past them (a word that splits, 'pet,') stay as fixed prompt text"
         )},
     )
     class_specific: bool = field(
@@ -64,10 +66,18 @@ class CoOpConfig:
             "the hand-crafted features of all templates); 0 turns it off"
         )},
     )
+    ctx_init_align: str = field(
+        default="fit",
+        metadata={"help": (
+            "'fit' (CoOp, CoCoOp, KgCoOp: M = the init words) or 'right' (ProGrad: n_ctx slots, zeros first, "
+            "the words' embeddings in the last slots)"
+        )},
+    )
 
     def __post_init__(self) -> None:
         where = type(self).__name__
         check_range(where, "n_ctx", self.n_ctx, 1, 76)
+        check_choice(where, "ctx_init_align", self.ctx_init_align, INIT_ALIGNS)
         check_choice(where, "class_position", self.class_position, CLASS_POSITIONS)
         check_range(where, "class_chunk", self.class_chunk, 1)
         check_range(where, "text_loss_weight", self.text_loss_weight, 0.0)
@@ -81,6 +91,7 @@ def build_context_prompt(
     class_position: str = "end",
     class_specific: bool = False,
     class_chunk: int = 256,
+    init_align: str = "fit",
 ) -> ContextPrompt:
     """A ContextPrompt from CoOp-style options; ``ctx_init`` may be words, a template, or "template"."""
     words, suffix = ctx_init, "."
@@ -97,6 +108,7 @@ def build_context_prompt(
         position=class_position,
         class_specific=class_specific,
         class_chunk=class_chunk,
+        init_align=init_align,
     )
 
 
@@ -121,6 +133,7 @@ class CoOp(ClipMethod):
             config.class_position,
             config.class_specific,
             config.class_chunk,
+            config.ctx_init_align,
         )
         self._eval_cache = EvalCache()
         self._all_templates_key: tuple | None = None

@@ -11,8 +11,17 @@ from vlprompt.methods.coop import CoOp, CoOpConfig
 
 @dataclass
 class KgCoOpConfig(CoOpConfig):
-    """KgCoOp: CoOp's options plus the weight of the knowledge-guided text loss."""
+    """KgCoOp: CoOp's options plus the weight of the knowledge-guided text loss.
 
+    The context starts as the official KgCoOp code starts it: the 4 tokens of "a photo of a" (its prompt
+    learner uses those words whenever CTX_INIT is set, which every released config does).
+    """
+
+    n_ctx: int = field(default=4, metadata={"help": "learned context tokens (KgCoOp's official start: 4)"})
+    ctx_init: str = field(
+        default="a photo of a",
+        metadata={"help": "words to start from; KgCoOp's official code always starts from 'a photo of a'"},
+    )
     weight: float = field(
         default=8.0,
         metadata={"help": "w in L = L_ce + w·(1 − mean_c cos(t_c, t_c^hand)); the paper uses 8"},

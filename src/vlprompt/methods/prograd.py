@@ -19,7 +19,21 @@ from vlprompt.methods.coop import CoOp, CoOpConfig
 
 @dataclass
 class ProGradConfig(CoOpConfig):
-    """ProGrad: CoOp's options plus how the prompt-aligned gradient is taken."""
+    """ProGrad: CoOp's options plus how the prompt-aligned gradient is taken.
+
+    The context starts as the official ProGrad code starts it: 16 slots, the words of the task's hand-crafted
+    template before the class name right-aligned in the last slots, zeros before them.
+    """
+
+    n_ctx: int = field(default=16, metadata={"help": "context slots (ProGrad's official start: 16)"})
+    ctx_init: str = field(
+        default="template",
+        metadata={"help": "'template': the task template's words before the class name (ProGrad's start)"},
+    )
+    ctx_init_align: str = field(
+        default="right",
+        metadata={"help": "'right': the init words fill the last slots after zeros (ProGrad's official start)"},
+    )
 
     lam: float = field(
         default=1.0,

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbones.base import TextTower
+from vlprompt.data.base import display_name
 from vlprompt.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -154,18 +155,34 @@ class PromptLayout:
 
 
 def build_layout(
-    text: TextTower, classnames: Sequence[str], n_ctx: int, position: str, suffix: str
+    text: TextTower,
+    classnames: Sequence[str],
+    n_ctx: int,
+    position: str,
+    suffix: str,
+    context_text: str = "",
 ) -> PromptLayout:
-    """Tokenise the placeholder prompts of all classes and locate the context slots in each."""
+    """Tokenise the placeholder prompts of all classes and locate the context slots in each.
+
+    ``context_text`` (class position "end" only) replaces the "X X ..." placeholder: its first ``n_ctx`` tokens
+    are the context slots and any tokens after them stay in the prompt as fixed text, as in the official CoOp
+    code when the init words tokenise to more tokens than words.
+    """
     if position not in CLASS_POSITIONS:
         raise ConfigError(f"class_position = {position!r} is not allowed; choose one of {list(CLASS_POSITIONS)}.")
+    if context_text and position != "end":
+        raise ConfigError(
+            f"Context init words that tokenise to more tokens than words need class_position='end' "
+            f"(got {position!r}); give words that are one token each, or put the class at the end."
+        )
     suffix_len = token_count(text, suffix, "Prompt suffix") if suffix.strip() else 0
+    lead = token_count(text, context_text, "Context init words") if context_text else n_ctx
     first = n_ctx // 2 if position == "middle" else (n_ctx if position == "end" else 0)
     texts, starts = [], []
     for name in classnames:
         name_len = token_count(text, name, "Class name")
-        check_fits(text, 1 + n_ctx + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
-        before = " ".join([PLACEHOLDER] * first)
+        check_fits(text, 1 + lead + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
+        before = context_text or " ".join([PLACEHOLDER] * first)
         after = " ".join([PLACEHOLDER] * (n_ctx - first))
         joiner = " " if suffix[:1].isalnum() else ""
         texts.append(" ".join(part for part in (before, name, after) if part) + joiner + suffix)
@@ -174,7 +191,7 @@ def build_layout(
     eot = end_token_positions(text, token_ids)
     slot = torch.full(token_ids.shape, n_ctx, dtype=torch.long)
     for row, (name, (start_a, start_b, name_len, suffix_len)) in enumerate(zip(classnames, starts)):
-        expected_eot = 1 + n_ctx + name_len + suffix_len
+        expected_eot = 1 + lead + name_len + suffix_len
         if int(eot[row]) != expected_eot:
             raise ConfigError(
                 f"Class name {name!r} tokenises differently inside the prompt than alone (EOT at {int(eot[row])}, "
@@ -189,11 +206,34 @@ def build_layout(
     return PromptLayout(token_ids=token_ids, slot=slot, eot=eot)
 
 
+INIT_ALIGNS = ("fit", "right")
+
+
+def init_context_words(text: TextTower, words: str) -> tuple[str, int, int]:
+    """(cleaned words, word count, token count) of context init words, counted as the official CoOp code does.
+
+    Underscores become spaces; the number of learned slots is the number of WORDS (``len(words.split(" "))``)
+    and they take the embeddings of the first that many TOKENS after SOS. When a word tokenises to several
+    tokens ("pet," is "pet" + ","), the tokens past the slots stay in the prompt as fixed text.
+    """
+    cleaned = " ".join(display_name(words).split())
+    n_words = len(cleaned.split(" ")) if cleaned else 0
+    n_tokens = token_count(text, cleaned, "Context init words") if cleaned else 0
+    if cleaned and n_tokens < n_words:
+        raise ConfigError(
+            f"Context init words {words!r} give fewer tokens ({n_tokens}) than words ({n_words}); the official "
+            "code would then learn from the end-of-text embedding. Give plain words."
+        )
+    return cleaned, n_words, n_tokens
+
+
 class ContextPrompt(nn.Module):
     """Learned context vectors (CoOp): shared by all classes or class-specific, at a chosen class position.
 
-    ``init_words`` (e.g. "a photo of a") sets M to their token count and copies their token embeddings;
-    without them the context is drawn from N(0, 0.02). ``suffix`` is the text after the class name (".").
+    ``init_words`` (e.g. "a photo of a") start the context from their token embeddings, with the official
+    code's counting (see :func:`init_context_words`): ``init_align="fit"`` (CoOp, CoCoOp, KgCoOp) makes M the
+    word count; ``"right"`` (ProGrad) keeps ``n_ctx`` slots, zeros first and the words' embeddings in the last
+    slots. Without words the context is drawn from N(0, 0.02). ``suffix`` is the text after the class name (".").
     The text tower is passed to each call rather than stored, so it never enters this module's state.
     ``shared_prefix``: with shared context before the class name, [SOS, ctx] is the same prefix for every class;
     when the adapter has the exact ``encode_shared_prefix`` path it is computed once per call, not per class.
@@ -210,24 +250,40 @@ class ContextPrompt(nn.Module):
         class_specific: bool = False,
         class_chunk: int = 256,
         shared_prefix: bool = True,
+        init_align: str = "fit",
     ) -> None:
         super().__init__()
         if class_chunk < 1:
             raise ConfigError(f"class_chunk = {class_chunk} must be at least 1.")
+        if init_align not in INIT_ALIGNS:
+            raise ConfigError(f"init_align = {init_align!r} is not allowed; choose one of {list(INIT_ALIGNS)}.")
         self.position = position
         self.suffix = suffix
         self.class_specific = class_specific
         self.class_chunk = class_chunk
         self.shared_prefix = shared_prefix
+        self.context_text = ""
         device = next(text.parameters()).device
-        if init_words.strip():
-            n_words = token_count(text, init_words, "Context init words")
-            if n_words == 0:
-                raise ConfigError(f"Context init words {init_words!r} produce no tokens; give words or leave it empty.")
+        words, n_words, n_tokens = init_context_words(text, init_words)
+        if n_words:
             with torch.no_grad():
-                ids = text.tokenize([init_words]).to(device)
+                ids = text.tokenize([words]).to(device)
                 vectors = text.embed_tokens(ids)[0, 1 : 1 + n_words].detach().float().clone()
-            n_ctx = n_words
+            if init_align == "right":
+                if n_ctx < n_words:
+                    raise ConfigError(
+                        f"n_ctx = {n_ctx} is smaller than the {n_words} init words {words!r}; right-aligned init "
+                        "(ProGrad) needs n_ctx >= the number of words."
+                    )
+                vectors = torch.cat([vectors.new_zeros(n_ctx - n_words, vectors.shape[1]), vectors])
+            else:
+                n_ctx = n_words
+            if n_tokens > n_words:
+                self.context_text = " ".join([PLACEHOLDER] * (n_ctx - n_words) + [words])
+                logger.info(
+                    "Context init %r: %d words but %d tokens; the first %d tokens are learned, the rest stay fixed "
+                    "text (as in the official code).", words, n_words, n_tokens, n_words,
+                )
         else:
             if n_ctx < 1:
                 raise ConfigError(f"n_ctx = {n_ctx} must be at least 1 (the number of learned context tokens).")
@@ -248,7 +304,7 @@ class ContextPrompt(nn.Module):
                 f"{len(classnames)} other classes; use shared context (class_specific=false) to move to new classes."
             )
         device = self.ctx.device
-        layout = build_layout(text, classnames, self.n_ctx, self.position, self.suffix)
+        layout = build_layout(text, classnames, self.n_ctx, self.position, self.suffix, self.context_text)
         self.classnames = list(classnames)
         self.num_classes = len(classnames)
         self.register_buffer("token_ids", layout.token_ids.to(device), persistent=False)

@@ -9,7 +9,10 @@ from vlprompt.config_utils import check_choice, check_range
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
-AUGMENTS = ("none", "flip", "crop_flip")
+AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip", "resize_crop_flip")
+WARMUP_TYPES = ("linear", "constant")
+LR_UPDATES = ("step", "epoch")
+COSINE_SPANS = ("after_warmup", "all_epochs")
 SELECTIONS = ("last", "best_val")
 
 
@@ -25,6 +28,16 @@ class TrainConfig:
     scheduler: str = "cosine"
     warmup_epochs: float = 1.0
     warmup_start_factor: float = 0.01
+    # "linear": from warmup_start_factor*lr up to lr; "constant": warmup_lr throughout the warm-up (Dassl's
+    # WARMUP_TYPE constant / WARMUP_CONS_LR, used by CoOp, CoCoOp, ProGrad, KgCoOp).
+    warmup_type: str = "linear"
+    warmup_lr: float = 1e-5
+    # "step": the lr moves every optimizer step; "epoch": it is set once per epoch, as the Dassl and VPT trainers
+    # step their schedulers at each epoch's end.
+    lr_update: str = "step"
+    # Cosine decay over the epochs after warm-up (VPT), or over all `epochs` counted from the end of warm-up
+    # (Dassl's CosineAnnealingLR(T_max=MAX_EPOCH) behind its warm-up wrapper: the last epoch stays above 0).
+    cosine_span: str = "after_warmup"
     # The lr/256*batch rule: when set, lr is the rate for a global batch of 256 and is scaled linearly.
     scale_lr_by_batch: bool = False
     grad_accum: int = 1
@@ -58,6 +71,10 @@ class TrainConfig:
         check_choice(where, "precision", self.precision, PRECISIONS)
         check_choice(where, "augment", self.augment, AUGMENTS)
         check_choice(where, "select", self.select, SELECTIONS)
+        check_choice(where, "warmup_type", self.warmup_type, WARMUP_TYPES)
+        check_choice(where, "lr_update", self.lr_update, LR_UPDATES)
+        check_choice(where, "cosine_span", self.cosine_span, COSINE_SPANS)
+        check_range(where, "warmup_lr", self.warmup_lr, 0.0)
         check_choice(where, "device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
         check_range(where, "epochs", self.epochs, 0)
         check_range(where, "batch_size", self.batch_size, 1)

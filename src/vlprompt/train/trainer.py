@@ -277,6 +277,8 @@ class Trainer:
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0 and not last_micro:
                     self._save_resume(resume_path, optimizer, epoch, micro + 1, best)
             method.on_epoch_end(epoch, self)
+            log.info("epoch %d/%d done (%d steps, %.0f s)", epoch + 1, config.epochs, self.step,
+                     time.perf_counter() - started)
             if task.val is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
                 accuracy = self.evaluate(task.val)
                 method.train()
@@ -347,13 +349,23 @@ class Trainer:
         return torch.optim.AdamW(params, lr=lr, eps=config.adam_eps, weight_decay=config.weight_decay)
 
     def _lr_at(self, step: int, base_lr: float, total: int, warmup: int) -> float:
-        """Linear warmup from warmup_start_factor*lr, then cosine to 0 (or constant)."""
+        """Warm-up (linear from warmup_start_factor*lr, or constant warmup_lr), then cosine (or constant).
+
+        With lr_update="epoch" the step is taken at its epoch's start, so the lr holds for the whole epoch.
+        """
+        config = self.config
+        if config.lr_update == "epoch" and config.epochs > 0:
+            per_epoch = max(total // config.epochs, 1)
+            step = step // per_epoch * per_epoch
         if step < warmup:
-            start = self.config.warmup_start_factor
+            if config.warmup_type == "constant":
+                return config.warmup_lr
+            start = config.warmup_start_factor
             return base_lr * (start + (1 - start) * step / max(warmup, 1))
-        if self.config.scheduler == "constant":
+        if config.scheduler == "constant":
             return base_lr
-        progress = (step - warmup) / max(total - warmup, 1)
+        span = total if config.cosine_span == "all_epochs" else total - warmup
+        progress = (step - warmup) / max(span, 1)
         return 0.5 * base_lr * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     def _optimizer_step(self, optimizer, params, base_lr: float, total: int, warmup: int) -> None:

@@ -420,9 +420,10 @@ def structural_problems(parsed: ParsedDataset, check_files: bool = True) -> list
                     Problem(file, line, f"'{sample.path}' is in both {left} and {right}", "duplicate")
                 )
                 right_paths.discard(sample.path)
+    unreadable = {p.file for p in parsed.problems if p.severity == ERROR and p.kind == "format"}
     for role, split in parsed.roles.items():
         data = parsed.splits.get(split)
-        if data is not None and not data.samples:
+        if data is not None and not data.samples and str(data.file) not in unreadable:  # else already said why
             where = str(data.file) if data.file is not None else str(parsed.root)
             severity = WARNING if role == "val" else ERROR
             problems.append(
@@ -448,9 +449,14 @@ def _empty_class_problems(parsed: ParsedDataset) -> list[Problem]:
             continue
         severity = parsed.empty_class_severity if split == train else WARNING
         split_file = str(data.file) if data.file is not None else file
+        if split != train and data.file is None and (parsed.root / split).is_dir():
+            split_file = str(parsed.root / split)  # a folder layout: the split's own folder, not train's class
         named = [f"{label} ('{parsed.classnames[label]}')" for label in empty]
         if len(named) == 1:
-            where, line = parsed.class_locations.get(empty[0], (split_file, None))
+            # The class's definition (a class-list line, train's class folder) locates it for the training split;
+            # another split is pointed at its own file or folder.
+            fallback = (split_file, None)
+            where, line = parsed.class_locations.get(empty[0], fallback) if split == train else fallback
             message = f"class {named[0]} has no images in {split}"
             problems.append(Problem(where, line, message, "empty_class", severity))
             continue
@@ -549,12 +555,15 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
         "checksums": {role: split_checksum(d.sources, d.labels) for role, d in datasets.items()},
         **parsed.meta,
     }
+    labels = LabelSpace(list(parsed.classnames), list(parsed.templates))
+    if labels.classnames != list(parsed.classnames):
+        meta["raw_classnames"] = list(parsed.classnames)
     if parsed.test_only:
         datasets["train"] = ImageDataset([], [], loader, name=f"{parsed.name}/train")
         meta["test_only"] = True
     return TaskData(
         name=parsed.name,
-        labels=LabelSpace(list(parsed.classnames), list(parsed.templates)),
+        labels=labels,
         train=datasets["train"],
         test=datasets["test"],
         val=datasets.get("val"),

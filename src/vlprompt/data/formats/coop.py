@@ -15,7 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from vlprompt.data.formats.common import (
-    ERROR,
     WARNING,
     ParsedDataset,
     Problem,
@@ -23,16 +22,13 @@ from vlprompt.data.formats.common import (
     SplitData,
     list_images,
     list_subfolders,
-    load_json_document,
     normalise_relpath,
     packaged_table,
-    parse_int,
     read_text_lines,
     scan_class_folders,
 )
+from vlprompt.data.formats.coop_split import parse_split_file
 from vlprompt.errors import DataError
-
-SPLITS = ("train", "val", "test")
 
 
 @lru_cache(maxsize=1)
@@ -94,7 +90,7 @@ def parse_coop(root: Path, options: CoopOptions) -> ParsedDataset:
         return parsed
     split_file = folder / spec["split_file"]
     if split_file.is_file():
-        parsed = _parse_split_file(folder, split_file, dataset, spec)
+        parsed = parse_split_file(folder, split_file, dataset, spec)
     elif dataset == "ImageNet" and (folder / spec["classnames_file"]).is_file():
         parsed = _parse_imagenet(folder, spec)
     elif dataset == "FGVCAircraft" and (folder / spec["classnames_file"]).is_file():
@@ -103,120 +99,6 @@ def parse_coop(root: Path, options: CoopOptions) -> ParsedDataset:
         raise DataError(f"coop:{dataset}: '{split_file}' is missing. Expected {expected_layout(dataset)}.")
     parsed.meta["coop_dataset"] = dataset
     return parsed
-
-
-def _parse_split_file(folder: Path, split_file: Path, dataset: str, spec: dict) -> ParsedDataset:
-    problems: list[Problem] = []
-    image_root = folder / spec["image_dir"] if spec["image_dir"] else folder
-    document = load_json_document(split_file, problems, depth=2)
-    value = document.value if document is not None else None
-    if document is not None and not isinstance(value, dict):
-        problems.append(
-            Problem(str(split_file), 1, 'expected an object {"train": [...], "val": [...], "test": [...]}')
-        )
-        value = None
-    splits: dict[str, SplitData] = {}
-    names_by_label: dict[int, tuple[str, int]] = {}
-    labels_by_name: dict[str, tuple[int, int]] = {}
-    for split in SPLITS:
-        if value is None:
-            break
-        entries = value.get(split)
-        if not isinstance(entries, list):
-            what = "is missing" if entries is None else "is not a list"
-            severity = WARNING if split == "val" else ERROR
-            problems.append(Problem(str(split_file), 1, f'the "{split}" list {what}', "format", severity))
-            continue
-        samples = []
-        for index, entry in enumerate(entries):
-            line = document.lines.get((split, index))
-            sample = _read_entry(entry, line, split_file, problems, names_by_label, labels_by_name)
-            if sample is not None:
-                samples.append(sample)
-        splits[split] = SplitData(samples, split_file)
-    classnames = _classnames_from_labels(names_by_label)
-    return ParsedDataset(
-        name=f"coop:{dataset}",
-        format="coop",
-        root=folder,
-        image_root=image_root,
-        classnames=classnames,
-        splits=splits,
-        roles={split: split for split in SPLITS if split in splits},
-        templates=[spec["template"]],
-        problems=problems,
-        class_source=split_file,
-        class_locations={label: (str(split_file), line) for label, (_, line) in names_by_label.items()},
-    )
-
-
-def _read_entry(
-    entry: object,
-    line: int | None,
-    split_file: Path,
-    problems: list[Problem],
-    names_by_label: dict[int, tuple[str, int]],
-    labels_by_name: dict[str, tuple[int, int]],
-) -> Sample | None:
-    """One [relpath, label, classname] entry; records every problem it has and returns None if unusable."""
-    file = str(split_file)
-    if not (isinstance(entry, list) and len(entry) == 3):
-        problems.append(Problem(file, line, f"expected [relative_path, label, classname], got {entry!r}"))
-        return None
-    raw_path, raw_label, classname = entry
-    path, why = normalise_relpath(raw_path)
-    if why is not None:
-        problems.append(Problem(file, line, why, "path"))
-    label = parse_int(raw_label)
-    if label is None:
-        problems.append(
-            Problem(file, line, f"label {raw_label!r} of '{raw_path}' is not an integer", "label")
-        )
-    elif label < 0:
-        problems.append(Problem(file, line, f"label {label} of '{raw_path}' is negative", "label"))
-        label = None
-    if not isinstance(classname, str) or not classname.strip():
-        problems.append(
-            Problem(file, line, f"class name {classname!r} is empty or not a string", "classname")
-        )
-        return None
-    if label is not None:
-        known = names_by_label.get(label)
-        if known is None:
-            names_by_label[label] = (classname, line or 0)
-        elif known[0] != classname:
-            problems.append(
-                Problem(
-                    file,
-                    line,
-                    f"label {label} is named '{classname}' here but '{known[0]}' at line {known[1]}",
-                    "classname",
-                )
-            )
-            return None
-        other = labels_by_name.get(classname)
-        if other is None:
-            labels_by_name[classname] = (label, line or 0)
-        elif other[0] != label:
-            problems.append(
-                Problem(
-                    file,
-                    line,
-                    f"class name '{classname}' has label {label} here but {other[0]} at line {other[1]}",
-                    "classname",
-                )
-            )
-            return None
-    if path is None or label is None:
-        return None
-    return Sample(path, label, line)
-
-
-def _classnames_from_labels(names_by_label: dict[int, tuple[str, int]]) -> list[str]:
-    """Labels 0..max; a label no entry uses is an empty class (reported by the shared checks) named class_<i>."""
-    if not names_by_label:
-        return []
-    return [names_by_label.get(label, (f"class_{label}", 0))[0] for label in range(max(names_by_label) + 1)]
 
 
 def _read_wnids(names_file: Path, problems: list[Problem]) -> dict[str, tuple[str, int]]:

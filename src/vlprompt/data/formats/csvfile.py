@@ -90,11 +90,19 @@ def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[_Row], bool]:
     rows: list[_Row] = []
     columns = {"path": 0, "label": 1, "split": None}
     reader = csv.reader(io.StringIO(text, newline=""))
+    short: list[tuple[int, list[str]]] = []
     try:
         for record in reader:
             cells = [cell.strip() for cell in record]
             if not any(cells):
                 continue
+            if reader.line_num == 1 and _names_columns(cells) and not _is_header(cells):
+                # A header that names some columns but not both path and label: one error, not one per row.
+                wanted = "label" if {c.lower() for c in cells} & set(PATH_COLUMNS) else "path"
+                names = ", ".join(LABEL_COLUMNS if wanted == "label" else PATH_COLUMNS)
+                problems.append(Problem(str(path), 1, f"the header {record!r} has no {wanted} column; name one "
+                                        f"column {names}", "format"))
+                return [], False
             if reader.line_num == 1 and _is_header(cells):
                 lowered = [cell.lower() for cell in cells]
                 columns = {
@@ -107,9 +115,7 @@ def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[_Row], bool]:
                 columns["split"] = 2
             needed = max(c for c in columns.values() if c is not None)
             if len(cells) <= needed:
-                problems.append(
-                    Problem(str(path), reader.line_num, f"expected path,label columns, got {record!r}")
-                )
+                short.append((reader.line_num, record))
                 continue
             rel, why = normalise_relpath(cells[columns["path"]])
             if why is not None:
@@ -118,7 +124,18 @@ def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[_Row], bool]:
             rows.append(_Row(path, reader.line_num, rel, cells[columns["label"]], split))
     except csv.Error as error:
         problems.append(Problem(str(path), reader.line_num, f"not readable as CSV ({error})"))
+    if short:
+        line, record = short[0]
+        more = f" (and {len(short) - 1} more rows like it)" if len(short) > 1 else ""
+        problems.append(Problem(str(path), line, f"expected path,label columns, got {record!r}{more}"))
     return rows, columns["split"] is not None
+
+
+def _names_columns(cells: list[str]) -> bool:
+    """Whether a first row reads as a header: it names a known column and holds no image path."""
+    lowered = {cell.lower() for cell in cells}
+    known = set(PATH_COLUMNS) | set(LABEL_COLUMNS) | {"split"}
+    return bool(lowered & known) and not any("." in cell or "/" in cell for cell in cells)
 
 
 def _is_header(cells: list[str]) -> bool:

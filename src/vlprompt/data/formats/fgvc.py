@@ -4,7 +4,7 @@ Class ids may be any integers (NABirds' are sparse); they are mapped to 0..C-1 i
 train.json uses, and a val/test id that train never uses is an error. Images are relative to ``images/``
 (CUB, NABirds), ``Images/`` (Stanford Dogs) or the root itself (Stanford Cars, Flowers); the first that holds the
 listed files is used unless ``image_dir`` says otherwise. Class names come from ``classnames`` (default:
-classnames.txt or classes.txt in the root), cleaned of CUB-style "001." prefixes and underscores, else class_<id>.
+classnames.txt or classes.txt in the root), cleaned of CUB-style "001." prefixes (underscores become spaces in LabelSpace), else class_<id>.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ class FgvcOptions:
 
 
 def clean_classname(name: str) -> str:
-    """'001.Black_footed_Albatross' -> 'Black footed Albatross': directory-style names read badly in a prompt."""
-    return re.sub(r"^\d+\.", "", name).replace("_", " ").strip()
+    """'001.Black_footed_Albatross' -> 'Black_footed_Albatross': CUB's index prefix is not part of the name.
+    Underscores become spaces in LabelSpace, as for every format."""
+    return re.sub(r"^\d+\.", "", name).strip()
 
 
 def parse_fgvc(root: Path, options: FgvcOptions) -> ParsedDataset:
