@@ -110,6 +110,9 @@ def render_markdown(results: dict) -> str:
     for m in methods:
         cells = [_cell(s, f"base2new|{b2n}|{m}|{split}", seeds) for split in ("base", "new", "hm", "hm_per_seed")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    notes = sorted({f"`{r['method']}`: {r['note']}" for r in results["records"] if r.get("note")})
+    if notes:
+        lines += ["", "A dash under new: " + "; ".join(notes) + "."]
     shots = results["fewshot_shots"]
     lines += ["", f"## Few-shot, {FEWSHOT_DATASET} (8 colour classes)", "",
               "| method | " + " | ".join(f"{k} shots" for k in shots) + " |", "|---|" + "---|" * len(shots)]
