@@ -13,6 +13,7 @@ from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods import METHODS
 from vlprompt.presets import apply_preset, epochs_for, list_presets, load_preset
 from vlprompt.protocols import protocol_sweep
+from vlprompt.sweep import plan_sweep
 
 DASSL = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine",
          "warmup_epochs": 1, "warmup_type": "constant", "warmup_lr": 1e-5, "lr_update": "epoch",
@@ -135,13 +136,24 @@ def test_train_with_a_preset_records_it_in_config_json(tmp_path, capsys):
 
 def test_protocol_command_takes_a_preset_and_its_grid():
     sweep = protocol_sweep("vtab", {"preset": "vpt-deep-vtab", "dataset": "vtab", "root": "/data"})
-    assert sweep.methods == [{"name": "vpt-deep", "method_options": {"num_tokens": 5}}]
+    assert sweep.methods == [{"name": "vpt-deep", "preset": "vpt-deep-vtab"}]
     assert sweep.grid == {"train.lr": VTAB_LR, "train.weight_decay": VPT_WD}
-    assert sweep.train["warmup_epochs"] == 10 and sweep.train["epochs"] == 100
-    with pytest.raises(ConfigError, match="one command per epoch count"):
-        protocol_sweep("fewshot", {"preset": "coop-paper", "dataset": "world-object"})
-    assert protocol_sweep("fewshot", {"preset": "coop-paper", "dataset": "world-object", "shots": 16}).train[
-        "epochs"] == 200
+
+
+def test_protocol_runs_follow_the_preset_epochs_of_their_own_shots():
+    # CoOp's official schedule (README + configs/trainers/CoOp/vit_b16_ep50/_ep100/vit_b16.yaml): 50 at 1-2 shots,
+    # 100 at 4-8, 200 at 16.
+    sweep = protocol_sweep("fewshot", {"preset": "coop-paper", "dataset": "world-object", "shots": "1,2,4,8,16",
+                                       "seeds": 1})
+    runs = [run_config_from_dict(spec.run) for spec in plan_sweep(sweep)]
+    epochs = {run.shots: run.train_config().epochs for run in runs}
+    assert epochs == {1: 50, 2: 50, 4: 100, 8: 100, 16: 200}
+    assert {run.preset for run in runs} == {"coop-paper"}
+    # A key the user gives still beats the preset in every run.
+    sweep = protocol_sweep("fewshot", {"preset": "coop-paper", "dataset": "world-object", "shots": "1,16",
+                                       "train": {"epochs": 3, "lr": 0.5}})
+    trains = [run_config_from_dict(spec.run).train_config() for spec in plan_sweep(sweep)]
+    assert {(t.epochs, t.lr, t.warmup_type) for t in trains} == {(3, 0.5, "constant")}
 
 
 def test_list_presets_command(capsys):

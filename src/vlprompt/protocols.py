@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 
 from vlprompt.analysis.report import write_report
-from vlprompt.config_utils import build_config, deep_merge
+from vlprompt.config_utils import build_config
 from vlprompt.errors import ConfigError
-from vlprompt.presets import epochs_for, load_preset
+from vlprompt.presets import load_preset
 from vlprompt.sweep import SweepConfig, format_summary, run_sweep
 
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -47,30 +47,17 @@ def _flatten_grid(grid: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _expand_preset(protocol: str, values: dict) -> dict:
-    """``preset=NAME`` as the method, its options, its train config and (unless given) its grid; user keys win.
-    Epochs by shots need one epoch count for the whole command, as a sweep shares one train config."""
+def _expand_preset(values: dict) -> dict:
+    """``preset=NAME``: the preset's method, each run built from the preset (so its epochs_by_shots follow each
+    run's shots), and the preset's grid unless one is given; every key the user gives still wins."""
     name = values["preset"]
     preset = load_preset(name)
     given = _as_list(values.get("methods", values.get("method")))
     if given and given != [preset["method"]]:
         raise ConfigError(f"preset '{name}' is the recipe of method '{preset['method']}'; drop methods= or pick "
                           "the preset of that method ('vlprompt list presets').")
-    train = deep_merge(preset.get("train") or {}, dict(values.get("train", {})))
-    if "epochs" not in dict(values.get("train", {})):
-        shots = [int(s) for s in _as_list(values.get("shots"))] or PROTOCOL_DEFAULTS[protocol]["shots"]
-        epochs = {epochs_for(preset, s) for s in shots} - {None}
-        if len(epochs) > 1:
-            raise ConfigError(
-                f"preset '{name}' trains {sorted(epochs)} epochs across shots {shots} (epochs_by_shots), but one "
-                f"'vlprompt {protocol}' command shares one train config: run one command per epoch count (e.g. "
-                "shots=16), or set train.epochs."
-            )
-        if epochs:
-            train["epochs"] = epochs.pop()
     expanded = {key: value for key, value in values.items() if key not in ("preset", "method", "methods")}
-    expanded.update(methods=[preset["method"]], train=train,
-                    method_options=deep_merge(preset.get("method_options") or {}, values.get("method_options", {})))
+    expanded["methods"] = [{"name": preset["method"], "preset": name}]
     if not values.get("grid") and preset.get("grid"):
         expanded["grid"] = {key: list(v) for key, v in preset["grid"].items()}
     return expanded
@@ -84,7 +71,7 @@ def protocol_sweep(protocol: str, values: dict) -> SweepConfig:
     if unknown:
         raise ConfigError(f"'vlprompt {protocol}': unknown key '{unknown[0]}'; known keys: {', '.join(ALLOWED_KEYS)}.")
     if values.get("preset"):
-        values = _expand_preset(protocol, values)
+        values = _expand_preset(values)
     methods = _as_list(values.get("methods", values.get("method")))
     if not methods:
         raise ConfigError(f"'vlprompt {protocol}' needs methods=NAME[,NAME...] (or methods=all).")
@@ -97,7 +84,8 @@ def protocol_sweep(protocol: str, values: dict) -> SweepConfig:
         raise ConfigError("'vlprompt shift' needs targets=NAME[,NAME...]: datasets sharing the source's classes.")
     datasets = [{"dataset": n, "root": values.get("root"), "options": options, "targets": targets} for n in names]
     if values.get("method_options"):
-        methods = [{"name": m, "method_options": dict(values["method_options"])} for m in methods]
+        methods = [{**(m if isinstance(m, dict) else {"name": m}), "method_options": dict(values["method_options"])}
+                   for m in methods]
     sweep = {
         "name": values.get("name", protocol),
         "methods": methods,

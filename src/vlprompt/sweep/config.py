@@ -29,6 +29,8 @@ class MethodEntry:
     grid: dict = field(default_factory=dict)
     # How the method is named in report tables (default: the method name, plus the grid values).
     label: str | None = None
+    # A paper preset (vlprompt.presets) each run is built from; its epochs_by_shots follow each run's shots.
+    preset: str | None = None
 
 
 @dataclass

@@ -117,6 +117,8 @@ def _base_run(config: SweepConfig, method: MethodEntry, entry: DatasetEntry, poi
         "method_options": copy.deepcopy(method.method_options),
         "train": copy.deepcopy({**config.train, **method.train}),
     }
+    if method.preset:  # expanded per run by run_config_from_dict, under the run's own keys and shots
+        run["preset"] = method.preset
     for key, value in point.items():
         _set_dotted(run, key, value)
     return run
