@@ -36,22 +36,28 @@ def train_settings(method: str, epochs: int) -> dict:
     return {**defaults, **COMMON_TRAIN, "epochs": scaled}
 
 
-def run_one(args, method: str, protocol: str, shots: int, seed: int, out: Path) -> list[dict]:
+def run_one(args, method: str, protocol: str, shots: int, seed: int, out: Path, *, dataset: str | None = None,
+            splits: dict | None = None, method_options: dict | None = None, train: dict | None = None) -> list[dict]:
+    """One run through the experiment path; the keyword arguments let other benchmarks (bench_baselines.py)
+    change the dataset, the split sizes, the method options and the training settings."""
     from vlprompt.experiment import RunConfig, run_experiment
 
-    dataset = SHIFT_SOURCE if protocol == "shift" else DATASET
-    targets = [{"dataset": t, "options": dict(SPLITS)} for t in SHIFT_TARGETS] if protocol == "shift" else []
-    run_dir = out / "runs" / protocol / f"{shots}shot" / method / f"seed{seed}"
+    dataset = dataset or (SHIFT_SOURCE if protocol == "shift" else DATASET)
+    splits = dict(SPLITS if splits is None else splits)
+    targets = [{"dataset": t, "options": dict(splits)} for t in SHIFT_TARGETS] if protocol == "shift" else []
+    run_dir = out / "runs" / protocol / dataset / f"{shots}shot" / method / f"seed{seed}"
+    settings = train_settings(method, args.epochs) if train is None else train
     config = RunConfig(
         method=method,
         backbone=args.backbone,
         dataset=dataset,
-        dataset_options=dict(SPLITS),
+        dataset_options=splits,
+        method_options=dict(method_options or {}),
         protocol=protocol,
         shots=shots,
         seed=seed,
         targets=targets,
-        train={**train_settings(method, args.epochs), "cache_dir": str(out / "feature_cache")},
+        train={**settings, "cache_dir": str(out / "feature_cache")},
         out=str(run_dir),
     )
     started = time.perf_counter()

@@ -52,6 +52,20 @@ EXPECTED = {
     # VPT's VTAB recipe (KMnP/vpt) with SPT's k-means start; SPT's own code not verified (said in the preset)
     "spt-deep-paper": ("spt-deep", {"num_tokens": 5, "init": "kmeans"}, VPT, None,
                        {"train.lr": VTAB_LR, "train.weight_decay": VPT_WD}),
+    # muzairkhattak/multimodal-prompt-learning configs/trainers/{IVLP,MaPLe}/*.yaml (Dassl, constant warm-up 1e-5)
+    "ivlp-paper": ("ivlp", {"n_ctx_text": 2, "n_ctx_vision": 2, "depth_text": 12, "depth_vision": 12,
+                            "ctx_init": "a photo of a"}, {**DASSL, "lr": 0.0035, "batch_size": 4, "epochs": 5},
+                   None, None),
+    "maple-paper": ("maple", {"n_ctx": 2, "depth": 9, "ctx_init": "a photo of a"},
+                    {**DASSL, "lr": 0.0035, "batch_size": 4, "epochs": 5}, None, None),
+    "maple-dg-paper": ("maple", {"n_ctx": 2, "depth": 3, "ctx_init": "a photo of a"},
+                       {**DASSL, "lr": 0.0026, "batch_size": 4, "epochs": 2}, None, None),
+    # muzairkhattak/PromptSRC configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml
+    "promptsrc-paper": ("promptsrc", {"n_ctx_text": 4, "n_ctx_vision": 4, "depth_text": 9, "depth_vision": 9,
+                                      "ctx_init": "a photo of a", "text_loss_weight": 25, "image_loss_weight": 10,
+                                      "logit_loss_weight": 1, "gpa": True, "gpa_mean": 15, "gpa_std": 1,
+                                      "templates": "official"},
+                        {**DASSL, "lr": 0.0025, "batch_size": 4, "epochs": 20}, None, None),
     # CoOp's Dassl optimiser (configs/trainers/CoOp/vit_b16_ep50.yaml); mixture loss weights not verified
     "mocoop-paper": ("mocoop", {"top_k": 2, "lambda_text": 5.0, "lambda_gate": 1.0, "gate_prototype": "class"},
                      {**DASSL, "batch_size": 32, "epochs": 50}, None, None),

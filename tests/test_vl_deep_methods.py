@@ -287,4 +287,6 @@ def test_presets_build_the_method_and_train_configs(preset):
     cls = METHODS.get(data["method"])
     build_config(cls.config_class, data["method_options"])
     train = build_config(TrainConfig, data["train"])
-    assert train.lr * train.warmup_start_factor == pytest.approx(1e-5)  # the official warm-up lr
+    # the official (Dassl) warm-up: one epoch at a constant 1e-5, then cosine over all epochs, lr set per epoch
+    assert (train.warmup_epochs, train.warmup_type, train.warmup_lr) == (1, "constant", pytest.approx(1e-5))
+    assert (train.lr_update, train.cosine_span) == ("epoch", "all_epochs")
