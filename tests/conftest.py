@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optional_extras import hf_param
 
 from vlprompt.backbones import tiny
 
@@ -35,10 +36,11 @@ def tiny_open_clip_custom_text():
 
 @pytest.fixture
 def tiny_hf_clip():
+    pytest.importorskip("transformers", reason="the optional [hf] extra")
     return tiny.tiny_hf_clip(seed=0)
 
 
-@pytest.fixture(params=["open_clip", "open_clip_custom_text", "hf_clip"])
+@pytest.fixture(params=["open_clip", "open_clip_custom_text", hf_param("hf_clip")])
 def tiny_clip(request):
     """Each tiny CLIP layout in turn (for tests that only need the Backbone contract)."""
     return getattr(tiny, f"tiny_{request.param}")(seed=0)

@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from optional_extras import HAS_TRANSFORMERS, hf_param, needs_transformers  # pytest puts tests/ on sys.path
 
 from vlprompt.backbones import tiny
 from vlprompt.backbones.causal_text import CausalTextTower
@@ -145,6 +146,7 @@ def test_open_clip_text_equals_encode_text(case):
         torch.testing.assert_close(plain, expected, atol=ATOL, rtol=0, msg=name)
 
 
+@needs_transformers
 @pytest.mark.parametrize("eos_token_id", [49407, 2])
 def test_hf_text_equals_get_text_features(eos_token_id):
     backbone = tiny.tiny_hf_clip(seed=0, eos_token_id=eos_token_id)
@@ -156,6 +158,7 @@ def test_hf_text_equals_get_text_features(eos_token_id):
         torch.testing.assert_close(text.encode_full(text.embed_tokens(ids), ids), expected, atol=ATOL, rtol=0)
 
 
+@needs_transformers
 def test_hf_tokenizer_matches_open_clip_ids():
     simple = tiny.open_clip_tokenizer()
     hf_ids = tiny.hf_clip_tokenizer()(TEXTS, padding="max_length", max_length=77, return_tensors="pt")[
@@ -177,12 +180,16 @@ def _fast_text_towers():
         ("custom_eos", tiny.tiny_open_clip_custom_text(seed=0, pool_type="eos", eos_id=49407).freeze().text),
         ("custom_blocks", tiny.tiny_open_clip_custom_text(seed=0, qk_norm=True).freeze().text),
         ("custom_cls_emb", tiny.tiny_open_clip_custom_text(seed=0, embed_cls=True).freeze().text),
-        ("hf", tiny.tiny_hf_clip(seed=0).freeze().text),
-        ("hf_legacy_eos", tiny.tiny_hf_clip(seed=0, eos_token_id=2).freeze().text),
+        *([("hf", tiny.tiny_hf_clip(seed=0).freeze().text),
+           ("hf_legacy_eos", tiny.tiny_hf_clip(seed=0, eos_token_id=2).freeze().text)] if HAS_TRANSFORMERS else []),
     ]
 
 
-@pytest.mark.parametrize("case", range(7))
+# the cases of _fast_text_towers; the last two are transformers' (skipped without the [hf] extra)
+FAST_CASES = [*range(5), hf_param(5), hf_param(6)]
+
+
+@pytest.mark.parametrize("case", FAST_CASES)
 def test_truncated_path_equals_plain_path(case):
     name, text = _fast_text_towers()[case]
     assert isinstance(text, CausalTextTower)
@@ -195,7 +202,7 @@ def test_truncated_path_equals_plain_path(case):
         )
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", FAST_CASES)
 def test_shared_prefix_path_equals_plain_path(case):
     name, text = _fast_text_towers()[case]
     classnames = ["dog", "red circle", "small blue square with stripes", "x"]
@@ -215,7 +222,7 @@ def test_shared_prefix_path_equals_plain_path(case):
     torch.testing.assert_close(grad_shared, grad_plain, atol=1e-4, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", FAST_CASES)
 def test_grouped_prefixes_equal_plain_path(case):
     """m prefixes x n suffixes (CoCoOp: one context per image): [m, n, D] equal to the m*n plain rows."""
     name, text = _fast_text_towers()[case]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
+from optional_extras import needs_transformers  # pytest puts tests/ on sys.path
 from safetensors.torch import save_file
 
 from vlprompt.backbones import tiny
 from vlprompt.backbones.registry import create_backbone, list_backbones, register_backbone
-from vlprompt.errors import CheckpointError, VlpromptError
+from vlprompt.errors import CheckpointError, MissingExtraError, VlpromptError
 
 TINY_TIMM = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
 
@@ -75,7 +77,7 @@ def test_unknown_prefix():
     [
         ("timm:vit_tiny_patch16_224", "weights=PATH"),
         ("open_clip:ViT-B-32@openai", "open_clip:ViT-B-32@none"),
-        ("hf:openai/clip-vit-base-patch32", "hf:/path/to/folder"),
+        pytest.param("hf:openai/clip-vit-base-patch32", "hf:/path/to/folder", marks=needs_transformers),
     ],
 )
 def test_offline_missing_weights_explains_how_to_provide_them(offline, name, hint):
@@ -159,6 +161,7 @@ def test_open_clip_local_file_and_wrong_architecture(offline, tmp_path):
         create_backbone(f"open_clip:vlprompt-test-tiny-wide@{weights}")
 
 
+@needs_transformers
 def test_hf_local_folder(offline, tmp_path):
     source = tiny.tiny_hf_clip(seed=3)
     source.extra["model"].save_pretrained(tmp_path)
@@ -171,6 +174,7 @@ def test_hf_local_folder(offline, tmp_path):
         torch.testing.assert_close(loaded.visual(_images()), source.visual(_images()), atol=1e-6, rtol=0)
 
 
+@needs_transformers
 def test_hf_non_clip_folder_is_refused(offline, tmp_path):
     from transformers import BertConfig
 
@@ -215,3 +219,11 @@ def test_open_clip_local_dir(offline, tmp_path):
         torch.testing.assert_close(loaded.text(ids), source.text(ids), atol=0, rtol=0)
     with pytest.raises(VlpromptError, match="not an open_clip model folder"):
         create_backbone(f"open_clip:local-dir:{tmp_path / 'missing'}")
+
+
+def test_hf_names_without_transformers_name_the_extra(offline, monkeypatch, tmp_path):
+    # transformers absent, as after a plain `pip install vlprompt`: None in sys.modules makes its import fail.
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    for name in ("tiny:hf_clip", f"hf:{tmp_path}"):
+        with pytest.raises(MissingExtraError, match=r"transformers is not installed.*vlprompt\[hf\]"):
+            create_backbone(name)

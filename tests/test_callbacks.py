@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 from nmi_run import GOLDEN, tiny_nmi_run  # pytest puts tests/ on sys.path
@@ -18,9 +17,10 @@ from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods import create_method
 from vlprompt.seeding import seed_everything
 from vlprompt.sweep import load_sweep_config, plan_sweep
+from vlprompt.sweep.config import packaged_sweeps_dir
 from vlprompt.train import Callback, TrainConfig, Trainer
 
-SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+SWEEPS = packaged_sweeps_dir()
 
 
 class Recorder(Callback):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optional_extras import HAS_TRANSFORMERS, hf_param  # pytest puts tests/ on sys.path
 
 from vlprompt.backbones.tiny import tiny_hf_clip, tiny_open_clip, tiny_open_clip_custom_text
 from vlprompt.errors import ConfigError
@@ -10,7 +11,7 @@ from vlprompt.prompts.deep_text import DeepTextPrompt, split_init_words
 from vlprompt.prompts.text import ContextPrompt
 
 CLASSES = ["dog", "cat", "red panda", "sea lion"]
-NAMES = ["open_clip", "open_clip_custom_text", "open_clip_cls_token", "hf_clip"]
+NAMES = ["open_clip", "open_clip_custom_text", "open_clip_cls_token", hf_param("hf_clip")]
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def backbones():
         "open_clip_custom_text": tiny_open_clip_custom_text(seed=0),
         # an appended class token: no fast path applies, the deep prompts go through encode_full
         "open_clip_cls_token": tiny_open_clip_custom_text(seed=0, embed_cls=True, pool_type="last"),
-        "hf_clip": tiny_hf_clip(seed=0),
+        **({"hf_clip": tiny_hf_clip(seed=0)} if HAS_TRANSFORMERS else {}),
     }
 
 
@@ -133,7 +134,7 @@ def test_depth_beyond_the_tower_prompts_every_layer(backbones):
         DeepTextPrompt(text, CLASSES, n_ctx=2, depth=0)
 
 
-@pytest.mark.parametrize("name", ["open_clip", "hf_clip"])
+@pytest.mark.parametrize("name", ["open_clip", hf_param("hf_clip")])
 def test_class_chunks_give_the_same_features_and_gradients(backbones, name):
     text = backbones[name].text
     classes = [f"thing {i}" for i in range(9)]

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from optional_extras import hf_param  # pytest puts tests/ on sys.path
 from safetensors.torch import load_file
 from torch import nn
 
@@ -19,7 +20,7 @@ from vlprompt.prompts.lora import LoRADelta, LoRALinear, LoRAMultiheadAttention
 from vlprompt.train import Trainer, evaluate, load_prompts
 
 LABELS = LabelSpace(["circle", "square", "triangle"], ["a photo of a {}."])
-LAYOUTS = ["open_clip", "open_clip_custom_text", "hf_clip"]
+LAYOUTS = ["open_clip", "open_clip_custom_text", hf_param("hf_clip")]
 
 
 def backbone(layout: str):

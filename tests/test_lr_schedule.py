@@ -12,6 +12,7 @@ from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods import create_method
 from vlprompt.train import TrainConfig, Trainer
+from vlprompt.train.schedule import lr_at
 
 STEPS_PER_EPOCH = 3
 
@@ -25,7 +26,7 @@ def _per_step(trainer: Trainer, base: float) -> list[float]:
     epochs = trainer.config.epochs
     total = STEPS_PER_EPOCH * epochs
     warmup = round(trainer.config.warmup_epochs * STEPS_PER_EPOCH)
-    return [trainer._lr_at(step, base, total, warmup) for step in range(total)]
+    return [lr_at(trainer.config, step, base, total, warmup) for step in range(total)]
 
 
 def test_dassl_constant_warmup_then_cosine_over_max_epoch_per_epoch():

@@ -29,6 +29,7 @@ from vlprompt.sweep import (
     run_sweep,
     selection_view,
 )
+from vlprompt.sweep.config import list_sweeps, packaged_sweeps_dir
 
 PLUGIN = "vlprompt_sweeptest_plugin"
 PLUGIN_SOURCE = textwrap.dedent('''
@@ -301,8 +302,7 @@ def test_vtab_selection_never_reads_test(plugin, tmp_path, monkeypatch):
 def test_world_sweep_configs_plan_every_method():
     from vlprompt.methods import list_methods
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
-    world = load_sweep_config(root / "world.yaml")
+    world = load_sweep_config("world")
     specs = plan_sweep(world)
     assert {s.run["method"] for s in specs} == set(list_methods())
     assert {s.protocol for s in specs} == {"fewshot", "base2new", "shift"}
@@ -312,20 +312,39 @@ def test_world_sweep_configs_plan_every_method():
         2,
         3,
     }
-    quick = load_sweep_config(root / "world_quick.yaml")
+    quick = load_sweep_config("world_quick.yaml")
     assert len({m.name for m in quick.method_entries}) == 2 and len(plan_sweep(quick)) > 0
-    vtab = plan_sweep(load_sweep_config(root / "vtab1k.yaml"))
+    vtab = plan_sweep(load_sweep_config(packaged_sweeps_dir() / "vtab1k.yaml"))
     assert {s.stage for s in vtab} == {"select"} and len(
         {s.run["dataset_options"]["source"] for s in vtab}
     ) == 19
+
+
+def test_sweep_configs_are_packaged_and_found_by_name(tmp_path, monkeypatch, capsys):
+    from vlprompt.cli import main
+
+    assert list_sweeps() == ["vtab1k", "world", "world_quick", "world_small"]
+    assert packaged_sweeps_dir().parent.parent.name == "vlprompt"  # inside the package, so inside the wheel
+    # a file given by path wins over a packaged name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "world_quick.yaml").write_text(
+        (packaged_sweeps_dir() / "world_quick.yaml").read_text().replace("name: world_quick", "name: mine")
+    )
+    assert load_sweep_config("world_quick.yaml").name == "mine"
+    assert load_sweep_config("world_quick").name == "world_quick"
+    with pytest.raises(ConfigError, match="neither a file nor a packaged sweep.*world_quick, world_small"):
+        load_sweep_config("world_quik")
+    with pytest.raises(ConfigError, match="neither a file nor a packaged sweep"):
+        load_sweep_config("elsewhere/world_quick.yaml")  # a path that does not exist is not a packaged name
+    assert main(["list", "sweeps"]) == 0
+    assert capsys.readouterr().out.split() == list_sweeps()
 
 
 @pytest.mark.slow
 def test_world_quick_sweep_and_report(tmp_path):
     from vlprompt.analysis.report import write_report
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
-    summary = run_sweep(load_sweep_config(root / "world_quick.yaml"), tmp_path)
+    summary = run_sweep(load_sweep_config("world_quick"), tmp_path)
     assert not summary["failed"], summary["failed"]
     written = write_report(tmp_path)
     text = written["report.md"].read_text()

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from optional_extras import HAS_TRANSFORMERS, hf_param  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.cocoop
 import vlprompt.methods.coop
@@ -35,7 +36,7 @@ def backbones():
         "open_clip_custom_text": tiny_open_clip_custom_text(seed=0),
         # pooled at an appended class token: the EOT is not the pooled position, and no fast path applies
         "open_clip_cls_token": tiny_open_clip_custom_text(seed=0, embed_cls=True, pool_type="last"),
-        "hf_clip": tiny_hf_clip(seed=0),
+        **({"hf_clip": tiny_hf_clip(seed=0)} if HAS_TRANSFORMERS else {}),
     }
 
 
@@ -52,7 +53,7 @@ def features(n: int = 6, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", ["open_clip", "open_clip_custom_text", "open_clip_cls_token", "hf_clip"])
+@pytest.mark.parametrize("name", ["open_clip", "open_clip_custom_text", "open_clip_cls_token", hf_param("hf_clip")])
 @pytest.mark.parametrize("template", ["a photo of a {}.", "a {} in neon lights."])
 def test_coop_from_template_words_equals_zero_shot(backbones, name, template):
     backbone = backbones[name]
@@ -77,7 +78,7 @@ def test_coop_from_words_equals_zero_shot_and_the_library_encoder(clip):
         torch.testing.assert_close(coop.class_features(), model_features, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["open_clip", "hf_clip"])
+@pytest.mark.parametrize("name", ["open_clip", hf_param("hf_clip")])
 def test_fast_paths_equal_the_plain_path(backbones, name):
     """Truncation at the EOT and the shared [SOS, ctx] prefix leave the features unchanged."""
     text = backbones[name].text
@@ -153,7 +154,7 @@ def test_prograd_projection_on_hand_made_gradients():
     assert torch.equal(prograd_project(g_d, obtuse, lam=0.0), g_d)
 
 
-@pytest.mark.parametrize("name", ["open_clip", "hf_clip"])
+@pytest.mark.parametrize("name", ["open_clip", hf_param("hf_clip")])
 def test_prograd_lambda_zero_is_coop_and_projection_is_applied(backbones, name):
     clip = backbones[name]
     batch = {"features": features(), "label": torch.tensor([0, 1, 2, 3, 0, 1])}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optional_extras import hf_param  # pytest puts tests/ on sys.path
 from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.spt
@@ -30,7 +31,7 @@ def _images(backbone, n=2):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("factory", [hf_param(f) if f == "hf-clip" else f for f in FACTORIES])
 def test_visual_prompts_on_every_adapter(factory):
     backbone = FACTORIES[factory]()
     visual = backbone.visual

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from optional_extras import needs_transformers  # pytest puts tests/ on sys.path
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -211,6 +212,7 @@ def test_class_chunks_give_the_same_logits(clip, name):
         torch.testing.assert_close(chunked({"image": x})["logits"], whole({"image": x})["logits"], atol=1e-5, rtol=0)
 
 
+@needs_transformers
 def test_works_on_hf_clip():
     backbone = tiny_hf_clip(seed=0)
     for name in ("ivlp", "maple", "promptsrc"):

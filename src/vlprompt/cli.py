@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import yaml
 
 from vlprompt import __version__
+from vlprompt.analysis.markdown import format_table
+from vlprompt.cli_artifacts import add_artifact_commands
 from vlprompt.config_utils import deep_merge, load_yaml_mapping
 from vlprompt.errors import ConfigError, VlpromptError
 
@@ -39,17 +41,6 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
 def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
     config = next((i for i in items if "=" not in i), None)
     return config, [i for i in items if "=" in i]
-
-
-def format_table(records: list[dict], columns: Sequence[str]) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in records]
-    return "\n".join(lines)
 
 
 TRAIN_EPILOG = """\
@@ -111,6 +102,10 @@ def cmd_list(args) -> int:
         from vlprompt.presets import list_presets
 
         names = list_presets()
+    elif args.what == "sweeps":
+        from vlprompt.sweep.config import list_sweeps
+
+        names = list_sweeps()
     else:
         from vlprompt.data.registry import list_datasets
 
@@ -222,109 +217,6 @@ def cmd_world_export(args) -> int:
     return 0
 
 
-def _classnames_option(value: str | None) -> list[str] | None:
-    """--classnames: a comma-separated list, or a text file with one class name per line."""
-    if not value:
-        return None
-    from pathlib import Path
-
-    if Path(value).is_file():
-        return [line.strip() for line in Path(value).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [name.strip() for name in value.split(",") if name.strip()]
-
-
-def _backbone_option(name: str | None):
-    if not name:
-        return None
-    from vlprompt.backbones.registry import create_backbone
-
-    return create_backbone(name)
-
-
-def cmd_predict(args) -> int:
-    from vlprompt.artifacts.pretrained import from_pretrained
-    from vlprompt.inference import collect_inputs, format_predictions, predict_images, write_predictions
-
-    method = from_pretrained(args.run_dir, backbone=_backbone_option(args.backbone),
-                             classnames=_classnames_option(args.classnames), device=args.device)
-    inputs = collect_inputs(args.inputs)
-    records = predict_images(method, inputs, topk=args.topk, batch_size=args.batch_size, progress=True)
-    if args.output:
-        print(f"wrote {len(records)} predictions to {write_predictions(records, args.output)}")
-    else:
-        print(format_predictions(records))
-    return 0
-
-
-def cmd_export(args) -> int:
-    from vlprompt.artifacts.pretrained import from_pretrained
-    from vlprompt.export import export_classifier
-
-    method = from_pretrained(args.run_dir, backbone=_backbone_option(args.backbone))
-    out = export_classifier(method, args.out, source=str(args.run_dir))
-    print(f"wrote the {len(method.labels.classnames)}-class classifier of '{args.run_dir}' to {out} "
-          "(classifier.safetensors + classifier.json)")
-    return 0
-
-
-def cmd_serve_batch(args) -> int:
-    from pathlib import Path
-
-    from vlprompt.inference import format_predictions, read_csv_rows, write_predictions
-    from vlprompt.serving import MultiTaskPredictor
-
-    tasks = {}
-    for item in args.task:
-        name, separator, folder = item.partition("=")
-        if not separator or not name or not folder:
-            raise ConfigError(f"--task '{item}' is not of the form NAME=RUN_FOLDER (e.g. --task paint=runs/my_coop).")
-        tasks[name] = folder
-    predictor = MultiTaskPredictor(tasks, backbone=_backbone_option(args.backbone), device=args.device)
-    rows = read_csv_rows(Path(args.requests), ("task",))
-    records = predictor.predict_images([path for path, _ in rows], [extra["task"] for _, extra in rows],
-                                       topk=args.topk, batch_size=args.batch_size, progress=True)
-    if args.output:
-        print(f"wrote {len(records)} predictions to {write_predictions(records, args.output)}")
-    else:
-        print(format_predictions(records))
-    return 0
-
-
-def _add_artifact_commands(sub) -> None:
-    """predict / export / serve-batch: what a user does with a trained prompt folder."""
-    p = sub.add_parser("predict", help="top-k labels for an image, a folder or a CSV of paths with a run folder")
-    p.add_argument("run_dir", help="a run folder of 'vlprompt train' (or a save_pretrained folder)")
-    p.add_argument("inputs", help="an image file, a folder of images (recursive) or a CSV with a 'path' column")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--output", help="write a .csv or .json file instead of printing")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    p.add_argument("--classnames", help="other class names (comma-separated or a file, one per line) for "
-                                        "open-vocabulary prompts (CoOp-family shared context, zero-shot)")
-    p.add_argument("--backbone", help="load this backbone name instead of the stored one (e.g. the weights moved); "
-                                      "its weights hash must match")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("export", help="write an image-independent head (class features + logit scale) for serving "
-                                      "with the plain backbone")
-    p.add_argument("run_dir")
-    p.add_argument("--format", default="classifier", choices=["classifier"])
-    p.add_argument("--out", required=True, help="folder for classifier.safetensors + classifier.json")
-    p.add_argument("--backbone", help="load this backbone name instead of the stored one")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("serve-batch", help="one frozen backbone, several prompt folders, a CSV of (path, task) "
-                                           "requests scored in shared batches")
-    p.add_argument("requests", help="a CSV with columns path,task (paths relative to the CSV's folder)")
-    p.add_argument("--task", action="append", required=True, help="NAME=RUN_FOLDER, once per task")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--output", help="write a .csv or .json file instead of printing")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the backbone is)")
-    p.add_argument("--backbone", help="load this backbone name instead of the stored one")
-    p.set_defaults(func=cmd_serve_batch)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlprompt", description="Prompt learning on frozen vision and vision-language transformers."
@@ -334,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered names, one per line (or a method's options)")
-    p.add_argument("what", choices=["backbones", "methods", "datasets", "presets"])
+    p.add_argument("what", choices=["backbones", "methods", "datasets", "presets", "sweeps"])
     p.add_argument("--options", metavar="NAME", help="with 'methods': print that method's options, defaults and help")
     p.set_defaults(func=cmd_list)
 
@@ -366,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="run a grid of runs from a YAML sweep config (finished runs are skipped)")
-    p.add_argument("config")
+    p.add_argument("config", help="a sweep YAML file, or a packaged sweep's name ('vlprompt list sweeps')")
     p.add_argument("overrides", nargs="*", help="overrides of the sweep config as key=value (e.g. train.epochs=2)")
     p.add_argument("--out", required=True, help="sweep folder (one sub-folder per run)")
     p.add_argument("--workers", type=int, default=1,
@@ -418,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("root")
     c.add_argument("options", nargs="*", help="loader options as key=value")
     c.set_defaults(func=cmd_data)
-    _add_artifact_commands(sub)
+    add_artifact_commands(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
+from vlprompt.analysis.markdown import format_table
 from vlprompt.errors import VlpromptError
 from vlprompt.experiment import RunConfig, run_experiment
 from vlprompt.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
@@ -83,8 +84,6 @@ def run_demo(out: str | Path, methods: list[str] | None = None, progress: bool =
         print(f"  {name:<20} {records[-1]['accuracy']:.4f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
     total = time.perf_counter() - started
     atomic_write_json(out / RESULTS_NAME, records)
-    from vlprompt.cli import format_table
-
     table = format_table(records, COLUMNS)
     atomic_write_text(
         out / "report.md",

@@ -8,6 +8,8 @@ final_layer_norm, EOS pooling, text_projection). EOS pooling follows transformer
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +18,11 @@ from torch import nn
 
 from vlprompt.backbones.base import AttentionProjections, Backbone, PreprocessConfig, VisionTower
 from vlprompt.backbones.causal_text import CausalTextTower, attend_with_prefix
-from vlprompt.errors import VlpromptError
+from vlprompt.backbones.hub import hub_reachable
+from vlprompt.backbones.loading import as_bool, missing_weights, wrong_checkpoint
+from vlprompt.errors import VlpromptError, missing_extra
+
+log = logging.getLogger(__name__)
 
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -24,6 +30,14 @@ _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 _SEPARATE = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
+
+
+def require_transformers(feature: str) -> None:
+    """transformers is the optional ``[hf]`` extra: say so, naming ``feature``, when it is not installed."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as error:
+        raise missing_extra("transformers", "hf", feature) from error
 
 
 def _layer_output(output: Any) -> torch.Tensor:
@@ -163,6 +177,7 @@ def hf_clip_preprocess(model: nn.Module, image_processor: Any = None) -> Preproc
 
 def wrap_hf_clip(model: nn.Module, tokenizer: Any, backbone_id: str, image_processor: Any = None) -> Backbone:
     """A transformers ``CLIPModel`` as a Backbone (kind "clip"); the tokenizer pads to max_length."""
+    require_transformers(f"Backbone '{backbone_id}'")
     from transformers import CLIPModel
 
     if not isinstance(model, CLIPModel):
@@ -179,3 +194,39 @@ def wrap_hf_clip(model: nn.Module, tokenizer: Any, backbone_id: str, image_proce
         kind="clip",
         extra={"model": model},  # the library model the towers reference (its own get_*_features for checks)
     )
+
+
+# ----- loading by name (hf:<repo-or-path>) -----
+def create_hf(spec: str, name: str, **kwargs: Any) -> Backbone:
+    """``hf:<repo-or-path>``: a transformers CLIPModel from a local folder, the HF cache, or the hub when reachable."""
+    require_transformers(f"Backbone '{name}'")
+    from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    random_init = as_bool(kwargs.pop("random_init", False), "random_init")
+    local_only = os.path.isdir(spec) or not hub_reachable()
+    how_local = "a local folder saved with save_pretrained: 'hf:/path/to/folder'"
+    try:
+        config = AutoConfig.from_pretrained(spec, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local_only)
+    except OSError as error:
+        raise missing_weights(name, how_local, "random_init=true with a local config folder") from error
+    if getattr(config, "model_type", None) != "clip":
+        raise VlpromptError(
+            f"Backbone '{name}' is a transformers '{getattr(config, 'model_type', '?')}' model; 'hf:' loads CLIP "
+            "models (model_type 'clip')."
+        )
+    try:
+        if random_init:
+            model = CLIPModel(config)
+        else:
+            model = CLIPModel.from_pretrained(spec, local_files_only=local_only, **kwargs)
+    except OSError as error:
+        raise missing_weights(name, how_local, "random_init=true") from error
+    except (RuntimeError, ValueError) as error:
+        raise wrong_checkpoint(name, spec, error) from error
+    try:
+        image_processor = CLIPImageProcessor.from_pretrained(spec, local_files_only=local_only)
+    except OSError:
+        log.info("No image processor config for %s; using CLIP's default preprocessing", name)
+        image_processor = None
+    return wrap_hf_clip(model.eval(), tokenizer, name, image_processor=image_processor)

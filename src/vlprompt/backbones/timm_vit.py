@@ -8,12 +8,16 @@ their own head.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
+from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
+from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
 from vlprompt.errors import VlpromptError
 
 _TIMM_POOLS = {"token": "cls", "avg": "mean"}
@@ -136,3 +140,116 @@ def wrap_timm_vit(model: nn.Module, backbone_id: str, kind: str = "vit") -> Back
         kind=kind,
         extra={"model": model},
     )
+
+
+# ----- loading by name (timm:<arch>[.<tag>]) -----
+def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
+    """``timm:<arch>[.<tag>]``: weights from ``weights=PATH``, the local HF / torch-hub cache, or the hub when
+    reachable; ``pretrained=False`` or ``random_init=True`` for random init."""
+    import timm
+
+    weights = kwargs.pop("weights", None)
+    random_init = as_bool(kwargs.pop("random_init", False), "random_init")
+    pretrained = as_bool(kwargs.pop("pretrained", True), "pretrained") and not random_init
+    arch, _, tag = spec.partition(".")
+    if not timm.is_model(arch):
+        raise VlpromptError(
+            f"timm has no architecture '{arch}' (from backbone '{name}').{close_names(arch, timm.list_models())} "
+            "timm.list_models('vit_*') lists the ViTs."
+        )
+    if tag and spec not in timm.list_pretrained(f"{arch}.*"):
+        raise VlpromptError(
+            f"timm has no pretrained tag '{tag}' for '{arch}'."
+            f"{close_names(spec, timm.list_pretrained(f'{arch}.*'))} Known tags: "
+            f"{', '.join(timm.list_pretrained(f'{arch}.*')) or '(none)'}."
+        )
+    kind = kwargs.pop("kind", "mae" if "mae" in tag else "vit")
+    kwargs.setdefault("num_classes", 0)
+    if not pretrained and weights is None:
+        model = timm.create_model(spec, pretrained=False, **kwargs)
+        return wrap_timm_vit(model.eval(), backbone_id=f"{name}#random", kind=kind)
+    if weights is None:
+        weights = _find_timm_weights(spec)
+    if weights is not None:
+        weights = os.fspath(weights)
+        if not os.path.isfile(weights):
+            raise VlpromptError(
+                f"Backbone '{name}': weights file '{weights}' does not exist; pass an existing file."
+            )
+        model = _load_timm_file(spec, name, weights, kwargs)
+    else:
+        if not hub_reachable():
+            raise missing_weights(
+                name,
+                "a local file with weights=PATH (.safetensors / .pth / .npz)",
+                "pretrained=false or random_init=true",
+            )
+        try:
+            model = timm.create_model(spec, pretrained=True, **kwargs)
+        except (OSError, RuntimeError) as error:
+            raise missing_weights(
+                name,
+                "a local file with weights=PATH (.safetensors / .pth / .npz)",
+                "pretrained=false or random_init=true",
+            ) from error
+    return wrap_timm_vit(model.eval(), backbone_id=name, kind=kind)
+
+
+def _load_timm_file(spec: str, name: str, weights: str, kwargs: dict) -> Any:
+    """Build the architecture, then load the file through timm (its checkpoint filter resizes position
+    embeddings and converts layouts) and refuse any file that leaves a non-classifier weight unloaded: timm
+    itself loads non-strictly whenever the classifier size differs, which would silently keep random weights."""
+    import timm
+    from timm.models import load_pretrained
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    model = timm.create_model(spec, pretrained=False, **kwargs)
+    classifier = model.pretrained_cfg.get("classifier", "head")
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    report: dict[str, list[str]] = {}
+
+    def record(module: Any, incompatible: Any) -> None:
+        report["missing"] = list(incompatible.missing_keys)
+        report["unexpected"] = list(incompatible.unexpected_keys)
+
+    handle = model.register_load_state_dict_post_hook(record)
+    try:
+        load_pretrained(
+            model,
+            pretrained_cfg={**model.pretrained_cfg, "file": weights, "custom_load": weights.endswith(".npz")},
+            num_classes=model.num_classes,
+            filter_fn=checkpoint_filter_fn,
+            strict=False,
+        )
+    except (RuntimeError, KeyError, ValueError, AssertionError) as error:
+        raise wrong_checkpoint(name, weights, error) from error
+    finally:
+        handle.remove()
+    missing = [k for k in report.get("missing", []) if not k.startswith(classifiers)]
+    unexpected = [k for k in report.get("unexpected", []) if not k.startswith(classifiers)]
+    if missing or unexpected:
+        detail = (f"missing {', '.join(missing[:6])}" if missing else "") + (
+            f"{'; ' if missing else ''}unexpected {', '.join(unexpected[:6])}" if unexpected else ""
+        )
+        raise wrong_checkpoint(name, weights, RuntimeError(detail))
+    return model
+
+
+def _find_timm_weights(spec: str) -> str | None:
+    """The checkpoint of a timm pretrained tag in the local HF or torch-hub cache."""
+    import timm
+    import torch
+
+    config = timm.models.get_pretrained_cfg(spec)
+    if config is None:
+        return None
+    if config.hf_hub_id:
+        names = (
+            [config.hf_hub_filename] if config.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        )
+        found = cached_hf_file(config.hf_hub_id, names)
+        if found:
+            return found
+    if config.url:
+        return cached_url_file(config.url, os.path.join(torch.hub.get_dir(), "checkpoints"))
+    return None

@@ -42,6 +42,9 @@ def open_clip_tokenizer() -> Any:
 @functools.lru_cache(maxsize=1)
 def hf_clip_tokenizer() -> Any:
     """A transformers CLIPTokenizer built from open_clip's shipped BPE vocabulary and merges."""
+    from vlprompt.backbones.hf_clip import require_transformers
+
+    require_transformers("The tiny transformers CLIP's tokenizer")
     from transformers import CLIPTokenizer
 
     simple = open_clip_tokenizer()
@@ -121,9 +124,10 @@ def tiny_hf_clip(seed: int = 0, eos_token_id: int = 49407) -> Backbone:
 
     ``eos_token_id=2`` reproduces legacy configs (pooling at the largest id).
     """
-    from transformers import CLIPConfig, CLIPModel
+    from vlprompt.backbones.hf_clip import require_transformers, wrap_hf_clip
 
-    from vlprompt.backbones.hf_clip import wrap_hf_clip
+    require_transformers("The tiny transformers CLIP (tiny:hf_clip)")
+    from transformers import CLIPConfig, CLIPModel
 
     config = CLIPConfig(
         text_config={

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +168,39 @@ def _check_grid(grid: Any, where: str) -> None:
             raise ConfigError(f"{where}: '{key}' must be a non-empty list of values, not {values!r}.")
 
 
+def packaged_sweeps_dir() -> Path:
+    """The sweep configs shipped inside the package (vlprompt/configs/sweeps)."""
+    return Path(str(resources.files("vlprompt"))) / "configs" / "sweeps"
+
+
+def list_sweeps() -> list[str]:
+    """Names of the packaged sweep configs (``vlprompt sweep NAME``)."""
+    return sorted(p.stem for p in packaged_sweeps_dir().glob("*.yaml"))
+
+
+def sweep_config_path(name_or_path: str | Path) -> Path:
+    """An existing file as given, else the packaged sweep of that name (``world_quick`` or ``world_quick.yaml``);
+    neither is an error listing the packaged names."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = packaged_sweeps_dir() / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and packaged.is_file():
+        return packaged
+    raise ConfigError(
+        f"Sweep config '{name_or_path}' is neither a file nor a packaged sweep. Packaged sweeps: "
+        f"{', '.join(list_sweeps())} (e.g. 'vlprompt sweep world_quick --out runs/world_quick'); or give the path "
+        "of your own YAML file."
+    )
+
+
 def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepConfig:
-    """Read a sweep YAML; any invalid or unknown key is an error naming the key and the file.
+    """Read a sweep YAML, a file path or a packaged name (``world_quick``); any invalid or unknown key is an error
+    naming the key and the file.
 
     ``overrides`` (e.g. ``{"train": {"epochs": 2}}`` from ``train.epochs=2`` on the command line) are merged
     into the file's mapping, nested mappings key by key."""
-    path = Path(path)
+    path = sweep_config_path(path)
     values = load_yaml_mapping(path, "Sweep config", "name:, methods:, datasets:, ...")
     values = deep_merge(values, overrides or {})
     try:

@@ -19,7 +19,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -27,15 +26,20 @@ from tqdm.auto import tqdm
 from vlprompt import distributed
 from vlprompt.data.base import ImageDataset, TaskData
 from vlprompt.data.features import encode_dataset
-from vlprompt.data.loading import BatchLoader, workers_for
+from vlprompt.data.loading import workers_for
 from vlprompt.data.transforms import eval_transform, train_transform
-from vlprompt.errors import VlpromptError
 from vlprompt.io_utils import check_writable_dir
-from vlprompt.run_dir import RunDir, mismatch_error
-from vlprompt.seeding import derived_seed, rng_state, set_rng_state
+from vlprompt.run_dir import RunDir
+from vlprompt.seeding import derived_seed
+from vlprompt.train import resume
 from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
 from vlprompt.train.config import TrainConfig
+from vlprompt.train.predict import evaluate, predict
+from vlprompt.train.schedule import build_optimizer, lr_at
+from vlprompt.train.sources import FeatureSource, ImageSource, cache_key
+
+__all__ = ["FitResult", "Trainer", "evaluate", "predict"]
 
 log = logging.getLogger(__name__)
 
@@ -47,63 +51,6 @@ class FitResult:
     steps: int
     history: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
-
-
-def _cache_key(method, dataset: ImageDataset, transform_name: str) -> dict:
-    return {
-        "backbone": method.backbone.backbone_id,
-        "weights": method.backbone.weights_hash(),
-        "dataset": dataset.name,
-        "n": len(dataset),
-        "transform": transform_name,
-    }
-
-
-class _FeatureSource:
-    """Training batches from cached frozen image features ([N,D], or [V,N,D] for V augmented views)."""
-
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
-        self.features = features
-        self.labels = labels
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.labels.numel()
-
-    def batches(self, epoch: int, index_batches: list[torch.Tensor]):
-        return (self.batch(indices, epoch) for indices in index_batches)
-
-    def close(self) -> None:
-        pass
-
-    def batch(self, indices: torch.Tensor, epoch: int) -> dict:
-        if self.features.dim() == 3:
-            views = self.features.shape[0]
-            generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, 7))
-            choice = torch.randint(views, (len(self),), generator=generator)[indices]
-            feats = self.features[choice, indices]
-        else:
-            feats = self.features[indices]
-        return {"features": feats, "label": self.labels[indices]}
-
-
-class _ImageSource:
-    """Training batches decoded and augmented on the fly by DataLoader workers (methods that put prompts
-    inside the image tower); an item's augmentation depends on (seed, epoch, index) only."""
-
-    def __init__(self, dataset: ImageDataset, seed: int, num_workers: int, pin_memory: bool) -> None:
-        self.size = len(dataset)
-        self.loader = BatchLoader(dataset, seed=seed, num_workers=num_workers, pin_memory=pin_memory)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def batches(self, epoch: int, index_batches: list[torch.Tensor]):
-        return ({"image": images, "label": labels} for images, labels in self.loader.run(epoch, index_batches))
-
-    def close(self) -> None:
-        """Stop the persistent workers now rather than whenever the loader is collected."""
-        self.loader = None
 
 
 class Trainer:
@@ -157,7 +104,7 @@ class Trainer:
             batch_size=self.config.eval_batch_size,
             device=self.device,
             cache_dir=cache_dir,
-            cache_key=_cache_key(self.method, dataset, name),
+            cache_key=cache_key(self.method, dataset, name),
             views=views,
             seed=self.config.seed,
             num_workers=self.config.resolved_num_workers(),
@@ -183,9 +130,9 @@ class Trainer:
         preprocess = self.method.backbone.preprocess
         if getattr(self.method, "uses_image_features", False):
             labels = torch.tensor(dataset.labels, dtype=torch.long)
-            return _FeatureSource(self.cached_features(dataset, train=True), labels, config.seed)
+            return FeatureSource(self.cached_features(dataset, train=True), labels, config.seed)
         batches_per_epoch = math.ceil(len(dataset) / (config.batch_size * self.world_size))
-        return _ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)), config.seed,
+        return ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)), config.seed,
                             workers_for(config.resolved_num_workers(), batches_per_epoch),
                             pin_memory=self.device.type == "cuda")
 
@@ -228,14 +175,14 @@ class Trainer:
         steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
         total_steps = steps_per_epoch * config.epochs
         warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
-        optimizer = self._optimizer(params)
+        optimizer = build_optimizer(config, params, self.world_size)
         base_lr = config.effective_lr(self.world_size)
 
         start_epoch, start_micro, best = 0, 0, (-1.0, None)
         resume_path = self.run_dir.resume if self.run_dir is not None else None
         state = load_resume_state(resume_path) if resume_path is not None and config.resume else None
         if state is not None:
-            start_epoch, start_micro, best = self._restore(state, optimizer)
+            start_epoch, start_micro, best = resume.restore(self, state, optimizer)
             log.warning("resuming from step %d (epoch %d, batch %d) of the run in '%s'", self.step,
                         start_epoch + 1, start_micro, self.out_dir)
         if self.run_dir is not None and self.is_main:
@@ -302,7 +249,7 @@ class Trainer:
         val = best[0] if config.select == "best_val" and best[1] is not None else None
         if val is None and task.val is not None:
             val = next((r["val_accuracy"] for r in reversed(self.history) if "val_accuracy" in r), None)
-        self._check_finite("the trained prompts")
+        resume.check_finite(self, "the trained prompts")
         self._save_final(val)
         result = FitResult(val, seconds, self.step, self.history, self.out_dir)
         self.callbacks.on_fit_end(self, result)
@@ -325,7 +272,7 @@ class Trainer:
             outputs = self.method(batch)
         loss = outputs["loss"]
         if loss is None or not torch.isfinite(loss.detach()).all():
-            raise self._diverged(f"The training loss became {None if loss is None else loss.item()}")
+            raise resume.diverged_error(self, f"The training loss became {None if loss is None else loss.item()}")
         if hasattr(self.method, "grad_parts"):
             parts = self.method.grad_parts(outputs, params)
         else:
@@ -341,33 +288,6 @@ class Trainer:
                     sums[i] = grad if sums[i] is None else sums[i] + grad
         return float(loss.detach())
 
-    def _optimizer(self, params: list) -> torch.optim.Optimizer:
-        config = self.config
-        lr = config.effective_lr(self.world_size)
-        if config.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        return torch.optim.AdamW(params, lr=lr, eps=config.adam_eps, weight_decay=config.weight_decay)
-
-    def _lr_at(self, step: int, base_lr: float, total: int, warmup: int) -> float:
-        """Warm-up (linear from warmup_start_factor*lr, or constant warmup_lr), then cosine (or constant).
-
-        With lr_update="epoch" the step is taken at its epoch's start, so the lr holds for the whole epoch.
-        """
-        config = self.config
-        if config.lr_update == "epoch" and config.epochs > 0:
-            per_epoch = max(total // config.epochs, 1)
-            step = step // per_epoch * per_epoch
-        if step < warmup:
-            if config.warmup_type == "constant":
-                return config.warmup_lr
-            start = config.warmup_start_factor
-            return base_lr * (start + (1 - start) * step / max(warmup, 1))
-        if config.scheduler == "constant":
-            return base_lr
-        span = total if config.cosine_span == "all_epochs" else total - warmup
-        progress = (step - warmup) / max(span, 1)
-        return 0.5 * base_lr * (1 + math.cos(math.pi * min(progress, 1.0)))
-
     def _optimizer_step(self, optimizer, params, base_lr: float, total: int, warmup: int) -> None:
         """Reduce each gradient part over ranks, combine the parts (full-batch gradients), then step."""
         sums, self._grad_sums = self._grad_sums or [[None] * len(params)], None
@@ -382,106 +302,19 @@ class Trainer:
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         for group in optimizer.param_groups:
-            group["lr"] = self._lr_at(self.step, base_lr, total, warmup)
+            group["lr"] = lr_at(self.config, self.step, base_lr, total, warmup)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
     # ----- resume -----
-    def _diverged(self, what: str) -> VlpromptError:
-        return VlpromptError(
-            f"{what} at step {self.step} (epoch {self.epoch + 1}) of method '{self.method.method_name}'. Lower "
-            f"the learning rate (now train.lr={self.config.lr}), use precision=fp32, or set train.max_grad_norm. "
-            "Nothing non-finite was saved: the run folder keeps its last finite resume state. A changed lr is a "
-            "new config, so rerun it with --restart (same --out) or into a new --out."
-        )
-
-    def _check_finite(self, what: str) -> None:
-        for name, tensor in self.method.trainable_state_dict().items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise self._diverged(f"Parameter '{name}' of {what} became non-finite")
-
     def _save_resume(self, path: Path | None, optimizer, epoch: int, micro: int, best) -> None:
         if path is None or not self.is_main:
             return
-        self._check_finite("the resume state")  # a poisoned state must never be what a rerun resumes from
-        state = {
-            "trainable": self.method.trainable_state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "micro": micro,
-            "step": self.step,
-            "rng": rng_state(),
-            "history": self.history,
-            "best": best,
-            "config": self.config.__dict__,
-            "fingerprint": self.fingerprint,
-        }
-        save_resume_state(path, state)
-
-    def _restore(self, state: dict, optimizer) -> tuple[int, int, Any]:
-        stored = state.get("fingerprint")
-        if stored is None:  # a state written before fingerprints: the seed is all it can be checked by
-            stored = {**(self.fingerprint or {}), "train.seed": state.get("config", {}).get("seed")}
-        if self.fingerprint is not None and stored != self.fingerprint:
-            raise mismatch_error(self.out_dir, stored, self.fingerprint, finished=False, what=" (its resume state)")
-        if any(t.is_floating_point() and not torch.isfinite(t).all() for t in state["trainable"].values()):
-            raise VlpromptError(
-                f"The resume state '{self.run_dir.resume}' holds non-finite parameters (written by an older "
-                "version after the loss diverged). Rerun with --restart to start afresh."
-            )
-        named = dict(self.method.named_parameters())
-        with torch.no_grad():
-            for name, tensor in state["trainable"].items():
-                named[name].copy_(tensor)
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        self.step = state["step"]
-        self.history = list(state["history"])
-        return state["epoch"], state["micro"], state["best"]
+        resume.check_finite(self, "the resume state")  # a poisoned state must never be what a rerun resumes from
+        save_resume_state(path, resume.resume_state(self, optimizer, epoch, micro, best))
 
     # ----- evaluation -----
     def evaluate(self, dataset: ImageDataset) -> float:
         return evaluate(self.method, dataset, batch_size=self.config.eval_batch_size, device=self.device,
                         cache_dir=self.config.cache_dir, num_workers=self.config.resolved_num_workers())
-
-
-@torch.no_grad()
-def predict(method, dataset: ImageDataset, *, batch_size: int = 256, device: str | torch.device = "cpu",
-            cache_dir: str | None = None, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for every item of ``dataset`` with the backbone's eval transform; ``num_workers``
-    processes decode the images (0 = this one)."""
-    device = distributed.resolve_device(str(device)) if isinstance(device, str) else device
-    method = method.to(device)
-    was_training = method.training
-    method.eval()
-    transform = eval_transform(method.backbone.preprocess)
-    labels = torch.tensor(dataset.labels, dtype=torch.long)
-    logits = []
-    if getattr(method, "uses_image_features", False):
-        feats = encode_dataset(
-            method.image_features,
-            dataset.with_transform(transform),
-            batch_size=batch_size,
-            device=device,
-            cache_dir=cache_dir,
-            cache_key=_cache_key(method, dataset, "eval"),
-            num_workers=num_workers,
-        )
-        for start in range(0, len(labels), batch_size):
-            batch = {"features": feats[start : start + batch_size].to(device)}
-            logits.append(method.predict(batch).float().cpu())
-    else:
-        batches = [range(start, min(start + batch_size, len(labels))) for start in range(0, len(labels), batch_size)]
-        loader = BatchLoader(dataset.with_transform(transform), seed=None, persistent=False,
-                             num_workers=workers_for(num_workers, len(batches)), pin_memory=device.type == "cuda")
-        for images, _ in loader.run(0, batches):
-            logits.append(method.predict({"image": images.to(device, non_blocking=True)}).float().cpu())
-    method.train(was_training)
-    return torch.cat(logits), labels
-
-
-def evaluate(method, dataset: ImageDataset, **kwargs) -> float:
-    """Top-1 accuracy in [0, 1]."""
-    logits, labels = predict(method, dataset, **kwargs)
-    return float((logits.argmax(dim=1) == labels).float().mean())
