@@ -13,7 +13,7 @@ the median over rounds, and the 1-minute load average is recorded before and aft
 the CPU cores the loader actually received (CPU seconds of the process and its workers per wall second): on a
 machine loaded by other work, N workers can only be as much faster as the scheduler gives them cores.
 
-    python benchmarks/bench_data_loading.py [--workers 2] [--rounds 5] [--per-class 8] [--out benchmarks/results]
+    python benchmarks/bench_data_loading.py [--workers 2] [--rounds 5] [--per-class 32] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="worker count compared with 0 (default: 2 cores)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--per-class", type=int, default=8, help="train images per class (24 classes)")
+    parser.add_argument("--per-class", type=int, default=32, help="train images per class (24 classes)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     from vlprompt.data.loading import BatchLoader
