@@ -11,6 +11,7 @@ subclass it and add only what is new.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,9 +56,9 @@ class DeepVLMethod(ClipMethod):
         )
         self._eval_cache = EvalCache()
 
+    @abstractmethod
     def vision_prompts(self) -> list[torch.Tensor]:
-        """The prompts entering image blocks 0..J-1, each [n, d]."""
-        raise NotImplementedError
+        """The prompts entering image blocks 0..J-1, each [n, d] (IVLP: its own parameters; MaPLe: coupled)."""
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
