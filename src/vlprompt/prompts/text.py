@@ -1,7 +1,8 @@
 """Text prompts for CLIP: the one place where prompts are assembled and sent through the text tower.
 
 Every CLIP text method (zero-shot, CoOp, CoCoOp, ProGrad, KgCoOp, the mixture) builds its class features
-here, through the adapter seams ``tokenize`` / ``embed_tokens`` / ``encode_embeddings`` only.
+here, through the adapter seams ``tokenize`` / ``embed_tokens`` / ``encode_embeddings`` only; the calls into
+the text tower themselves are in text_encoding.py.
 
 A learned prompt is ``[SOS, ctx_1..ctx_M, CLASS, suffix, EOT]`` (class position "end"), or with the class
 name in the middle of the context or in front of it. The placeholder prompt (context written as "X" words)
@@ -11,7 +12,6 @@ prompt, which the adapter finds from the token ids.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,114 +23,22 @@ from torch.utils.checkpoint import checkpoint
 from vlprompt.backbones.base import TextTower
 from vlprompt.data.base import display_name
 from vlprompt.errors import CheckpointError, ConfigError
+from vlprompt.prompts.text_encoding import (  # noqa: F401  (some names re-exported for methods)
+    check_fits,
+    encode_text_embeddings,
+    encode_texts,
+    end_token_positions,
+    ensemble_features,
+    hand_crafted_features,
+    supports_shared_prefix,
+    supports_truncation,
+    token_count,
+)
 
 logger = logging.getLogger(__name__)
 
 CLASS_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"
-
-
-def _has_parameter(function, name: str) -> bool:
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _supports_truncation(text: TextTower) -> bool:
-    """Whether the adapter declares the exact ``truncate`` path (causal encoder pooled at the EOT)."""
-    return bool(getattr(text, "fast_paths_exact", False)) and _has_parameter(text.encode_embeddings, "truncate")
-
-
-def _supports_shared_prefix(text: TextTower) -> bool:
-    """Whether the adapter offers ``encode_shared_prefix`` and declares it exact."""
-    return bool(getattr(text, "fast_paths_exact", False)) and callable(getattr(text, "encode_shared_prefix", None))
-
-
-def encode_text_embeddings(
-    text: TextTower, embeddings: torch.Tensor, token_ids: torch.Tensor, deep: Sequence[torch.Tensor] | None = None
-) -> torch.Tensor:
-    """THE text-encoder call: token embeddings [n, L, w] + ids [n, L] -> features [n, D] (not normalised).
-
-    CLIP's text transformer is causal, so the pooled EOT output depends only on the tokens up to the EOT;
-    when the adapter offers the exact ``truncate`` path, sequences are cut at the longest EOT of the batch.
-    ``deep``: deep text prompts for layers 1..len(deep) (prompts/deep_text.py), on towers that support them.
-    """
-    options = {"deep": deep} if deep else {}
-    if _has_parameter(text.encode_embeddings, "truncate"):
-        return text.encode_embeddings(embeddings, token_ids, truncate=True, **options)
-    return text.encode_embeddings(embeddings, token_ids, **options)
-
-
-def end_token_positions(text: TextTower, token_ids: torch.Tensor) -> torch.Tensor:
-    """Index of the end-of-text token in each row (context_length when a row has none).
-
-    Not ``eot_positions``: a tower may pool elsewhere (an appended class token), while counting tokens needs
-    the EOT token itself. Its id is read from the tokenisation of the empty text, [SOS, EOT, ...].
-    """
-    end_id = int(text.tokenize([""])[0, 1])
-    is_end = token_ids == end_id
-    is_end[:, 0] = False
-    found = is_end.any(dim=1)
-    first = is_end.int().argmax(dim=1)
-    return torch.where(found, first, torch.full_like(first, token_ids.shape[1]))
-
-
-def token_count(text: TextTower, phrase: str, what: str) -> int:
-    """Number of tokens of ``phrase`` without SOS/EOT; raises when it alone fills the context."""
-    ids = text.tokenize([phrase])
-    eot = int(end_token_positions(text, ids)[0])
-    if eot >= text.context_length - 1:
-        raise ConfigError(
-            f"{what} {phrase!r} tokenises to more than the text tower's context length "
-            f"({text.context_length} tokens). Shorten it or use a backbone with a longer context."
-        )
-    return eot - 1
-
-
-def check_fits(text: TextTower, needed: int, classname: str, what: str) -> None:
-    if needed > text.context_length:
-        raise ConfigError(
-            f"Class name {classname!r} does not fit the text context: {what} needs {needed} tokens but the text "
-            f"tower holds {text.context_length}. Shorten the class name, the template or the context length n_ctx."
-        )
-
-
-@torch.no_grad()
-def encode_texts(text: TextTower, texts: Sequence[str], chunk: int = 256) -> torch.Tensor:
-    """Hand-written texts -> normalised features [n, D], ``chunk`` texts per encoder call."""
-    device = next(text.parameters()).device
-    outputs = []
-    for start in range(0, len(texts), chunk):
-        ids = text.tokenize(list(texts[start : start + chunk])).to(device)
-        outputs.append(encode_text_embeddings(text, text.embed_tokens(ids), ids).float())
-    return nn.functional.normalize(torch.cat(outputs), dim=-1)
-
-
-@torch.no_grad()
-def hand_crafted_features(
-    text: TextTower, classnames: Sequence[str], templates: Sequence[str], chunk: int = 256
-) -> torch.Tensor:
-    """Normalised features of every template filled with every class name: [T, C, D].
-
-    Checks up front that each filled template fits the context, so no prompt is silently truncated.
-    """
-    for template in templates:
-        if template.count("{}") != 1:
-            raise ConfigError(f"Template {template!r} must contain exactly one '{{}}' where the class name goes.")
-        head, tail = template.split("{}")
-        fixed = (token_count(text, head, "Template text") if head.strip() else 0) + (
-            token_count(text, tail, "Template text") if tail.strip() else 0
-        )
-        for name in classnames:
-            check_fits(text, fixed + token_count(text, name, "Class name") + 2, name, f"template {template!r}")
-    texts = [template.format(name) for template in templates for name in classnames]
-    return encode_texts(text, texts, chunk).view(len(templates), len(classnames), -1)
-
-
-def ensemble_features(per_template: torch.Tensor) -> torch.Tensor:
-    """[T, C, D] normalised -> [C, D]: mean over templates, renormalised (CLIP's prompt ensemble)."""
-    return nn.functional.normalize(per_template.mean(dim=0), dim=-1)
 
 
 def split_template(template: str) -> tuple[str, str]:
@@ -200,7 +108,7 @@ def build_layout(
             )
         slot[row, start_a : start_a + first] = torch.arange(first)
         slot[row, start_b : start_b + n_ctx - first] = torch.arange(first, n_ctx)
-    if _supports_truncation(text):
+    if supports_truncation(text):
         length = int(eot.max()) + 1
         token_ids, slot = token_ids[:, :length], slot[:, :length]
     return PromptLayout(token_ids=token_ids, slot=slot, eot=eot)
@@ -320,7 +228,7 @@ class ContextPrompt(nn.Module):
             ctx = ctx[..., start:stop, :, :]
         ids = self.token_ids[start:stop]
         slot = self.slot[start:stop]
-        length = int(self.eot[start:stop].max()) + 1 if _supports_truncation(text) else ids.shape[1]
+        length = int(self.eot[start:stop].max()) + 1 if supports_truncation(text) else ids.shape[1]
         ids, slot, base = ids[:, :length], slot[:, :length], self.base[start:stop, :length]
         count, width = stop - start, base.shape[-1]
         batch_shape = ctx.shape[:-3]
@@ -345,7 +253,7 @@ class ContextPrompt(nn.Module):
             and self.position == "end"
             and ctx.dim() == 3
             and ctx.shape[0] == 1
-            and _supports_shared_prefix(text)
+            and supports_shared_prefix(text)
         )
 
     def forward(
