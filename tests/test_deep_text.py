@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from optional_extras import HAS_TRANSFORMERS, hf_param  # pytest puts tests/ on sys.path
+from optional_extras import hf_param, tiny_text_layouts  # pytest puts tests/ on sys.path
 
-from vlprompt.backbones.tiny import tiny_hf_clip, tiny_open_clip, tiny_open_clip_custom_text
 from vlprompt.errors import ConfigError
 from vlprompt.prompts.deep_text import DeepTextPrompt, split_init_words
 from vlprompt.prompts.text import ContextPrompt
@@ -16,13 +15,7 @@ NAMES = ["open_clip", "open_clip_custom_text", "open_clip_cls_token", hf_param("
 
 @pytest.fixture(scope="module")
 def backbones():
-    return {
-        "open_clip": tiny_open_clip(seed=0),
-        "open_clip_custom_text": tiny_open_clip_custom_text(seed=0),
-        # an appended class token: no fast path applies, the deep prompts go through encode_full
-        "open_clip_cls_token": tiny_open_clip_custom_text(seed=0, embed_cls=True, pool_type="last"),
-        **({"hf_clip": tiny_hf_clip(seed=0)} if HAS_TRANSFORMERS else {}),
-    }
+    return tiny_text_layouts()
 
 
 def random_deep(text, n_ctx: int, seed: int = 1) -> tuple[torch.Tensor, ...]:

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from optional_extras import HAS_TRANSFORMERS, hf_param  # pytest puts tests/ on sys.path
+from optional_extras import hf_param, tiny_text_layouts  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.cocoop
 import vlprompt.methods.coop
@@ -14,7 +14,6 @@ import vlprompt.methods.kgcoop
 import vlprompt.methods.mocoop
 import vlprompt.methods.prograd
 import vlprompt.methods.zeroshot  # noqa: F401
-from vlprompt.backbones.tiny import tiny_hf_clip, tiny_open_clip, tiny_open_clip_custom_text
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import CheckpointError, ConfigError, VlpromptError
 from vlprompt.losses import gating_kl, grouped_text_ce, kg_distance, prograd_project
@@ -31,13 +30,7 @@ GROUPS = {
 
 @pytest.fixture(scope="module")
 def backbones():
-    return {
-        "open_clip": tiny_open_clip(seed=0),
-        "open_clip_custom_text": tiny_open_clip_custom_text(seed=0),
-        # pooled at an appended class token: the EOT is not the pooled position, and no fast path applies
-        "open_clip_cls_token": tiny_open_clip_custom_text(seed=0, embed_cls=True, pool_type="last"),
-        **({"hf_clip": tiny_hf_clip(seed=0)} if HAS_TRANSFORMERS else {}),
-    }
+    return tiny_text_layouts()
 
 
 @pytest.fixture(scope="module")
