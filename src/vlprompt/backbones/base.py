@@ -45,6 +45,62 @@ class AttentionProjections:
         setattr(self.owner, name, module)
 
 
+# The named places of a transformer block where parameter-efficient modules attach (bias, adapter, AdaptFormer,
+# SSF, LoRA, LayerNorm tuning). Every adapter maps the same names onto its library's modules; a place a block
+# does not have is simply absent from its BlockSites.
+BLOCK_SITES = (
+    "norm_attn",  # the norm before attention (timm norm1, open_clip ln_1)
+    "attn",  # the whole attention sub-layer: tokens [B, T, d] -> [B, T, d], before the residual add
+    "attn_qkv",  # a packed nn.Linear d -> 3d producing [q; k; v] (timm); absent where q/k/v are separate or fused
+    "attn_out",  # the attention output projection nn.Linear d -> d
+    "norm_mlp",  # the norm before the MLP (timm norm2, open_clip ln_2)
+    "mlp",  # the whole MLP sub-layer: [B, T, d] -> [B, T, d], before the residual add
+    "mlp_in",  # the MLP's first nn.Linear d -> hidden (absent for gated MLPs with two input projections)
+    "mlp_out",  # the MLP's last nn.Linear hidden -> d
+)
+
+
+@dataclass(frozen=True)
+class BlockSites:
+    """Where one block's named places (``BLOCK_SITES``) live, as the adapter knows them.
+
+    ``places`` maps a site name to ``(owner, attribute)``: the module ``getattr(owner, attribute)`` is the site.
+    ``replace`` swaps a wrapper in (an AdaptFormer branch beside ``mlp``, an SSF scale-shift after ``attn_qkv``),
+    so parameter-efficient modules never search a library's module tree by name.
+    """
+
+    places: dict[str, tuple[nn.Module, str]]
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.places) - set(BLOCK_SITES))
+        if unknown:
+            raise ValueError(f"unknown block sites {unknown}; known: {', '.join(BLOCK_SITES)}")
+
+    def has(self, site: str) -> bool:
+        return site in self.places
+
+    def get(self, site: str) -> nn.Module:
+        if site not in self.places:
+            raise VlpromptError(
+                f"This block has no '{site}' place (it has {', '.join(self.places) or 'none'}); the module that "
+                "needs it cannot attach to this backbone."
+            )
+        owner, attribute = self.places[site]
+        return getattr(owner, attribute)
+
+    def replace(self, site: str, module: nn.Module) -> None:
+        self.get(site)  # the error above for a missing site
+        owner, attribute = self.places[site]
+        setattr(owner, attribute, module)
+
+
+def no_block_sites(tower: nn.Module) -> VlpromptError:
+    return VlpromptError(
+        f"The {type(tower).__name__} adapter does not expose named block places (norms, attention, MLP), so "
+        "bias / adapter / AdaptFormer / SSF / LoRA / LayerNorm tuning cannot attach to it."
+    )
+
+
 def no_attention_seam(tower: nn.Module) -> VlpromptError:
     return VlpromptError(
         f"The {type(tower).__name__} adapter does not expose its attention projections, so LoRA cannot attach to "
@@ -111,6 +167,10 @@ class VisionTower(nn.Module, abc.ABC):
     def attention_projections(self, index: int) -> AttentionProjections:
         """Block ``index``'s self-attention projections (q, k, v, o), for LoRA."""
         raise no_attention_seam(self)
+
+    def block_sites(self, index: int) -> BlockSites:
+        """Block ``index``'s named places (``BLOCK_SITES``) for parameter-efficient modules."""
+        raise no_block_sites(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(images)
