@@ -28,7 +28,7 @@ from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.losses import class_adaptive_penalty, class_confidence
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.text import encode_text_embeddings, hand_crafted_features
 
 

@@ -28,7 +28,7 @@ from vlprompt.config_utils import check_choice, check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.lora import PROJECTIONS, RANK_SCALINGS, attach_lora, set_merged, share_weights_copy
 from vlprompt.prompts.text import EvalCache, encode_text_embeddings
 

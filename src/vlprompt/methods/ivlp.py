@@ -22,7 +22,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.deep_text import DeepTextPrompt
 from vlprompt.prompts.deep_vision import DeepVisionPrompts, layered_vision_forward
 from vlprompt.prompts.text import EvalCache

@@ -23,7 +23,7 @@ from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError, unknown_name
 from vlprompt.losses import gating_kl, grouped_text_ce
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.mixture import PromptMixture
 from vlprompt.prompts.text import EvalCache, hand_crafted_features
 

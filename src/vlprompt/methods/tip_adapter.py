@@ -28,7 +28,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 
 log = logging.getLogger(__name__)
 

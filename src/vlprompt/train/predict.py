@@ -23,7 +23,7 @@ def predict(method, dataset: ImageDataset, *, batch_size: int = 256, device: str
     transform = eval_transform(method.backbone.preprocess)
     labels = torch.tensor(dataset.labels, dtype=torch.long)
     logits = []
-    if getattr(method, "uses_image_features", False):
+    if method.uses_image_features:
         feats = encode_dataset(
             method.image_features,
             dataset.with_transform(transform),
