@@ -128,7 +128,7 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
         """Called by ``load_prompts`` before copying tensors, with each checkpoint tensor's shape. Override when
         a tensor's size comes from the training data (Tip-Adapter's cache) rather than from the config, so the
         freshly built method can take the checkpoint's size. Default: sizes are fixed by the config."""
-        return None
+        return
 
     def set_labels(self, labels: LabelSpace) -> None:
         """Serve another class list (the new classes of base-to-new, a shift target) with the same trained
@@ -140,12 +140,12 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
     def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
         """Once per fit, before anything trains, with the training split under the eval transform. Override to
         initialise parameters from data (SPT's prototype prompts). Default: nothing."""
-        return None
+        return
 
     def prepare(self, task: TaskData, trainer: Any) -> None:
         """Once per fit, after ``setup`` and before the optimizer exists, with the whole task; override to build
         state from the task's cached features (Tip-Adapter's cache, CLAP's class weights). Default: nothing."""
-        return None
+        return
 
     def grad_parts(self, outputs: dict, params: list[torch.Tensor]) -> list[list[torch.Tensor | None]]:
         """Gradients of one micro-batch as one or more parts, each a list aligned with ``params`` (None where a
@@ -162,17 +162,17 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
     def on_step_end(self, step: int, trainer: Any) -> None:
         """After each optimizer step (``step`` counts steps taken). Override for per-step state updates
         (moving averages, prompt re-projection). Default: nothing."""
-        return None
+        return
 
     def on_epoch_end(self, epoch: int, trainer: Any) -> None:
         """After each training epoch (0-based), before validation. Override for per-epoch state (PromptSRC's
         Gaussian prompt aggregation). Default: nothing."""
-        return None
+        return
 
     def on_fit_end(self, task: TaskData, trainer: Any) -> None:
         """After training (and best-val restore), before the checkpoint is saved; also when nothing trains.
         Override to fit what is chosen on validation (Tip-Adapter's α/β search). Default: nothing."""
-        return None
+        return
 
     # ----- modes -----
     def frozen_modules(self) -> Iterable[nn.Module]:

@@ -30,6 +30,8 @@ class ClipMethod(PromptMethod):
         self.logit_scale = float(backbone.logit_scale)
         self._hand_key: tuple | None = None
         self._hand: torch.Tensor | None = None
+        self._all_templates_key: tuple | None = None
+        self._all_templates: torch.Tensor | None = None
 
     def normalized_image_features(self, batch: dict) -> torch.Tensor:
         features = batch.get("features")
@@ -51,6 +53,16 @@ class ClipMethod(PromptMethod):
             self._hand = ensemble_features(per_template)
             self._hand_key = key
         return self._hand
+
+    def template_features(self) -> torch.Tensor:
+        """Hand-crafted features of every template [T, C, D] (the LASP-style text-to-text loss classifies the
+        learned class features among them); derived state like ``hand_features``."""
+        key = (tuple(self.labels.classnames), tuple(self.labels.templates), self.text_device())
+        if self._all_templates_key != key:
+            chunk = getattr(self.config, "class_chunk", 256)
+            self._all_templates = hand_crafted_features(self.text, self.labels.classnames, self.labels.templates, chunk)
+            self._all_templates_key = key
+        return self._all_templates
 
     def clip_logits(self, image_features: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
         """s·cos for normalised features: [B, D] x [C, D] -> [B, C], or per-image classes [B, C, D]."""

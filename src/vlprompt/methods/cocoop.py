@@ -15,8 +15,8 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_choice, check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
-from vlprompt.methods.coop import build_context_prompt
 from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.coop import build_context_prompt
 from vlprompt.prompts.text import CLASS_POSITIONS
 
 

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_range
+from vlprompt.data.base import LabelSpace
 from vlprompt.losses import kg_distance
 from vlprompt.methods.base import register_method
-from vlprompt.methods.coop import CoOp, CoOpConfig
+from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.coop import CoOpConfig, context_class_dependent, context_outputs, context_prompt
 
 
 @dataclass
@@ -33,11 +38,25 @@ class KgCoOpConfig(CoOpConfig):
 
 
 @register_method("kgcoop")
-class KgCoOp(CoOp):
+class KgCoOp(ClipMethod):
     config_class = KgCoOpConfig
 
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: KgCoOpConfig) -> None:
+        super().__init__(backbone, labels, config)
+        self.prompt = context_prompt(self.text, labels, config)
+
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.prompt.set_classnames(self.text, labels.classnames)
+
+    def class_dependent_parameter_names(self) -> set[str]:
+        return context_class_dependent(self.config)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.prompt.ctx]
+
     def forward(self, batch: dict) -> dict:
-        outputs = self.base_outputs(batch)
+        outputs = context_outputs(self, batch)
         loss = outputs["loss"]
         result = {"logits": outputs["logits"]}
         if loss is not None:

@@ -20,7 +20,8 @@ from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
-from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, DeepVLMethod
+from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, deep_text_prompt, deep_vl_outputs, encode_prompted_images
 from vlprompt.prompts.deep_text import clamp_depth
 
 
@@ -41,7 +42,7 @@ class MaPLeConfig:
         check_range(where, "depth", self.depth, 1)
         check_range(where, "class_chunk", self.class_chunk, 1)
 
-    # the shared model reads the per-tower names
+    # deep_text_prompt reads IVLP's per-tower names
     @property
     def n_ctx_text(self) -> int:
         return self.n_ctx
@@ -52,12 +53,14 @@ class MaPLeConfig:
 
 
 @register_method("maple")
-class MaPLe(DeepVLMethod):
+class MaPLe(ClipMethod):
     config_class = MaPLeConfig
+    uses_image_features = False
     train_defaults: ClassVar[dict[str, Any]] = dict(MULTIMODAL_RECIPE)
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: MaPLeConfig) -> None:
         super().__init__(backbone, labels, config)
+        self.text_prompt = deep_text_prompt(self.text, labels, config)
         depth = clamp_depth(self.text_prompt.depth, self.visual.num_blocks, "vision")
         if depth < self.text_prompt.depth:
             raise ConfigError(
@@ -70,6 +73,18 @@ class MaPLe(DeepVLMethod):
         deeper = nn.Linear(text_width, vision_width, device=device)
         self.coupling = nn.ModuleList([first] + [copy.deepcopy(deeper) for _ in range(depth - 1)])
 
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.text_prompt.set_classnames(self.text, labels.classnames)
+
     def vision_prompts(self) -> list[torch.Tensor]:
         text_prompts = self.text_prompt.layer_prompts()
         return [layer(prompt) for layer, prompt in zip(self.coupling, text_prompts)]
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised prompted image features [B, D]."""
+        return encode_prompted_images(self, self.vision_prompts(), images)
+
+    def forward(self, batch: dict) -> dict:
+        outputs = deep_vl_outputs(self, batch, self.vision_prompts())
+        return {"loss": outputs["loss"], "logits": outputs["logits"]}

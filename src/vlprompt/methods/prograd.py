@@ -10,11 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_range
+from vlprompt.data.base import LabelSpace
 from vlprompt.losses import kl_to_teacher, prograd_project
 from vlprompt.methods.base import register_method
-from vlprompt.methods.coop import CoOp, CoOpConfig
+from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.coop import CoOpConfig, context_class_dependent, context_outputs, context_prompt
 
 
 @dataclass
@@ -53,11 +57,25 @@ class ProGradConfig(CoOpConfig):
 
 
 @register_method("prograd")
-class ProGrad(CoOp):
+class ProGrad(ClipMethod):
     config_class = ProGradConfig
 
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: ProGradConfig) -> None:
+        super().__init__(backbone, labels, config)
+        self.prompt = context_prompt(self.text, labels, config)
+
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.prompt.set_classnames(self.text, labels.classnames)
+
+    def class_dependent_parameter_names(self) -> set[str]:
+        return context_class_dependent(self.config)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.prompt.ctx]
+
     def forward(self, batch: dict) -> dict:
-        outputs = self.base_outputs(batch)
+        outputs = context_outputs(self, batch)
         result = {"loss": outputs["loss"], "logits": outputs["logits"]}
         if outputs["loss"] is not None and self.training and self.config.lam > 0:
             result["class_features"] = outputs["class_features"]

@@ -77,52 +77,57 @@ class SPTConfig(VPTConfig):
         check_range(where, "kmeans_refine", self.kmeans_refine, 0)
 
 
-class SelfPromptMethod(VisualPromptMethod):
-    config_class = SPTConfig
-
-    def initialize_prompts(
-        self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0
-    ) -> InitReport:
-        """Set the prompts from ``dataset`` (with its eval transform); deterministic for a given seed."""
-        config = self.config
-        loader = DataLoader(dataset, batch_size=config.init_batch_size, shuffle=False)
-        started = time.perf_counter()
-        values, report = prototype_prompts(
-            self.visual,
-            (images for images, _ in loader),
-            len(loader),
-            num_prompts=config.num_tokens,
-            depth=self.prompts.depth,
-            strategy=config.init,
-            token_budget=config.token_budget,
-            seed=seed,
-            device=device,
-            kmeans_iterations=config.kmeans_iterations,
-            kmeans_batch_size=config.kmeans_batch_size,
-            kmeans_refine=config.kmeans_refine,
-        )
-        self.prompts.set_tokens(values)
-        log.info(
-            "%s: prompts initialised by %s in %.2fs",
-            self.method_name,
-            config.init,
-            time.perf_counter() - started,
-        )
-        return report
-
-    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
-        self.initialize_prompts(train_dataset, trainer.device, trainer.config.seed)
+def initialize_prototype_prompts(
+    method: VisualPromptMethod, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0
+) -> InitReport:
+    """Set ``method``'s prompts from ``dataset`` (with its eval transform); deterministic for a given seed."""
+    config = method.config
+    loader = DataLoader(dataset, batch_size=config.init_batch_size, shuffle=False)
+    started = time.perf_counter()
+    values, report = prototype_prompts(
+        method.visual,
+        (images for images, _ in loader),
+        len(loader),
+        num_prompts=config.num_tokens,
+        depth=method.prompts.depth,
+        strategy=config.init,
+        token_budget=config.token_budget,
+        seed=seed,
+        device=device,
+        kmeans_iterations=config.kmeans_iterations,
+        kmeans_batch_size=config.kmeans_batch_size,
+        kmeans_refine=config.kmeans_refine,
+    )
+    method.prompts.set_tokens(values)
+    log.info("%s: prompts initialised by %s in %.2fs", method.method_name, config.init, time.perf_counter() - started)
+    return report
 
 
+# SPT is VPT's model with a data-driven start: both variants are siblings of VPT's one level below
+# VisualPromptMethod, adding only the SPT config and the ``setup`` hook that sets the prototypes.
 @register_method("spt-shallow")
-class SPTShallow(SelfPromptMethod):
+class SPTShallow(VisualPromptMethod):
     """Shallow prompts initialised from patch-embedding tokens."""
 
+    config_class = SPTConfig
     deep = False
+
+    def initialize_prompts(self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0) -> InitReport:
+        return initialize_prototype_prompts(self, dataset, device, seed)
+
+    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
+        initialize_prototype_prompts(self, train_dataset, trainer.device, trainer.config.seed)
 
 
 @register_method("spt-deep")
-class SPTDeep(SelfPromptMethod):
+class SPTDeep(VisualPromptMethod):
     """Deep prompts; block l's prompts are initialised from the patch tokens entering block l."""
 
+    config_class = SPTConfig
     deep = True
+
+    def initialize_prompts(self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0) -> InitReport:
+        return initialize_prototype_prompts(self, dataset, device, seed)
+
+    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
+        initialize_prototype_prompts(self, train_dataset, trainer.device, trainer.config.seed)
