@@ -75,8 +75,8 @@ def format_method_options(name: str) -> str:
     for option in options:
         default = "(required)" if option.default is dataclasses.MISSING else f"= {option.default!r}"
         lines.append(f"\n  {option.name}: {option.type} {default}")
-        lines += textwrap.wrap(option.help or "(no help text)", 100, initial_indent=" " * 6,
-                               subsequent_indent=" " * 6)
+        text = option.help + (f" ({option.constraint()})" if option.constraint() else "")
+        lines += textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
     if cls.train_defaults:
         settings = ", ".join(f"{key}={value!r}" for key, value in sorted(cls.train_defaults.items()))
         lines.append(f"\nRecommended training settings (train.NAME=VALUE overrides them): {settings}")

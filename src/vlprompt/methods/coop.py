@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_choice, check_range
+from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import grouped_text_ce
 from vlprompt.methods.base import register_method
@@ -25,17 +25,22 @@ from vlprompt.prompts.text import (
 )
 
 TEMPLATE_INIT = "template"
+# CoOp's recipe (SGD, lr 0.002, batch 32, cosine after one warm-up epoch), shared by ProGrad and KgCoOp; image
+# features are cached exactly, so augmentation settings do not apply unless feature_views > 1.
+COOP_RECIPE: dict[str, Any] = {
+    "optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "weight_decay": 5e-4, "warmup_epochs": 1,
+}
 
 
 @dataclass
-class CoOpConfig:
+class CoOpConfig(ValidatedConfig):
     """CoOp's options; each field's help says what it does (``vlprompt list methods --options coop``)."""
 
     n_ctx: int = field(
         default=16,
         metadata={"help": (
             "learned context tokens M (with ctx_init words and ctx_init_align 'fit', M is their word count)"
-        )},
+        ), "range": (1, 76)},
     )
     ctx_init: str = field(
         default="",
@@ -52,34 +57,26 @@ class CoOpConfig:
     )
     class_position: str = field(
         default="end",
-        metadata={"help": "where the class name sits: end | middle | front"},
+        metadata={"help": "where the class name sits", "choices": CLASS_POSITIONS},
     )
     class_chunk: int = field(
         default=256,
-        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)", "range": (1, None)},
     )
     text_loss_weight: float = field(
         default=0.0,
         metadata={"help": (
             "weight of an optional LASP-style text-to-text loss (soft class features classified among "
             "the hand-crafted features of all templates); 0 turns it off"
-        )},
+        ), "range": (0.0, None)},
     )
     ctx_init_align: str = field(
         default="fit",
         metadata={"help": (
             "'fit' (CoOp, CoCoOp, KgCoOp: M = the init words) or 'right' (ProGrad: n_ctx slots, zeros first, "
             "the words' embeddings in the last slots)"
-        )},
+        ), "choices": INIT_ALIGNS},
     )
-
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        check_range(where, "n_ctx", self.n_ctx, 1, 76)
-        check_choice(where, "ctx_init_align", self.ctx_init_align, INIT_ALIGNS)
-        check_choice(where, "class_position", self.class_position, CLASS_POSITIONS)
-        check_range(where, "class_chunk", self.class_chunk, 1)
-        check_range(where, "text_loss_weight", self.text_loss_weight, 0.0)
 
 
 def context_prompt(text, labels: LabelSpace, config: CoOpConfig) -> ContextPrompt:
@@ -143,11 +140,7 @@ class CoOp(ClipMethod):
     """Context optimisation: only the context vectors train; class features are cached during evaluation."""
 
     config_class = CoOpConfig
-    # CoOp's recipe (SGD, lr 0.002, batch 32, cosine after one warm-up epoch); image features are cached
-    # exactly, so augmentation settings do not apply unless feature_views > 1.
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "weight_decay": 5e-4, "warmup_epochs": 1,
-    }
+    train_defaults: ClassVar[dict[str, Any]] = COOP_RECIPE
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoOpConfig) -> None:
         super().__init__(backbone, labels, config)

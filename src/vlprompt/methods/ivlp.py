@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
@@ -70,7 +70,7 @@ def deep_vl_outputs(method: ClipMethod, batch: dict, vision_prompts: list[torch.
 
 
 @dataclass
-class IVLPConfig:
+class IVLPConfig(ValidatedConfig):
     """IVLP's options (official names: N_CTX_TEXT, N_CTX_VISION, PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION, CTX_INIT).
 
     ``depth_text`` J counts layer 0's context (1 = CoOp-style shallow context); ``depth_vision`` 0 switches the
@@ -79,20 +79,23 @@ class IVLPConfig:
     ``class_chunk``: class prompts per text-encoder call (bounds memory for many classes).
     """
 
-    n_ctx_text: int = 2
-    n_ctx_vision: int = 2
-    depth_text: int = 9
-    depth_vision: int = 9
-    ctx_init: str = "a photo of a"
-    class_chunk: int = 256
-
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        check_range(where, "n_ctx_text", self.n_ctx_text, 1, 76)
-        check_range(where, "n_ctx_vision", self.n_ctx_vision, 0)
-        check_range(where, "depth_text", self.depth_text, 1)
-        check_range(where, "depth_vision", self.depth_vision, 0)
-        check_range(where, "class_chunk", self.class_chunk, 1)
+    n_ctx_text: int = option(2, help="learned text prompt tokens per prompted layer [N_CTX_TEXT]", range=(1, 76))
+    n_ctx_vision: int = option(2, help="learned vision prompt tokens per prompted block [N_CTX_VISION]",
+                               range=(0, None))
+    depth_text: int = option(
+        9, help="text layers J with prompts, counting layer 0's context (1: CoOp-style shallow) [PROMPT_DEPTH_TEXT]",
+        range=(1, None),
+    )
+    depth_vision: int = option(
+        9, help="image blocks with prompts (0: no vision prompts, deep language prompting) [PROMPT_DEPTH_VISION]",
+        range=(0, None),
+    )
+    ctx_init: str = option(
+        "a photo of a",
+        help="words whose first n_ctx_text tokens start layer 0's context (the rest stay fixed); '' for N(0, 0.02)",
+    )
+    class_chunk: int = option(256, help="class prompts per text-encoder call (bounds memory for many classes)",
+                              range=(1, None))
 
 
 @register_method("ivlp")

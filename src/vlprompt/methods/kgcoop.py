@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import kg_distance
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
-from vlprompt.methods.coop import CoOpConfig, context_class_dependent, context_outputs, context_prompt
+from vlprompt.methods.coop import (
+    COOP_RECIPE,
+    CoOpConfig,
+    context_class_dependent,
+    context_outputs,
+    context_prompt,
+)
 
 
 @dataclass
@@ -22,24 +28,21 @@ class KgCoOpConfig(CoOpConfig):
     learner uses those words whenever CTX_INIT is set, which every released config does).
     """
 
-    n_ctx: int = field(default=4, metadata={"help": "learned context tokens (KgCoOp's official start: 4)"})
+    n_ctx: int = field(default=4, metadata={"help": "learned context tokens (KgCoOp's official start: 4)", "range": (1, 76)})
     ctx_init: str = field(
         default="a photo of a",
         metadata={"help": "words to start from; KgCoOp's official code always starts from 'a photo of a'"},
     )
     weight: float = field(
         default=8.0,
-        metadata={"help": "w in L = L_ce + w·(1 − mean_c cos(t_c, t_c^hand)); the paper uses 8"},
+        metadata={"help": "w in L = L_ce + w·(1 − mean_c cos(t_c, t_c^hand)); the paper uses 8", "range": (0.0, None)},
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("KgCoOpConfig", "weight", self.weight, 0.0)
 
 
 @register_method("kgcoop")
 class KgCoOp(ClipMethod):
     config_class = KgCoOpConfig
+    train_defaults: ClassVar[dict[str, Any]] = COOP_RECIPE
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: KgCoOpConfig) -> None:
         super().__init__(backbone, labels, config)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
@@ -26,21 +26,20 @@ from vlprompt.prompts.deep_text import clamp_depth
 
 
 @dataclass
-class MaPLeConfig:
+class MaPLeConfig(ValidatedConfig):
     """MaPLe's options (official: N_CTX, PROMPT_DEPTH, CTX_INIT): ``n_ctx`` tokens per layer in both towers,
     ``depth`` J prompted layers in both (9 base-to-new, 3 cross-dataset / domain generalisation).
     ``class_chunk``: class prompts per text-encoder call (bounds memory for many classes)."""
 
-    n_ctx: int = 2
-    depth: int = 9
-    ctx_init: str = "a photo of a"
-    class_chunk: int = 256
-
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        check_range(where, "n_ctx", self.n_ctx, 1, 76)
-        check_range(where, "depth", self.depth, 1)
-        check_range(where, "class_chunk", self.class_chunk, 1)
+    n_ctx: int = option(2, help="prompt tokens per prompted layer, in both towers [N_CTX]", range=(1, 76))
+    depth: int = option(
+        9, help="prompted layers J in both towers (9 base-to-new, 3 cross-dataset) [PROMPT_DEPTH]", range=(1, None)
+    )
+    ctx_init: str = option(
+        "a photo of a", help="words whose first n_ctx tokens start layer 0's text context; '' for N(0, 0.02)"
+    )
+    class_chunk: int = option(256, help="class prompts per text-encoder call (bounds memory for many classes)",
+                              range=(1, None))
 
     # deep_text_prompt reads IVLP's per-tower names
     @property

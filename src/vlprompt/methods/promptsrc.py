@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_choice, check_range
+from vlprompt.config_utils import option
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import feature_l1, gaussian_epoch_weights, logit_kl_per_entry
 from vlprompt.methods.base import register_method
@@ -80,23 +80,27 @@ class PromptSRCConfig(IVLPConfig):
     CLIP templates) or "task" (the task's own templates) for the frozen teacher text features.
     """
 
-    n_ctx_text: int = 4
-    n_ctx_vision: int = 4
-    text_loss_weight: float = 25.0
-    image_loss_weight: float = 10.0
-    logit_loss_weight: float = 1.0
-    gpa: bool = True
-    gpa_mean: float = 15.0
-    gpa_std: float = 1.0
-    templates: str = "official"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        where = type(self).__name__
-        for name in ("text_loss_weight", "image_loss_weight", "logit_loss_weight"):
-            check_range(where, name, getattr(self, name), 0.0)
-        check_range(where, "gpa_std", self.gpa_std, 1e-6)
-        check_choice(where, "templates", self.templates, TEMPLATE_SETS)
+    n_ctx_text: int = option(4, help="learned text prompt tokens per prompted layer [N_CTX_TEXT]", range=(1, 76))
+    n_ctx_vision: int = option(4, help="learned vision prompt tokens per prompted block [N_CTX_VISION]",
+                               range=(0, None))
+    text_loss_weight: float = option(
+        25.0, help="weight of the L1 pull of the class features to the frozen teacher's [TEXT_LOSS_WEIGHT]",
+        range=(0.0, None),
+    )
+    image_loss_weight: float = option(
+        10.0, help="weight of the L1 pull of the image features to the frozen tower's [IMAGE_LOSS_WEIGHT]",
+        range=(0.0, None),
+    )
+    logit_loss_weight: float = option(
+        1.0, help="weight of KL(zero-shot || prompted) on the logits (hard-coded 1 officially)", range=(0.0, None)
+    )
+    gpa: bool = option(True, help="Gaussian prompt aggregation over epochs (false: keep the last epoch's prompts)")
+    gpa_mean: float = option(15.0, help="mean epoch of the GPA weights (1-based) [GPA_MEAN]")
+    gpa_std: float = option(1.0, help="standard deviation of the GPA weights, in epochs [GPA_STD]", range=(1e-6, None))
+    templates: str = option(
+        "official", choices=TEMPLATE_SETS,
+        help="teacher text features: 'official' (the 60 CLIP templates) or 'task' (the task's own templates)",
+    )
 
 
 @register_method("promptsrc")

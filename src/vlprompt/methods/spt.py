@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import option
 from vlprompt.data.base import ImageDataset
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
@@ -29,37 +29,21 @@ class SPTConfig(VPTConfig):
     """SPT: VPT's options plus how the prompt prototypes are collected and clustered. The token budget
     bounds memory (depth x token_budget x d) whatever the training-set size."""
 
-    init: str = field(
-        default="kmeans",
-        metadata={"help": (
-            "prototype strategy: kmeans (the paper's best) | mean_pool | max_pool | random_sample"
-        )},
+    init: str = option("kmeans", help="prototype strategy (kmeans is the SPT paper's best)", choices=INITIALIZERS)
+    token_budget: int = option(
+        50000, help="tokens kept per insertion point for the prototypes (memory = depth x budget x d)"
     )
-    token_budget: int = field(
-        default=50000,
-        metadata={"help": "tokens kept per insertion point for the prototypes (memory = depth x budget x d)"},
+    init_batch_size: int = option(
+        64, help="batch of the collection pass (pooling/sampling strategies use one random such batch)",
+        range=(1, None),
     )
-    init_batch_size: int = field(
-        default=64,
-        metadata={"help": (
-            "batch of the collection pass (pooling/sampling strategies use one random such batch)"
-        )},
-    )
-    kmeans_iterations: int = field(default=50, metadata={"help": "mini-batch k-means iterations"})
-    kmeans_batch_size: int = field(default=1024, metadata={"help": "mini-batch k-means batch size (tokens)"})
-    kmeans_refine: int = field(
-        default=20,
-        metadata={"help": "full Lloyd passes after the mini-batch k-means"},
-    )
+    kmeans_iterations: int = option(50, help="mini-batch k-means iterations", range=(0, None))
+    kmeans_batch_size: int = option(1024, help="mini-batch k-means batch size (tokens)", range=(1, None))
+    kmeans_refine: int = option(20, help="full Lloyd passes after the mini-batch k-means", range=(0, None))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         where = type(self).__name__
-        if self.init not in INITIALIZERS:
-            raise ConfigError(
-                f"{where}.init = {self.init!r} is not an SPT initialiser; choose one of {list(INITIALIZERS)} "
-                "(kmeans is the SPT paper's best)."
-            )
         if self.projection_dim is not None:
             raise ConfigError(
                 f"{where}.projection_dim = {self.projection_dim}: SPT prompts are prototypes of the backbone's own "
@@ -71,10 +55,6 @@ class SPTConfig(VPTConfig):
                 f"{where}.token_budget = {self.token_budget} is smaller than num_tokens = {self.num_tokens}: "
                 "prototypes need at least as many tokens as prompts. Raise token_budget (thousands is typical)."
             )
-        check_range(where, "init_batch_size", self.init_batch_size, 1)
-        check_range(where, "kmeans_iterations", self.kmeans_iterations, 0)
-        check_range(where, "kmeans_batch_size", self.kmeans_batch_size, 1)
-        check_range(where, "kmeans_refine", self.kmeans_refine, 0)
 
 
 def initialize_prototype_prompts(

@@ -18,14 +18,14 @@ the whole cache model (keys, one-hot values, α, β), since that is what was fit
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
@@ -62,30 +62,25 @@ def search_alpha_beta(clip_logits: torch.Tensor, affinity: torch.Tensor, values:
 
 
 @dataclass
-class TipAdapterConfig:
+class TipAdapterConfig(ValidatedConfig):
     """``init_alpha`` / ``init_beta``: used by -F's training and when no validation split exists;
     ``search``: choose α, β on validation; ``search_scale_*`` / ``search_steps_*``: the official grid (these
     defaults are its ImageNet config, which OxfordPets and UCF101 share; the preset lists every dataset's);
     ``ensemble``: class features from all templates (the official ImageNet setting) instead of templates[0];
     ``class_chunk``: class prompts per text-encoder call."""
 
-    init_alpha: float = field(default=1.17, metadata={"help": "alpha for training (-F) and when no validation split exists"})
-    init_beta: float = field(default=1.0, metadata={"help": "beta for training (-F) and when no validation split exists"})
-    search: bool = field(default=True, metadata={"help": "search alpha and beta on the validation split"})
-    search_scale_alpha: float = field(default=3.0, metadata={"help": "upper end of the alpha grid (official per-dataset scale)"})
-    search_scale_beta: float = field(default=7.0, metadata={"help": "upper end of the beta grid (official per-dataset scale)"})
-    search_steps_alpha: int = field(default=20, metadata={"help": "alpha grid size"})
-    search_steps_beta: int = field(default=200, metadata={"help": "beta grid size"})
-    ensemble: bool = field(default=False, metadata={"help": "class features from all templates instead of templates[0]"})
-    class_chunk: int = field(default=256, metadata={"help": "class prompts per text-encoder call"})
-
-    def __post_init__(self) -> None:
-        where = "TipAdapterConfig"
-        for name in ("init_alpha", "init_beta", "search_scale_alpha", "search_scale_beta"):
-            check_range(where, name, getattr(self, name), 0.0)
-        check_range(where, "search_steps_alpha", self.search_steps_alpha, 1)
-        check_range(where, "search_steps_beta", self.search_steps_beta, 1)
-        check_range(where, "class_chunk", self.class_chunk, 1)
+    init_alpha: float = option(1.17, help="alpha for training (-F) and when no validation split exists",
+                               range=(0.0, None))
+    init_beta: float = option(1.0, help="beta for training (-F) and when no validation split exists", range=(0.0, None))
+    search: bool = option(True, help="search alpha and beta on the validation split")
+    search_scale_alpha: float = option(3.0, help="upper end of the alpha grid (official per-dataset scale)",
+                                       range=(0.0, None))
+    search_scale_beta: float = option(7.0, help="upper end of the beta grid (official per-dataset scale)",
+                                      range=(0.0, None))
+    search_steps_alpha: int = option(20, help="alpha grid size", range=(1, None))
+    search_steps_beta: int = option(200, help="beta grid size", range=(1, None))
+    ensemble: bool = option(False, help="class features from all templates instead of templates[0]")
+    class_chunk: int = option(256, help="class prompts per text-encoder call", range=(1, None))
 
 
 class CacheModel:

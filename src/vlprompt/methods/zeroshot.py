@@ -6,17 +6,18 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from vlprompt.config_utils import ValidatedConfig
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
 
 
 @dataclass
-class ZeroShotConfig:
+class ZeroShotConfig(ValidatedConfig):
     """Zero-shot CLIP options."""
 
     class_chunk: int = field(
         default=256,
-        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)", "range": (1, None)},
     )
 
 
