@@ -44,7 +44,7 @@ class CLIPLoRAConfig(ValidatedConfig):
     text-encoder call."""
 
     rank: int = option(2, help="LoRA rank r (0: no branch, the frozen model)", range=(0, None))
-    alpha: float = option(1.0, help="LoRA alpha", range=(0.0, None))
+    alpha: float = option(1.0, help="LoRA alpha: the branch is scaled by alpha/sqrt(r) or alpha/r", range=(0.0, None))
     dropout: float = option(0.25, help="dropout on the LoRA branch input, training only", range=(0.0, 1.0))
     rank_scaling: str = option(
         "sqrt", help="sqrt: scaling alpha/sqrt(r) (official code); rank: alpha/r (LoRA paper)", choices=RANK_SCALINGS

@@ -14,7 +14,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ParsedDataset,
@@ -45,21 +45,22 @@ LAYOUT = "<root>/train.csv and <root>/test.csv (val.csv optional), or one CSV wi
 
 
 @dataclass
-class CsvOptions:
+class CsvOptions(ValidatedConfig):
     """file: a single CSV (relative to root); image_root: folder the paths are relative to; classnames: a
     class-name file; fractions and seed split a single CSV that has no split column."""
 
-    file: str | None = None
-    image_root: str | None = None
-    classnames: str | None = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    seed: int = 0
-    template: str | None = None
+    config_name = "csv"
+
+    file: str | None = option(None, help="a single CSV listing every split (relative to root)")
+    image_root: str | None = option(None, help="folder the image paths are relative to (default: the CSV's folder)")
+    classnames: str | None = option(None, help="a class-name file, one name per line (integer labels index it)")
+    val_fraction: float = option(0.1, help="share of a split-less CSV held out for validation", range=(0.0, 1.0))
+    test_fraction: float = option(0.2, help="share of a split-less CSV held out for testing", range=(0.0, 1.0))
+    seed: int = option(0, help="seed of the split of a CSV without a split column")
+    template: str | None = option(None, help="the hand-crafted prompt template with {} for the class name")
 
     def __post_init__(self) -> None:
-        check_range("csv", "val_fraction", self.val_fraction, 0.0, 1.0)
-        check_range("csv", "test_fraction", self.test_fraction, 0.0, 1.0)
+        super().__post_init__()
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(
                 "csv: val_fraction + test_fraction must stay below 1 so that training keeps images."
