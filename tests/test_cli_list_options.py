@@ -11,6 +11,7 @@ from vlprompt.cli import main
 from vlprompt.config_utils import describe_options
 from vlprompt.methods import METHODS, list_methods
 
+
 def test_options_show_inherited_fields_defaults_help_and_training_defaults(capsys):
     assert main(["list", "methods", "--options", "kgcoop"]) == 0
     text = capsys.readouterr().out

@@ -47,8 +47,7 @@ def register_method(name: str):
                 f"Method '{name}' ({cls.__qualname__}) cannot be registered: it does not implement "
                 f"{', '.join(missing)} (declared abstract on PromptMethod in vlprompt/methods/base.py)."
             )
-        config_class = cls.__dict__.get("config_class") or getattr(cls, "config_class", None)
-        if config_class is None or not dataclasses.is_dataclass(config_class):
+        if cls.config_class is None or not dataclasses.is_dataclass(cls.config_class):
             raise TypeError(
                 f"Method '{name}' ({cls.__qualname__}) cannot be registered: set config_class to its options "
                 "dataclass (an empty @dataclass when it has none)."
@@ -72,7 +71,8 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
     """
 
     method_name: ClassVar[str] = ""
-    config_class: ClassVar[type]
+    # The method's options dataclass (fields with help/range/choices metadata); required for registration.
+    config_class: ClassVar[type | None] = None
     needs_text_tower: ClassVar[bool] = False
     # True when forward() can consume cached "features" instead of "image" (image tower frozen, no prompts in it):
     # the Trainer then trains from cached features and evaluation encodes each image once.

@@ -16,7 +16,8 @@ from vlprompt.prompts.text import ensemble_features, hand_crafted_features
 
 
 class ClipMethod(PromptMethod):
-    """A CLIP method whose image tower stays frozen: it consumes cached image features (batch["features"]).
+    """A CLIP method (text tower required). By default its image tower stays frozen and it consumes cached image
+    features (batch["features"]); methods that prompt the image tower (IVLP, MaPLe, PromptSRC) turn that off.
 
     Hand-crafted class features (one template, or the ensemble) are derived state: computed on first use,
     recomputed when the label space changes, never saved in a checkpoint.

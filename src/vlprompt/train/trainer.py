@@ -1,4 +1,5 @@
-"""The one training loop. Methods plug in through optional hooks; there is no trainer subclass per method.
+"""The one training loop. Methods plug in through the hooks PromptMethod declares (methods/base.py, each with a
+default); there is no trainer subclass per method.
 
 Determinism: the order of an epoch is a permutation drawn from a generator seeded by (seed, epoch); an
 image's augmentation is drawn from a generator seeded by (seed, epoch, index) in whichever DataLoader worker
