@@ -325,8 +325,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished files are kept and a resume state lets 'train' continue", file=sys.stderr)
+        left = INTERRUPTED.get(args.command)
+        print(f"interrupted; {left}" if left else "interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+# What Ctrl-C leaves behind, per command: only the training commands keep a resume state.
+_RESUMES = "finished files are kept and rerunning the same command resumes from the last saved state"
+INTERRUPTED = {
+    "train": _RESUMES,
+    "sweep": "finished runs are kept; rerunning the same sweep skips them and resumes the unfinished ones",
+    **dict.fromkeys(("fewshot", "base2new", "shift", "vtab"),
+                    "finished runs are kept; rerunning the same command skips them and resumes the rest"),
+    "demo": "finished runs are kept; rerunning the demo skips them",
+    "predict": "no predictions were written (--output is written only once every image is scored)",
+    "serve-batch": "no predictions were written (--output is written only once every request is scored)",
+}
+
+
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``vlprompt predict ... | head``): stop quietly, as Unix tools do.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush does not raise a second BrokenPipeError;
+    141 is the status a shell reports for a process ended by SIGPIPE (128 + 13)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":
