@@ -192,7 +192,7 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from vlprompt.analysis.report import write_report
 
-    written = write_report(args.runs_dir, args.out, split_backbones=args.split_backbones, plots=not args.no_plots)
+    written = write_report(args.runs_dir, args.out, plots=not args.no_plots)
     print(written["report.md"].read_text(encoding="utf-8"))
     print(f"wrote {len(written)} files to {written['report.md'].parent}")
     return 0
@@ -270,10 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, default=0, help="ray launcher: GPUs each run's task reserves")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="markdown + CSV tables and PNG plots from a folder of runs")
+    p = sub.add_parser("report", help="markdown + CSV tables and PNG plots from a folder of runs (a table per "
+                                       "task and backbone)")
     p.add_argument("runs_dir")
     p.add_argument("--out", help="report folder (default RUNS_DIR/report)")
-    p.add_argument("--split-backbones", action="store_true", help="one table per backbone instead of an error")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_report)
 
