@@ -84,6 +84,16 @@ def format_method_options(name: str) -> str:
 
 
 def cmd_list(args) -> int:
+    if args.name is not None:
+        if args.what == "presets":
+            from vlprompt.presets import describe_preset
+
+            print(describe_preset(args.name))
+            return 0
+        if args.what != "methods":
+            raise ConfigError(f"'vlprompt list {args.what}' takes no name; a name describes a preset ('list presets "
+                              "NAME') or a method's options ('list methods NAME').")
+        args.options = args.name
     if args.options is not None:
         if args.what != "methods":
             raise ConfigError(f"--options describes a method; use 'vlprompt list methods --options NAME' "
@@ -127,16 +137,32 @@ def cmd_train(args) -> int:
     values.setdefault("out", "runs/latest")
     config = run_config_from_dict(values)
     from vlprompt.run_dir import RunDir
+    from vlprompt.train.distributed import is_main_process
+
+    if config.preset and is_main_process():
+        print(_preset_note(values))
 
     run_dir = RunDir(config.out)
     finished_before = run_dir.is_finished() and not args.overwrite
     records = run_experiment(config, restart=args.restart, overwrite=args.overwrite)
-    from vlprompt.train.distributed import is_main_process
-
     if is_main_process():  # under torchrun every rank returns the same records; one prints them
         print(format_table(records, RESULT_COLUMNS))
         print(f"\n{_written(run_dir, finished_before, records)}")
     return 0
+
+
+def _preset_note(values: dict) -> str:
+    """Which values the preset set and which of them the user's own keys replaced, before training starts."""
+    import textwrap
+
+    from vlprompt.presets import applied_preset_values
+
+    applied, replaced = applied_preset_values(values)
+    text = f"preset {values['preset']} applied: " + ", ".join(f"{k}={v!r}" for k, v in applied.items())
+    if replaced:
+        text += "; your values replaced: " + ", ".join(f"{k}={v!r}" for k, v in replaced.items())
+    return textwrap.fill(text + f" ('vlprompt list presets {values['preset']}' describes it)", 120,
+                         subsequent_indent="  ")
 
 
 def _written(run_dir, finished_before: bool, records: list[dict]) -> str:
@@ -227,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered names, one per line (or a method's options)")
     p.add_argument("what", choices=["backbones", "methods", "datasets", "presets", "sweeps"])
+    p.add_argument("name", nargs="?", help="with 'presets': print what that preset sets, its description and "
+                                           "official source; with 'methods': that method's options")
     p.add_argument("--options", metavar="NAME", help="with 'methods': print that method's options, defaults and help")
     p.set_defaults(func=cmd_list)
 
