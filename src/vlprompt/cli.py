@@ -240,7 +240,16 @@ def cmd_world_export(args) -> int:
                              image_size=args.image_size, image_format=args.image_format,
                              overwrite=args.overwrite)
     print(f"wrote world task '{args.task}' in the {args.format} layout under {root}")
+    print(f"read it back with: {_read_back(args.task, args.format, root)}")
     return 0
+
+
+def _read_back(task: str, fmt: str, root) -> str:
+    """The dataset settings that read an export back (what a newcomer types next)."""
+    if fmt == "vtab":
+        name = task if task.startswith("world-") else f"world-{task}"
+        return f"dataset=vtab root={root} dataset_options.task={name} dataset_options.classnames=classnames.txt"
+    return f"dataset={fmt} root={root}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,11 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="the offline world: export a task to disk in a real dataset layout")
     world_sub = p.add_subparsers(dest="world_command", required=True)
-    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs or JPEGs)")
+    e = world_sub.add_parser("export", help="write a world task as ImageFolder, VTAB-1k or CoOp (split_zhou JSON) "
+                                            "files (real PNGs or JPEGs)")
     e.add_argument("task", help="a world task, e.g. object or world-object (see 'vlprompt list datasets')")
     e.add_argument("--out", required=True)
-    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab"])
-    e.add_argument("--per-class", type=int, default=16, help="train and test images per class (imagefolder)")
+    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab", "coop"],
+                   help="coop: <out>/world_<task>/split_zhou_World<Task>.json + images/<class_name>/, read back "
+                        "by dataset=coop")
+    e.add_argument("--per-class", type=int, default=16,
+                   help="train and test images per class (imagefolder, coop; val gets a quarter)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--image-size", type=int, help="resize every image to this many pixels square (e.g. 224)")
     e.add_argument("--image-format", default="png", choices=["png", "jpeg"])
