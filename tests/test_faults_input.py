@@ -158,6 +158,13 @@ def test_empty_yaml_config_is_refused(tmp_path, capsys, text):
     assert code == 2 and f"Sweep config '{config}' is empty" in err
 
 
+def test_yaml_that_does_not_parse_names_the_file_and_the_place(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("method: linear\ntrain: {lr: 0.1\n")
+    code, _, err = run_cli(["train", str(config)], capsys)
+    assert code == 2 and f"Config file '{config}' is not valid YAML" in err and "line 3" in err
+
+
 # ----- symlinks out of the image folder are refused like '..' -----
 def _linked_tree(tmp_path: Path) -> tuple[Path, Path]:
     root = tmp_path / "data"
