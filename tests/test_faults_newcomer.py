@@ -128,3 +128,17 @@ def test_report_over_unrelated_runs_groups_them(tmp_path, capsys):
     ]
     assert "Backbone: `world:mae`" in out and "Backbone: `world:clip`" in out
 
+
+def test_base_to_new_runs_made_by_hand_keep_their_own_rows_and_columns(tmp_path):
+    from test_report import make_run
+
+    from vlprompt.analysis.report import write_report
+
+    runs = tmp_path / "runs"
+    for name, base, new in (("ctx4", 0.8, 0.4), ("ctx16", 0.6, 0.8)):
+        common = {"method": "coop", "protocol": "base2new", "saw_new_classnames": False}
+        make_run(runs, name, [{**common, "dataset": "world:shapes/base", "split": "base", "accuracy": base},
+                              {**common, "dataset": "world:shapes/new", "split": "new", "accuracy": new}])
+    report = write_report(runs, plots=False)["report.md"].read_text()
+    assert "| coop (ctx16) | 60.00 | 80.00 | 68.57 | no |" in report
+    assert "| coop (ctx4) | 80.00 | 40.00 | 53.33 | no |" in report

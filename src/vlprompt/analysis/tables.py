@@ -93,9 +93,11 @@ def _tables_of(kind: str, chosen: pd.DataFrame, keys: list[str]) -> Iterator[tup
             yield backbone, slug, " · ".join(parts[1:]), records
 
 
-def _plain_runs_apart(records: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def _plain_runs_apart(records: pd.DataFrame) -> pd.DataFrame:
     """Plain runs (not from a sweep) that would share a cell get rows of their own, labelled 'method (folder)':
-    they are separate experiments a user ran by hand, not seeds of one configuration."""
+    they are separate experiments a user ran by hand, not seeds of one configuration. Called once a table's
+    records have their ``column``, before cells and extra columns are computed from the labels."""
+    keys = ["label", "column", "seed"]
     plain = ~_column_of(records, "sweep", False).fillna(False).astype(bool)
     clash = records.duplicated(keys, keep=False) & plain
     if not clash.any():
@@ -109,9 +111,9 @@ def _cells(records: pd.DataFrame, slug: str) -> pd.DataFrame:
     """Mean, sample std and count over seeds of accuracy (%) per (method label, column); runs in folder order.
 
     A record without an accuracy (e.g. New for a class-tied head) still traces to its folder but adds no
-    value. Two records for one cell and seed are an error: one of them would silently win."""
+    value. Two records for one cell and seed (after ``_plain_runs_apart``) are an error: one of them would
+    silently win."""
     keys = ["label", "column", "seed"]
-    records = _plain_runs_apart(records, keys)
     twice = records.duplicated(keys)
     if twice.any():
         group = records.groupby(keys, sort=False, dropna=False).ngroup()
@@ -174,7 +176,7 @@ def fewshot_tables(results: pd.DataFrame) -> list[Table]:
     ]
     tables = []
     for backbone, slug, title, records in _tables_of("fewshot", chosen, ["dataset"]):
-        records = records.assign(column=records["shots"].map(_shots_column))
+        records = _plain_runs_apart(records.assign(column=records["shots"].map(_shots_column)))
         shots = sorted({int(k) for k in records["shots"]}, key=lambda k: (k == 0, k))
         tables.append(
             _table(
@@ -199,10 +201,8 @@ def base2new_tables(results: pd.DataFrame) -> list[Table]:
     )
     tables = []
     seen_name = "New names seen in training"
-    for backbone, slug, title, records in _tables_of(
-        "base2new", chosen, ["base_dataset", "shots_key"]
-    ):
-        records = records.assign(column=records["split"].map({"base": "Base", "new": "New"}))
+    for backbone, slug, title, records in _tables_of("base2new", chosen, ["base_dataset", "shots_key"]):
+        records = _plain_runs_apart(records.assign(column=records["split"].map({"base": "Base", "new": "New"})))
         cells = _cells(records, slug)
         means, runs = _wide(cells, "mean"), _wide(cells, "runs")
         hm = [
@@ -246,10 +246,8 @@ def shift_tables(results: pd.DataFrame) -> list[Table]:
         column=chosen["dataset"].where(~is_source, chosen["dataset"] + " (source)"),
     )
     tables = []
-    for backbone, slug, title, records in _tables_of(
-        "shift", chosen, ["source_key", "shots_key"]
-    ):
-        cells = _cells(records, slug)
+    for backbone, slug, title, records in _tables_of("shift", chosen, ["source_key", "shots_key"]):
+        cells = _cells(_plain_runs_apart(records), slug)
         named = sorted(cells["column"].unique())
         sources = [c for c in named if c.endswith("(source)")]
         targets = [c for c in named if not c.endswith("(source)")]
@@ -288,7 +286,7 @@ def vtab_tables(results: pd.DataFrame) -> list[Table]:
     groups = vtab_task_groups()
     tables = []
     for backbone, slug, _, records in _tables_of("vtab", chosen, ["table"]):
-        cells = _cells(records, slug)
+        cells = _cells(_plain_runs_apart(records), slug)
         tasks = sorted(cells["column"].unique())
         standard = bool(tasks) and all(t in groups for t in tasks)
         group_columns: list[str] = []
