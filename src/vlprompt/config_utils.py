@@ -100,16 +100,25 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def load_yaml_mapping(path: str | Path, what: str = "Config file", fields_hint: str = "method:, backbone:, ...") -> dict:
-    """A YAML file that must hold a mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    """A YAML file that must hold a mapping; a missing file or bad YAML is a ConfigError naming the file.
+
+    An empty file (or one holding only comments) is refused too: it usually means a save went wrong or the wrong
+    file was named, and running every default in its place would produce a result that looks deliberate."""
     import yaml
 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{what} '{path}' does not exist.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{what} '{path}' is not valid YAML: {error}") from None
+    if data is None:
+        raise ConfigError(
+            f"{what} '{path}' is empty (or holds only comments), so it sets nothing and every default would run "
+            f"unannounced. Write its fields ({fields_hint}) into it, or leave the file out and give key=value "
+            "overrides on the command line."
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{what} '{path}' must hold a mapping of fields ({fields_hint}).")
     return data

@@ -248,6 +248,7 @@ def _label_rows(
         classnames = sorted({row.label for row in all_rows})
     index_of = {name: label for label, name in enumerate(classnames)}
     labelled: dict[str, list[Sample]] = {}
+    first_label: dict[str, tuple[int, _Row]] = {}  # path -> the first row that labelled it, over every split
     for split, rows in rows_by_split.items():
         samples = labelled.setdefault(split, [])
         for row in rows:
@@ -274,6 +275,27 @@ def _label_rows(
                             "classname",
                         )
                     )
-            if label is not None and row.path is not None:
-                samples.append(Sample(row.path, label, row.line))
+            if label is None or row.path is None:
+                continue
+            earlier = first_label.setdefault(row.path, (label, row))
+            if earlier[0] != label:
+                problems.append(_two_labels(row, earlier[1]))
+                continue
+            samples.append(Sample(row.path, label, row.line))
     return classnames, labelled, class_source
+
+
+def _two_labels(row: _Row, first_row: _Row) -> Problem:
+    """One image under two labels: found here, before a seeded split can send the two rows to different splits
+    (where they would read as leakage rather than as the labelling mistake they are)."""
+
+    def named(at: _Row) -> str:
+        where = f"line {at.line}" if at.file == row.file else f"{at.file.name} line {at.line}"
+        return f"'{at.label}' ({where})"
+
+    return Problem(
+        str(row.file), row.line,
+        f"image '{row.path}' is listed under two labels: {named(first_row)} and {named(row)}; keep "
+        "the row with the right label and delete the other",
+        "duplicate",
+    )
