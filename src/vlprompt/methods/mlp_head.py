@@ -13,7 +13,7 @@ import torch
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.prompts.heads import VPTHead, head_statistics
+from vlprompt.prompts.heads import VPTHead, frozen_statistics
 
 
 @dataclass
@@ -40,7 +40,7 @@ class MLPHead(PromptMethod):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The head's weights plus its BatchNorm statistics."""
-        return {**super().trainable_state_dict(), **head_statistics(self.head)}
+        return {**super().trainable_state_dict(), **frozen_statistics(self.head, "head")}
 
     def forward(self, batch: dict) -> dict:
         features = batch.get("features")

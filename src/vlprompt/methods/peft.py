@@ -28,7 +28,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import PromptMethod, register_method
 from vlprompt.prompts.adapters import tune_biases, tune_class_token, tune_layernorms
-from vlprompt.prompts.heads import VPTHead, head_statistics, mae_probe_head
+from vlprompt.prompts.heads import VPTHead, frozen_statistics, mae_probe_head
 from vlprompt.prompts.lora import share_weights_copy
 
 HEAD_KINDS = ("vpt", "timm", "mae-probe")
@@ -68,7 +68,7 @@ class TowerTuningMethod(PromptMethod, abc.ABC):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained tensors plus the head's BatchNorm statistics (VPT Mlp heads, AdaptFormer's probe)."""
-        return {**super().trainable_state_dict(), **head_statistics(self.head)}
+        return {**super().trainable_state_dict(), **frozen_statistics(self.head, "head")}
 
     def forward(self, batch: dict) -> dict:
         logits = self.head(self.encode(batch["image"]))

@@ -14,7 +14,7 @@ import torch
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.prompts.heads import VPTHead
+from vlprompt.prompts.heads import VPTHead, frozen_statistics
 from vlprompt.prompts.side import OFFICIAL_SIDE, SideNetwork
 
 
@@ -43,6 +43,11 @@ class Sidetune(PromptMethod):
         self.side = SideNetwork(config.side_model, visual.feature_dim, backbone.preprocess.image_size,
                                 config.side_pretrained, config.side_weights)
         self.head = VPTHead(visual.feature_dim, labels.num_classes)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained tensors plus the side network's and the head's running statistics."""
+        return {**super().trainable_state_dict(), **frozen_statistics(self.side, "side"),
+                **frozen_statistics(self.head, "head")}
 
     def forward(self, batch: dict) -> dict:
         images = batch["image"]

@@ -11,7 +11,7 @@ batch of one; the library's trainer keeps it, and a training batch of one is nor
 
 BatchNorm's running statistics are part of what a head learns, and a prompt checkpoint stores trained parameters:
 ``TrackedBatchNorm1d`` holds them as frozen (requires_grad=False) parameters, updated in place exactly as buffers
-are, so that ``head_statistics`` can add them to a method's ``trainable_state_dict`` and every loader finds them.
+are, so that ``frozen_statistics`` can add them to a method's ``trainable_state_dict`` and every loader finds them.
 """
 from __future__ import annotations
 
@@ -23,18 +23,13 @@ from torch import nn
 PRIOR_PROBABILITY = 0.01
 
 
-STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
-
-
 class TrackedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose running statistics are frozen parameters (saved with the head), and which normalises a
     training batch of one with them instead of failing."""
 
     def __init__(self, num_features: int, **options) -> None:
         super().__init__(num_features, **options)
-        for name in STATISTICS:
-            tensor = self._buffers.pop(name)
-            setattr(self, name, nn.Parameter(tensor, requires_grad=False))
+        statistics_as_parameters(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] == 1:
@@ -52,14 +47,17 @@ def mae_probe_head(feature_dim: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(TrackedBatchNorm1d(feature_dim, affine=False, eps=1e-6), linear)
 
 
-def head_statistics(head: nn.Module, prefix: str = "head") -> dict[str, torch.Tensor]:
-    """The running statistics of the head's BatchNorms, named as in the method's state (``head.…``)."""
-    return {
-        f"{prefix}.{module_name}.{name}": getattr(module, name).detach().clone()
-        for module_name, module in head.named_modules()
-        if isinstance(module, TrackedBatchNorm1d)
-        for name in STATISTICS
-    }
+def statistics_as_parameters(module: nn.Module) -> None:
+    """Turn every buffer of ``module`` (BatchNorm running statistics) into a frozen parameter, updated in place as
+    before, so that it is saved and loaded with the trained tensors (a fully trained side network's BatchNorms)."""
+    for sub in module.modules():
+        for name in [n for n, b in sub._buffers.items() if b is not None and n not in sub._non_persistent_buffers_set]:
+            setattr(sub, name, nn.Parameter(sub._buffers.pop(name), requires_grad=False))
+
+
+def frozen_statistics(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The frozen parameters of a trained module (its running statistics), named as in the method's state."""
+    return {f"{prefix}.{name}": p.detach().clone() for name, p in module.named_parameters() if not p.requires_grad}
 
 
 class VPTHead(nn.Module):

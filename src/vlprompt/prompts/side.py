@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vlprompt.errors import VlpromptError
+from vlprompt.prompts.heads import statistics_as_parameters
 
 OFFICIAL_SIDE = "alexnet"
 
@@ -100,6 +101,7 @@ class SideNetwork(nn.Module):
                     "that accepts the backbone's image size."
                 ) from error
             self.network.train(was_training)
+        statistics_as_parameters(self.network)  # trained with it, so saved with it
         self.projection = nn.Linear(feature_dim, width, bias=False)
         self.alpha = nn.Parameter(torch.tensor(0.0))
 
