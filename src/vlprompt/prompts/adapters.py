@@ -185,7 +185,12 @@ def attach_adaptformer(tower: VisionTower, bottleneck: int = 64, scale: float = 
 class ScaleShift(nn.Module):
     """A module followed by SSF's ``y * scale + shift`` over the feature axis (last for tokens, 1 for conv maps).
 
-    A tuple output (``nn.MultiheadAttention``'s ``(out, weights)``) is scaled in its first element only.
+    After a Linear, Conv or affine LayerNorm the scale-shift is computed inside the module's own call with the
+    scaled weights (``scale * W``, ``scale * b + shift``): the same function, but autograd keeps only what the
+    module itself keeps (its input), not the module's output as well, which a separate multiply would keep. That
+    puts SSF's step below full fine-tuning's memory (benchmarks/bench_visual_step.py). After any other module
+    (a fused ``nn.MultiheadAttention``, an identity) it is applied to the output; a tuple output
+    (``(out, weights)``) is scaled in its first element only.
     """
 
     def __init__(self, base: nn.Module, dim: int, channel_axis: int = -1) -> None:
@@ -202,8 +207,20 @@ class ScaleShift(nn.Module):
         shape[self.channel_axis] = -1
         return y * self.scale.view(shape).to(y.dtype) + self.shift.view(shape).to(y.dtype)
 
+    def _scaled_bias(self, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.shift if bias is None else bias * self.scale + self.shift
+
     def forward(self, *args, **kwargs):
-        out = self.base(*args, **kwargs)
+        base = self.base
+        if type(base) is nn.Linear:
+            return F.linear(args[0], base.weight * self.scale[:, None], self._scaled_bias(base.bias))
+        if type(base) is nn.Conv2d:
+            weight = base.weight * self.scale.view(-1, 1, 1, 1)
+            return base._conv_forward(args[0], weight, self._scaled_bias(base.bias))
+        if isinstance(base, nn.LayerNorm) and base.elementwise_affine and type(base).forward is nn.LayerNorm.forward:
+            return F.layer_norm(args[0], base.normalized_shape, base.weight * self.scale,
+                                self._scaled_bias(base.bias), base.eps)
+        out = base(*args, **kwargs)
         if isinstance(out, tuple):
             return (self.apply_to(out[0]), *out[1:])
         return self.apply_to(out)
