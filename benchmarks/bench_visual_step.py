@@ -212,8 +212,8 @@ def render_markdown(results: dict) -> str:
         "# Visual training step cost: VPT-deep and the parameter-efficient methods vs full fine-tuning (CPU, "
         + f"{results['threads']} threads, {results['num_prompts']} prompts per block)",
         "",
-        f"Machine load (1/5/15-min load average, before/after): {load}; {os.cpu_count()} cores, shared with other "
-        "work, so only the ratios measured side by side in this run mean anything.",
+        (f"Machine load (1/5/15-min load average, before/after): {load}; {os.cpu_count()} cores, shared with "
+         "other work, so only the ratios measured side by side in this run mean anything."),
         "",
         "| size | batch | variant | step time (median s) | step memory (MiB above built) | peak RSS in steps (MiB) |",
         "|---|---|---|---|---|---|",

@@ -12,8 +12,8 @@ from torch import nn
 
 from vlprompt.backbones.base import BLOCK_SITES, TOWER_SITES, BlockSites
 from vlprompt.backbones.registry import create_backbone
-from vlprompt.backbones.tiny import tiny_open_clip, tiny_timm_vit
 from vlprompt.backbones.timm_vit import wrap_timm_vit
+from vlprompt.backbones.tiny import tiny_open_clip, tiny_timm_vit
 from vlprompt.errors import VlpromptError
 
 

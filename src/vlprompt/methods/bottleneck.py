@@ -67,7 +67,7 @@ class AdaptFormerConfig:
     branch_input: str = field(
         default="residual",
         metadata={"help": "residual: the branch reads the un-normalised MLP input (official code); normed: it reads "
-                          "LN(x) as the paper's Eq. 3 writes", "choices": BRANCH_INPUTS},
+                          "LN(x), as we read the paper's equation", "choices": BRANCH_INPUTS},
     )
 
 

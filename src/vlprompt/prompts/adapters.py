@@ -16,9 +16,9 @@ Definitions, each as its official code has it:
   ``up``) is offered for an adapter that learns, and is not the official one.
 - **AdaptFormer** (ShoufaChen/AdaptFormer ``models/adapter.py`` + ``custom_modules.py``, ``main_image.py``):
   beside the MLP sub-layer, ``s * up(dropout(ReLU(down(x))))`` added to the MLP's output, with x the *un-normalised*
-  input of the sub-layer (the official code, adapter LayerNorm option "none"; the paper's Eq. 3 writes LN(x), kept as
-  ``branch_input="normed"``); ``down`` kaiming-uniform (a = sqrt 5) with zero bias, ``up`` zero; bottleneck 64,
-  s = 0.1, dropout 0.1.
+  input of the sub-layer (the official code, adapter LayerNorm option "none"; the paper's equation, as we read it,
+  feeds LN(x): ``branch_input="normed"``); ``down`` kaiming-uniform (a = sqrt 5) with zero bias, ``up`` zero;
+  bottleneck 64, s = 0.1, dropout 0.1.
 - **SSF** (dongzelian/SSF ``models/vision_transformer.py``): ``y * scale + shift`` after the patch projection, both
   block norms, qkv, the attention projection, fc1, fc2 and the final norm; scale ~ N(1, 0.02), shift ~ N(0, 0.02).
   On towers whose attention is a fused ``nn.MultiheadAttention`` there is no qkv place; the projection's scale-shift
