@@ -70,7 +70,14 @@ def build_layout(
     suffix: str,
     context_text: str = "",
 ) -> PromptLayout:
-    """Tokenise the placeholder prompts of all classes and locate the context slots in each.
+    """Tokenise the placeholder prompts of all classes and locate the context slots in each, as official CoOp does.
+
+    The official PromptLearner tokenises ``"<context> <name>."`` with the class at the end, counts each name's
+    tokens ALONE (``name_lens``), and for the middle / front positions moves the first ``name_len`` tokens after
+    the context in front of (part of) the context. We do the same. With the class at the end every name works:
+    a name ending in punctuation, e.g. "kite (bird of prey)", simply ends in the merged BPE token ")." and the
+    prompt is exactly the official one. In the middle / front the official code then carries the merged token
+    inside the class span, so no separate "." follows the context; we match it and log a warning naming the class.
 
     ``context_text`` (class position "end" only) replaces the "X X ..." placeholder: its first ``n_ctx`` tokens
     are the context slots and any tokens after them stay in the prompt as fixed text, as in the official CoOp
@@ -85,33 +92,59 @@ def build_layout(
         )
     suffix_len = token_count(text, suffix, "Prompt suffix") if suffix.strip() else 0
     lead = token_count(text, context_text, "Context init words") if context_text else n_ctx
-    first = n_ctx // 2 if position == "middle" else (n_ctx if position == "end" else 0)
-    texts, starts = [], []
+    before = context_text or " ".join([PLACEHOLDER] * n_ctx)
+    joiner = " " if suffix[:1].isalnum() else ""
+    texts, name_lens = [], []
     for name in classnames:
         name_len = token_count(text, name, "Class name")
         check_fits(text, 1 + lead + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
-        before = context_text or " ".join([PLACEHOLDER] * first)
-        after = " ".join([PLACEHOLDER] * (n_ctx - first))
-        joiner = " " if suffix[:1].isalnum() else ""
-        texts.append(" ".join(part for part in (before, name, after) if part) + joiner + suffix)
-        starts.append((1, 1 + first + name_len, name_len, suffix_len))
+        texts.append(" ".join(part for part in (before, name) if part) + joiner + suffix)
+        name_lens.append(name_len)
     token_ids = text.tokenize(texts)
     eot = end_token_positions(text, token_ids)
     slot = torch.full(token_ids.shape, n_ctx, dtype=torch.long)
-    for row, (name, (start_a, start_b, name_len, suffix_len)) in enumerate(zip(classnames, starts)):
-        expected_eot = 1 + lead + name_len + suffix_len
-        if int(eot[row]) != expected_eot:
-            raise ConfigError(
-                f"Class name {name!r} tokenises differently inside the prompt than alone (EOT at {int(eot[row])}, "
-                f"expected {expected_eot}); the tokenizer merges it with the neighbouring words. Add a space or "
-                "punctuation to the class name."
-            )
-        slot[row, start_a : start_a + first] = torch.arange(first)
-        slot[row, start_b : start_b + n_ctx - first] = torch.arange(first, n_ctx)
+    slot[:, 1 : 1 + n_ctx] = torch.arange(n_ctx)
+    if position != "end":
+        first = n_ctx // 2 if position == "middle" else 0
+        for row, (name, name_len) in enumerate(zip(classnames, name_lens)):
+            order = _class_moved_order(int(eot[row]), token_ids.shape[1], n_ctx, first, name, name_len, suffix_len)
+            token_ids[row], slot[row] = token_ids[row, order], slot[row, order]
     if supports_truncation(text):
         length = int(eot.max()) + 1
         token_ids, slot = token_ids[:, :length], slot[:, :length]
     return PromptLayout(token_ids=token_ids, slot=slot, eot=eot)
+
+
+def _class_moved_order(
+    eot: int, length: int, n_ctx: int, first: int, name: str, name_len: int, suffix_len: int
+) -> torch.Tensor:
+    """Positions of the class-at-end prompt in the order [SOS, ctx[:first], class, ctx[first:], rest].
+
+    The class span is the ``name_len`` tokens right after the context (``name_len`` counted on the name alone),
+    as in the official code; the EOT stays where it was, so pooling is unchanged.
+    """
+    own = eot - 1 - n_ctx  # tokens after the context, up to the EOT
+    if own < name_len:
+        raise ConfigError(
+            f"Class name {name!r} has {name_len} tokens alone but only {own} inside the prompt, so a class span "
+            "would swallow the end-of-text token (the official code would pool at a moved token). Rename the "
+            "class or put it at the end (class_position='end')."
+        )
+    if own != name_len + suffix_len:
+        logger.warning(
+            "Class name %r merges with the prompt's suffix into one token; as in the official CoOp code, the merged "
+            "token moves with the class name, so with the class in the middle or front no separate suffix follows "
+            "the context for this class.", name,
+        )
+    cls = 1 + n_ctx
+    return torch.cat(
+        [
+            torch.arange(0, 1 + first),
+            torch.arange(cls, cls + name_len),
+            torch.arange(1 + first, cls),
+            torch.arange(cls + name_len, length),
+        ]
+    )
 
 
 INIT_ALIGNS = ("fit", "right")
