@@ -95,6 +95,7 @@ class HFClipTextTower(CausalTextTower):
         self.width = int(config.hidden_size)
         self.context_length = int(config.max_position_embeddings)
         self.feature_dim = int(self.text_projection.out_features)
+        self.num_heads = int(config.num_attention_heads)
 
     # ----- TextTower seams -----
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -122,6 +123,9 @@ class HFClipTextTower(CausalTextTower):
     @property
     def num_layers(self) -> int:
         return len(self.text_model.encoder.layers)
+
+    def attention_heads(self) -> int:
+        return self.num_heads
 
     def add_positions(self, embeddings: torch.Tensor, start: int = 0) -> torch.Tensor:
         positions = self.text_model.embeddings.position_embedding.weight[start : start + embeddings.shape[1]]

@@ -205,6 +205,9 @@ class OpenClipTextTower(CausalTextTower):
     def num_layers(self) -> int:
         return len(self.transformer.resblocks)
 
+    def attention_heads(self) -> int:
+        return self.heads
+
     def _cast_dtype(self) -> torch.dtype:
         return self.transformer.get_cast_dtype()
 

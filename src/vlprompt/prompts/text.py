@@ -30,10 +30,10 @@ from vlprompt.prompts.text_encoding import (  # noqa: F401  (some names re-expor
     end_token_positions,
     ensemble_features,
     hand_crafted_features,
-    supports_shared_prefix,
-    supports_truncation,
+    exact_fast_paths,
     token_count,
 )
+from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB, plan_suffix_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def build_layout(
         for row, (name, name_len) in enumerate(zip(classnames, name_lens)):
             order = _class_moved_order(int(eot[row]), token_ids.shape[1], n_ctx, first, name, name_len, suffix_len)
             token_ids[row], slot[row] = token_ids[row, order], slot[row, order]
-    if supports_truncation(text):
+    if exact_fast_paths(text):
         length = int(eot.max()) + 1
         token_ids, slot = token_ids[:, :length], slot[:, :length]
     return PromptLayout(token_ids=token_ids, slot=slot, eot=eot)
@@ -176,8 +176,11 @@ class ContextPrompt(nn.Module):
     word count; ``"right"`` (ProGrad) keeps ``n_ctx`` slots, zeros first and the words' embeddings in the last
     slots. Without words the context is drawn from N(0, 0.02). ``suffix`` is the text after the class name (".").
     The text tower is passed to each call rather than stored, so it never enters this module's state.
-    ``shared_prefix``: with shared context before the class name, [SOS, ctx] is the same prefix for every class;
-    when the adapter has the exact ``encode_shared_prefix`` path it is computed once per call, not per class.
+    ``shared_prefix``: with shared context before the class name, [SOS, ctx] is the same prefix for every class
+    (CoCoOp: for every class of one image); where the exact fast paths apply it is computed once per call, and
+    the classes' own tokens run grouped by length, unpadded (prompts/text_plan.py).
+    ``memory_mb``: the activation memory a training step may hold for the class prompts; calls beyond it are
+    recomputed in backward. ``class_chunk``: classes per encoder call on the plain path and without gradients.
     """
 
     def __init__(
@@ -192,8 +195,11 @@ class ContextPrompt(nn.Module):
         class_chunk: int = 256,
         shared_prefix: bool = True,
         init_align: str = "fit",
+        memory_mb: float = DEFAULT_TEXT_MEMORY_MB,
     ) -> None:
         super().__init__()
+        if memory_mb <= 0:
+            raise ConfigError(f"memory_mb = {memory_mb} must be positive (megabytes of text activations per step).")
         if class_chunk < 1:
             raise ConfigError(f"class_chunk = {class_chunk} must be at least 1.")
         if init_align not in INIT_ALIGNS:
@@ -202,6 +208,7 @@ class ContextPrompt(nn.Module):
         self.suffix = suffix
         self.class_specific = class_specific
         self.class_chunk = class_chunk
+        self.memory_mb = memory_mb
         self.shared_prefix = shared_prefix
         self.context_text = ""
         device = next(text.parameters()).device
@@ -256,19 +263,15 @@ class ContextPrompt(nn.Module):
     def _encode_chunk(
         self, text: TextTower, ctx: torch.Tensor, start: int, stop: int, deep: tuple[torch.Tensor, ...] = ()
     ) -> torch.Tensor:
-        """Features of classes [start, stop) for context ``ctx`` [*, 1 or C, M, w] -> [*, stop-start, D]."""
+        """Plain path: features of classes [start, stop) for context ``ctx`` [*, 1 or C, M, w] -> [*, stop-start, D]."""
         if self.class_specific:
             ctx = ctx[..., start:stop, :, :]
         ids = self.token_ids[start:stop]
         slot = self.slot[start:stop]
-        length = int(self.eot[start:stop].max()) + 1 if supports_truncation(text) else ids.shape[1]
+        length = int(self.eot[start:stop].max()) + 1 if exact_fast_paths(text) else ids.shape[1]
         ids, slot, base = ids[:, :length], slot[:, :length], self.base[start:stop, :length]
         count, width = stop - start, base.shape[-1]
         batch_shape = ctx.shape[:-3]
-        if self._prefix_path(text, ctx):
-            prefix = torch.cat([base[0, :1], ctx[0].to(base.dtype)])
-            options = {"deep": deep} if deep else {}
-            return text.encode_shared_prefix(prefix, base[:, 1 + self.n_ctx :], ids, **options)
         padded = torch.cat([ctx, ctx.new_zeros(*ctx.shape[:-2], 1, width)], dim=-2)
         padded = padded.expand(*batch_shape, count, self.n_ctx + 1, width)
         index = slot.expand(*batch_shape, count, length).unsqueeze(-1).expand(*batch_shape, count, length, width)
@@ -279,15 +282,53 @@ class ContextPrompt(nn.Module):
         features = encode_text_embeddings(text, flat, flat_ids, deep)
         return features.reshape(*batch_shape, count, features.shape[-1])
 
-    def _prefix_path(self, text: TextTower, ctx: torch.Tensor) -> bool:
-        """Shared context right after SOS, one context for all rows, and an adapter that shares the prefix."""
+    def _prefix_path(self, text: TextTower, ctx: torch.Tensor, deep: tuple[torch.Tensor, ...]) -> bool:
+        """Shared context right after SOS (one context, or one per image) on a tower with the exact fast paths."""
         return (
             self.shared_prefix
             and self.position == "end"
-            and ctx.dim() == 3
-            and ctx.shape[0] == 1
-            and supports_shared_prefix(text)
+            and not self.class_specific
+            and exact_fast_paths(text)
+            and text.prefix_path_applies(self.eot, 1 + self.n_ctx, deep)
         )
+
+    def plan(self, text: TextTower, prefixes: int, chunk: int | None, trained: bool):
+        """The encoder calls of one step on the prefix path (see prompts/text_plan.py)."""
+        prefix_length = 1 + self.n_ctx
+        budget = self.memory_mb * 2**20 if trained else None
+        max_rows = chunk or (None if trained else self.class_chunk)
+        return plan_suffix_chunks(
+            self.eot - prefix_length + 1,
+            lambda length: prefixes * text.suffix_activation_bytes(prefix_length, length),
+            budget,
+            max_rows,
+        )
+
+    def _encode_prefixed(
+        self, text: TextTower, ctx: torch.Tensor, chunk: int | None, deep: tuple[torch.Tensor, ...], trained: bool
+    ) -> torch.Tensor:
+        """[SOS, ctx] once per context (prefix_states), then every class's own tokens in length groups."""
+        prefix_length = 1 + self.n_ctx
+        sos = self.base[0, :1]
+        contexts = ctx.reshape(-1, self.n_ctx, ctx.shape[-1]).to(sos.dtype)  # [m, M, w]
+        prefixes = torch.cat([sos.expand(contexts.shape[0], 1, -1), contexts], dim=1)
+        states = text.prefix_states(prefixes, deep)
+        parts, order = [], []
+        for part in self.plan(text, prefixes.shape[0], chunk, trained):
+            rows = part.rows.to(self.base.device)
+            if part.recompute:  # only the row indices enter the checkpoint: it keeps no suffix embeddings
+                parts.append(checkpoint(self._encode_suffixes, text, states, rows, part.length, use_reentrant=False))
+            else:
+                parts.append(self._encode_suffixes(text, states, rows, part.length))
+            order.append(part.rows)
+        features = torch.cat(parts, dim=1)[:, torch.argsort(torch.cat(order)).to(self.base.device)]
+        return features.reshape(*ctx.shape[:-3], self.num_classes, features.shape[-1])
+
+    def _encode_suffixes(
+        self, text: TextTower, states: list[torch.Tensor], rows: torch.Tensor, length: int
+    ) -> torch.Tensor:
+        start = 1 + self.n_ctx
+        return text.encode_suffixes(states, self.base[rows, start : start + length])
 
     def forward(
         self,
@@ -298,8 +339,9 @@ class ContextPrompt(nn.Module):
     ) -> torch.Tensor:
         """Normalised class features: [C, D], or [B, C, D] with a per-image ``bias`` [B, w] (CoCoOp).
 
-        Classes go through the encoder ``chunk`` at a time; under autograd with several chunks each chunk is
-        recomputed in backward (activation checkpointing), so memory stays bounded for many classes.
+        On the prefix path the calls come from the memory budget (``plan``; ``chunk`` caps classes per call).
+        On the plain path classes go ``chunk`` (default ``class_chunk``) at a time, and under autograd with
+        several chunks each is recomputed in backward, so memory stays bounded for many classes.
         ``deep``: deep text prompts [n_ctx, w] for text layers 1..len(deep), over the context positions.
         """
         deep = tuple(deep)
@@ -311,10 +353,12 @@ class ContextPrompt(nn.Module):
         ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0)
         if bias is not None:
             ctx = ctx.unsqueeze(0) + bias[:, None, None, :].to(ctx.dtype)
+        trained = torch.is_grad_enabled() and (ctx.requires_grad or any(t.requires_grad for t in deep))
+        if self._prefix_path(text, ctx, deep):
+            return nn.functional.normalize(self._encode_prefixed(text, ctx, chunk, deep, trained).float(), dim=-1)
         chunk = chunk or self.class_chunk
         bounds = [(s, min(s + chunk, self.num_classes)) for s in range(0, self.num_classes, chunk)]
-        trained = ctx.requires_grad or any(t.requires_grad for t in deep)
-        use_checkpoint = len(bounds) > 1 and torch.is_grad_enabled() and trained
+        use_checkpoint = len(bounds) > 1 and trained
         parts = []
         for start, stop in bounds:
             if use_checkpoint:
