@@ -49,11 +49,14 @@ class PromptMethod(nn.Module):
     uses_image_features: ClassVar[bool] = False
     # Recommended TrainConfig fields for this method (lr, epochs, optimizer...); user settings override them.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    # How class names are cleaned before tokenising, as the method's official code does (data/base.py):
+    # "underscores" ('_' -> ' ', the CoOp family) or "none" (as given: CLAP).
+    classname_cleaning: ClassVar[str] = "underscores"
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
         super().__init__()
         self.backbone = backbone
-        self.labels = labels
+        self.labels = labels.with_cleaning(self.classname_cleaning)
         self.config = config
         backbone.weights_hash()  # fixed now, before any method trains backbone weights: the artifact identity
         backbone.freeze()

@@ -41,7 +41,8 @@ class CLIPLoRAConfig:
     ``rank_scaling``: "sqrt" (alpha/√r, the official code) or "rank" (alpha/r, the LoRA paper);
     ``encoders``: both | vision | text; ``blocks``: block indices to adapt (empty = all, the official "all");
     ``params``: projections among q, k, v, o (official default q, k, v); ``class_chunk``: class prompts per
-    text-encoder call."""
+    text-encoder call; ``logit_scale``: a fixed s in s·cos — the official code uses 100 (the clip-lora-paper preset
+    sets it), None takes the checkpoint's exp(logit_scale) (100.03 on OpenAI weights)."""
 
     rank: int = field(default=2, metadata={"help": "LoRA rank r (0: no branch, the frozen model)"})
     alpha: float = field(default=1.0, metadata={"help": "LoRA alpha"})
@@ -51,6 +52,13 @@ class CLIPLoRAConfig:
     blocks: list[int] = field(default_factory=list, metadata={"help": "block indices to adapt (empty: all, the official setting)"})
     params: list[str] = field(default_factory=lambda: ["q", "k", "v"], metadata={"help": "projections among q, k, v, o (official: q, k, v)"})
     class_chunk: int = field(default=256, metadata={"help": "class prompts per text-encoder call"})
+    logit_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "fixed logit scale s in s·cos (the official code: 100); unset: the checkpoint's exp(logit_scale)",
+            "range": (0.0, None),
+        },
+    )
 
     def __post_init__(self) -> None:
         where = "CLIPLoRAConfig"
@@ -58,6 +66,8 @@ class CLIPLoRAConfig:
         check_range(where, "alpha", self.alpha, 0.0)
         check_range(where, "dropout", self.dropout, 0.0, 1.0)
         check_range(where, "class_chunk", self.class_chunk, 1)
+        if self.logit_scale is not None:
+            check_range(where, "logit_scale", self.logit_scale, 0.0)
         check_choice(where, "rank_scaling", self.rank_scaling, RANK_SCALINGS)
         check_choice(where, "encoders", self.encoders, ENCODERS)
         unknown = [p for p in self.params if p not in PROJECTIONS]
@@ -90,6 +100,8 @@ class CLIPLoRA(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CLIPLoRAConfig) -> None:
         super().__init__(backbone, labels, config)
+        if config.logit_scale is not None:  # the official code's fixed 100
+            self.logit_scale = float(config.logit_scale)
         self.wrappers: list[nn.Module] = []
         lora = (config.params, config.rank, config.alpha, config.dropout, config.rank_scaling)
         if config.encoders in ("both", "vision"):

@@ -67,7 +67,7 @@ class CoCoOp(ClipMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.prompt.set_classnames(self.text, labels.classnames)
+        self.prompt.set_classnames(self.text, self.labels.classnames)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.prompt.ctx, *self.meta_net.parameters()]

@@ -141,7 +141,7 @@ class CoOp(ClipMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.prompt.set_classnames(self.text, labels.classnames)
+        self.prompt.set_classnames(self.text, self.labels.classnames)
         self._eval_cache.clear()
 
     def class_dependent_parameter_names(self) -> set[str]:

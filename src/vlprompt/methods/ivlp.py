@@ -62,7 +62,7 @@ class DeepVLMethod(ClipMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.text_prompt.set_classnames(self.text, labels.classnames)
+        self.text_prompt.set_classnames(self.text, self.labels.classnames)
         self._eval_cache.clear()
 
     def class_features(self) -> torch.Tensor:

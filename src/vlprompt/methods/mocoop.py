@@ -106,7 +106,7 @@ class MoCoOp(ClipMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.mixture.set_classnames(self.text, labels.classnames)
+        self.mixture.set_classnames(self.text, self.labels.classnames)
         self._eval_cache.clear()
 
     def group_hard_features(self) -> list[torch.Tensor]:

@@ -67,7 +67,9 @@ class TipAdapterConfig:
     ``search``: choose α, β on validation; ``search_scale_*`` / ``search_steps_*``: the official grid (these
     defaults are its ImageNet config, which OxfordPets and UCF101 share; the preset lists every dataset's);
     ``ensemble``: class features from all templates (the official ImageNet setting) instead of templates[0];
-    ``class_chunk``: class prompts per text-encoder call."""
+    ``class_chunk``: class prompts per text-encoder call; ``logit_scale``: a fixed s in s·cos — the official code
+    uses 100 for the zero-shot logits (the tip-adapter presets set it), None takes the checkpoint's exp(logit_scale)
+    (100.03 on OpenAI weights)."""
 
     init_alpha: float = field(default=1.17, metadata={"help": "alpha for training (-F) and when no validation split exists"})
     init_beta: float = field(default=1.0, metadata={"help": "beta for training (-F) and when no validation split exists"})
@@ -78,6 +80,13 @@ class TipAdapterConfig:
     search_steps_beta: int = field(default=200, metadata={"help": "beta grid size"})
     ensemble: bool = field(default=False, metadata={"help": "class features from all templates instead of templates[0]"})
     class_chunk: int = field(default=256, metadata={"help": "class prompts per text-encoder call"})
+    logit_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "fixed logit scale s in s·cos (the official code: 100); unset: the checkpoint's exp(logit_scale)",
+            "range": (0.0, None),
+        },
+    )
 
     def __post_init__(self) -> None:
         where = "TipAdapterConfig"
@@ -86,6 +95,8 @@ class TipAdapterConfig:
         check_range(where, "search_steps_alpha", self.search_steps_alpha, 1)
         check_range(where, "search_steps_beta", self.search_steps_beta, 1)
         check_range(where, "class_chunk", self.class_chunk, 1)
+        if self.logit_scale is not None:
+            check_range(where, "logit_scale", self.logit_scale, 0.0)
 
 
 @register_method("tip-adapter")
@@ -99,6 +110,8 @@ class TipAdapter(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: TipAdapterConfig) -> None:
         super().__init__(backbone, labels, config)
+        if config.logit_scale is not None:  # the official code's fixed 100 (it moves the alpha / beta search)
+            self.logit_scale = float(config.logit_scale)
         dim = backbone.text.feature_dim
         self.cache_keys = nn.Parameter(torch.zeros(0, dim), requires_grad=self.fine_tune_keys)
         self.cache_values = nn.Parameter(torch.zeros(0, labels.num_classes), requires_grad=False)

@@ -35,7 +35,7 @@ class ClipMethod(PromptMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         """Serve another class list (e.g. the new classes of base-to-new) with the same trained prompts."""
-        self.labels = labels
+        self.labels = labels.with_cleaning(self.classname_cleaning)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)
