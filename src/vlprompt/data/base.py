@@ -9,7 +9,6 @@ from torch.utils.data import Dataset
 
 from vlprompt.errors import ConfigError
 
-
 CLASSNAME_CLEANINGS = ("underscores", "none")
 
 

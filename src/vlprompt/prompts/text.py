@@ -29,8 +29,8 @@ from vlprompt.prompts.text_encoding import (  # noqa: F401  (some names re-expor
     encode_texts,
     end_token_positions,
     ensemble_features,
-    hand_crafted_features,
     exact_fast_paths,
+    hand_crafted_features,
     token_count,
 )
 from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB, plan_suffix_chunks
@@ -308,7 +308,6 @@ class ContextPrompt(nn.Module):
         self, text: TextTower, ctx: torch.Tensor, chunk: int | None, deep: tuple[torch.Tensor, ...], trained: bool
     ) -> torch.Tensor:
         """[SOS, ctx] once per context (prefix_states), then every class's own tokens in length groups."""
-        prefix_length = 1 + self.n_ctx
         sos = self.base[0, :1]
         contexts = ctx.reshape(-1, self.n_ctx, ctx.shape[-1]).to(sos.dtype)  # [m, M, w]
         prefixes = torch.cat([sos.expand(contexts.shape[0], 1, -1), contexts], dim=1)
