@@ -233,6 +233,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--large-methods", nargs="+", default=None, choices=METHODS,
+        help="methods run at 1,000 classes and more (default: --methods); to keep a run affordable on a loaded machine",
+    )
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=1)
@@ -244,7 +248,7 @@ def main() -> None:
     backbone = build_clip()
     rows = []
     for count in args.classes:
-        for name in args.methods:
+        for name in args.large_methods if count >= 1000 and args.large_methods else args.methods:
             for precision in args.precision:
                 row = measure(name, backbone, count, args.steps, precision, args.exclude_merged)
                 print(json.dumps(row), flush=True)

@@ -94,6 +94,24 @@ def attend_with_prefix(
     return out.permute(0, 2, 3, 1, 4).reshape(rows, length, width)
 
 
+def pack_rows(groups: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Groups of rows [r_g, L_g, width] (one length per group) -> all their tokens [sum r_g * L_g, width], unpadded.
+
+    The linear layers and norms act per token, so they run once over the packed tokens (one large matrix product
+    per weight instead of one per length group); only attention needs the rows back (``unpack_rows``).
+    """
+    return torch.cat([group.reshape(-1, group.shape[-1]) for group in groups])
+
+
+def unpack_rows(tokens: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Inverse of ``pack_rows`` for the group shapes of ``like`` (the last dimension may differ)."""
+    sizes = [group.shape[0] * group.shape[1] for group in like]
+    return [
+        part.reshape(group.shape[0], group.shape[1], tokens.shape[-1])
+        for part, group in zip(torch.split(tokens, sizes), like)
+    ]
+
+
 class CausalTextTower(TextTower):
     """A TextTower whose encoder is causal and pooled at ``eot_positions``; implements the fast paths once.
 
@@ -120,9 +138,10 @@ class CausalTextTower(TextTower):
 
     @abc.abstractmethod
     def run_layer_after_prefix(
-        self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
-    ) -> torch.Tensor:
-        """Layer ``index`` on suffixes [m*n, S, width] that also attend to their prefix's layer input [m, P, width]."""
+        self, index: int, hidden: Sequence[torch.Tensor], prefix_hidden: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Layer ``index`` on groups of suffixes, each [m*n_g, S_g, width] (one length per group), that also attend
+        to their prefix's layer input [m, P, width]; returns the groups' outputs in the same shapes."""
 
     @abc.abstractmethod
     def pool_project(self, pooled_hidden: torch.Tensor) -> torch.Tensor:
@@ -197,13 +216,9 @@ class CausalTextTower(TextTower):
             return features if grouped else features[0]
         states = self.prefix_states(prefixes, deep)
         own = eot - prefix_length + 1
-        parts, order = [], []
-        for length in torch.unique(own).tolist():
-            rows = torch.nonzero(own == length).flatten()
-            parts.append(self.encode_suffixes(states, suffix_embeddings[rows, :length]))
-            order.append(rows)
-        inverse = torch.argsort(torch.cat(order))
-        features = torch.cat(parts, dim=1)[:, inverse]
+        groups_rows = [torch.nonzero(own == length).flatten() for length in torch.unique(own).tolist()]
+        suffixes = [suffix_embeddings[rows, : int(own[rows[0]])] for rows in groups_rows]
+        features = self.encode_suffixes(states, suffixes)[:, torch.argsort(torch.cat(groups_rows))]
         return features if grouped else features[0]
 
     def prefix_path_applies(self, eot: torch.Tensor, prefix_length: int, deep: DeepPrompts | None = None) -> bool:
@@ -228,19 +243,24 @@ class CausalTextTower(TextTower):
                 prefix = self.run_layer(index, prefix, mask)
         return states
 
-    def encode_suffixes(self, states: Sequence[torch.Tensor], suffix_embeddings: torch.Tensor) -> torch.Tensor:
-        """Features [m, n, feature_dim] of every prefix (``prefix_states``) followed by each suffix [n, S, width].
+    def encode_suffixes(
+        self, states: Sequence[torch.Tensor], suffix_groups: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """Features [m, sum n_g, feature_dim] of every prefix (``prefix_states``) followed by each suffix of every
+        group [n_g, S_g, width], in the order given.
 
-        Every suffix must end with its EOT token (rows cut to their own length, all of length S): the pooled
-        position is the last one, so no padding runs through the layers.
+        Each group holds suffixes of one length, every one ending with its EOT token (rows cut to their own
+        length): the pooled position is the last one, so no padding runs through the layers.
         """
-        groups, prefix_length = states[0].shape[0], states[0].shape[1]
-        n, length = suffix_embeddings.shape[0], suffix_embeddings.shape[1]
-        suffix = self.add_positions(suffix_embeddings, start=prefix_length)
-        suffix = suffix.unsqueeze(0).expand(groups, -1, -1, -1).flatten(0, 1)
+        prefixes, prefix_length = states[0].shape[0], states[0].shape[1]
+        hidden = []
+        for group in suffix_groups:
+            suffix = self.add_positions(group, start=prefix_length)
+            hidden.append(suffix.unsqueeze(0).expand(prefixes, -1, -1, -1).flatten(0, 1))
         for index in range(self.num_layers):
-            suffix = self.run_layer_after_prefix(index, suffix, states[index])
-        return self.pool_project(suffix[:, length - 1]).unflatten(0, (groups, n))
+            hidden = self.run_layer_after_prefix(index, hidden, states[index])
+        pooled = [h[:, -1].unflatten(0, (prefixes, -1)) for h in hidden]
+        return self.pool_project(torch.cat(pooled, dim=1))
 
     def suffix_activation_bytes(self, prefix_length: int, length: int, element_size: int = 4) -> int:
         """Bytes autograd keeps per suffix row of ``length`` tokens through ``encode_suffixes`` (an upper estimate).

@@ -33,7 +33,7 @@ from vlprompt.prompts.text_encoding import (  # noqa: F401  (some names re-expor
     hand_crafted_features,
     token_count,
 )
-from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB, plan_suffix_chunks
+from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB, pack_calls, plan_suffix_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -313,21 +313,23 @@ class ContextPrompt(nn.Module):
         prefixes = torch.cat([sos.expand(contexts.shape[0], 1, -1), contexts], dim=1)
         states = text.prefix_states(prefixes, deep)
         parts, order = [], []
-        for part in self.plan(text, prefixes.shape[0], chunk, trained):
-            rows = part.rows.to(self.base.device)
-            if part.recompute:  # only the row indices enter the checkpoint: it keeps no suffix embeddings
-                parts.append(checkpoint(self._encode_suffixes, text, states, rows, part.length, use_reentrant=False))
+        for call in pack_calls(self.plan(text, prefixes.shape[0], chunk, trained), chunk):
+            rows = tuple(part.rows.to(self.base.device) for part in call)
+            if call[0].recompute:  # only the row indices enter the checkpoint: it keeps no suffix embeddings
+                parts.append(checkpoint(self._encode_suffixes, text, states, rows, use_reentrant=False))
             else:
-                parts.append(self._encode_suffixes(text, states, rows, part.length))
-            order.append(part.rows)
+                parts.append(self._encode_suffixes(text, states, rows))
+            order += [part.rows for part in call]
         features = torch.cat(parts, dim=1)[:, torch.argsort(torch.cat(order)).to(self.base.device)]
         return features.reshape(*ctx.shape[:-3], self.num_classes, features.shape[-1])
 
     def _encode_suffixes(
-        self, text: TextTower, states: list[torch.Tensor], rows: torch.Tensor, length: int
+        self, text: TextTower, states: list[torch.Tensor], rows: tuple[torch.Tensor, ...]
     ) -> torch.Tensor:
+        """One encoder call over several length groups (their tokens packed, no padding)."""
         start = 1 + self.n_ctx
-        return text.encode_suffixes(states, self.base[rows, start : start + length])
+        lengths = (self.eot[[int(r[0]) for r in rows]] - start + 1).tolist()
+        return text.encode_suffixes(states, [self.base[r, start : start + n] for r, n in zip(rows, lengths)])
 
     def forward(
         self,

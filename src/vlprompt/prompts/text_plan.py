@@ -2,7 +2,8 @@
 
 After the shared [SOS, ctx] prefix, each class has its own tokens up to its EOT (ImageNet: 1 to 10+, mean about
 4). Running them padded to the longest wastes most of the step, so classes are grouped by their own length and
-every call holds rows of one length (no padding runs through the layers).
+every length group runs unpadded; the groups of one call are packed token by token for the linear layers
+(``pack_calls``; the tower's ``run_layer_after_prefix``), so each weight meets one large matrix product.
 
 Autograd keeps the activations of every call until backward. When the whole step's activations fit the budget,
 nothing is recomputed; otherwise calls are stored while the budget allows and only the overflow is recomputed in
@@ -69,3 +70,22 @@ def plan_suffix_chunks(
         held += chunk.nbytes if store else 0
         planned.append(SuffixChunk(chunk.rows, chunk.length, not store, chunk.nbytes))
     return planned
+
+
+def pack_calls(chunks: list[SuffixChunk], max_rows: int | None = None) -> list[list[SuffixChunk]]:
+    """Consecutive chunks with the same recompute decision packed into one encoder call (their tokens share each
+    weight's matrix product), up to ``max_rows`` classes per call when given. A recomputed chunk stays alone, so
+    one recomputed call never holds more than its piece of the budget."""
+    calls: list[list[SuffixChunk]] = []
+    for chunk in chunks:
+        last = calls[-1] if calls else None
+        if (
+            last is not None
+            and not chunk.recompute
+            and not last[0].recompute
+            and (max_rows is None or sum(len(c.rows) for c in last) + len(chunk.rows) <= max_rows)
+        ):
+            last.append(chunk)
+        else:
+            calls.append([chunk])
+    return calls
