@@ -11,7 +11,7 @@ from vlprompt.data.base import LabelSpace
 from vlprompt.methods import import_all
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.text import ContextPrompt
-from vlprompt.prompts.text_plan import plan_suffix_chunks
+from vlprompt.prompts.text_plan import pack_calls, plan_suffix_chunks
 
 NAMES = [
     "dog", "red panda", "kite (bird of prey)", "Mexican hairless dog (xoloitzcuintli)", "sea lion", "x",
@@ -56,6 +56,12 @@ def test_plan_covers_every_class_once_with_one_length_per_call():
     assert kept + max(c.nbytes for c in tight if c.recompute) <= 1200
     capped = plan_suffix_chunks(lengths, lambda n: 100 * n, budget_bytes=None, max_rows=2)
     assert max(len(c.rows) for c in capped) == 2 and not any(c.recompute for c in capped)
+    # stored chunks share one call (packed), recomputed ones stay alone, and a row cap splits calls
+    assert [len(call) for call in pack_calls(fits)] == [4]
+    calls = pack_calls(tight)
+    assert all(len(call) == 1 for call in calls if call[0].recompute)
+    assert all(len({c.recompute for c in call}) == 1 for call in calls)
+    assert all(sum(len(c.rows) for c in call) <= 3 for call in pack_calls(fits, max_rows=3))
 
 
 def test_activation_estimate_bounds_what_autograd_keeps(clip):

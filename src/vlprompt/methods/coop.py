@@ -13,6 +13,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_choice, check_range
 from vlprompt.data.base import LabelSpace
+from vlprompt.errors import ConfigError
 from vlprompt.losses import grouped_text_ce
 from vlprompt.methods.base import register_method
 from vlprompt.methods.zeroshot import ClipMethod
@@ -24,6 +25,7 @@ from vlprompt.prompts.text import (
     hand_crafted_features,
     split_template,
 )
+from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB
 
 TEMPLATE_INIT = "template"
 
@@ -57,7 +59,15 @@ class CoOpConfig:
     )
     class_chunk: int = field(
         default=256,
-        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+        metadata={"help": "class prompts per text-encoder call without gradients and on the plain (unshared) path"},
+    )
+    text_memory_mb: float = field(
+        default=DEFAULT_TEXT_MEMORY_MB,
+        metadata={
+            "help": "activation memory a training step may keep for the class prompts; beyond it chunks are "
+            "recomputed in backward",
+            "range": (0.0, None),
+        },
     )
     text_loss_weight: float = field(
         default=0.0,
@@ -80,6 +90,8 @@ class CoOpConfig:
         check_choice(where, "ctx_init_align", self.ctx_init_align, INIT_ALIGNS)
         check_choice(where, "class_position", self.class_position, CLASS_POSITIONS)
         check_range(where, "class_chunk", self.class_chunk, 1)
+        if self.text_memory_mb <= 0:
+            raise ConfigError(f"{where}.text_memory_mb = {self.text_memory_mb} must be positive (megabytes).")
         check_range(where, "text_loss_weight", self.text_loss_weight, 0.0)
 
 
@@ -92,6 +104,7 @@ def build_context_prompt(
     class_specific: bool = False,
     class_chunk: int = 256,
     init_align: str = "fit",
+    memory_mb: float = DEFAULT_TEXT_MEMORY_MB,
 ) -> ContextPrompt:
     """A ContextPrompt from CoOp-style options; ``ctx_init`` may be words, a template, or "template"."""
     words, suffix = ctx_init, "."
@@ -109,6 +122,7 @@ def build_context_prompt(
         class_specific=class_specific,
         class_chunk=class_chunk,
         init_align=init_align,
+        memory_mb=memory_mb,
     )
 
 
@@ -134,6 +148,7 @@ class CoOp(ClipMethod):
             config.class_specific,
             config.class_chunk,
             config.ctx_init_align,
+            config.text_memory_mb,
         )
         self._eval_cache = EvalCache()
         self._all_templates_key: tuple | None = None
