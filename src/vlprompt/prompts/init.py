@@ -187,9 +187,12 @@ class StreamingKMeans:
             self.seeds = kmeans_plus_plus(pool, self.k, self.generator)[0]
             self.centers = self.seeds.clone()
             self.counts = torch.zeros(self.k, dtype=rows.dtype, device=rows.device)
+        size = min(self.batch_size, rows.shape[0])
         for _ in range(self.steps_per_batch):
-            index = torch.randint(rows.shape[0], (min(self.batch_size, rows.shape[0]),), generator=self.generator)
-            self.counts = minibatch_step(self.centers, self.counts, rows[index.to(rows.device)])
+            # a window of the batch at a random offset: the batch is already a sample of the stream, and a slice
+            # needs no gather (the gather cost more than the step's arithmetic)
+            start = int(torch.randint(rows.shape[0] - size + 1, (1,), generator=self.generator))
+            self.counts = minibatch_step(self.centers, self.counts, rows[start : start + size])
 
     def finish(self, reservoir: torch.Tensor, refine_iterations: int, tolerance: float = 1e-3) -> KMeansResult:
         """Lloyd refinement over the reservoir; never worse than the seeding (as ``minibatch_kmeans``)."""
