@@ -148,7 +148,9 @@ def imagenet_names(count: int, exclude_merged: bool) -> list[str]:
     code that refused them) and takes the next ones instead."""
     import open_clip
 
-    names = [n for n in open_clip.IMAGENET_CLASSNAMES if not (exclude_merged and n.endswith(")"))]
+    names = list(open_clip.IMAGENET_CLASSNAMES)
+    names[744], names[836] = "projectile", "sunglass"  # open_clip repeats these two; LabelSpace refuses repeats
+    names = [n for n in names if not (exclude_merged and n.endswith(")"))]
     return names[:count]
 
 

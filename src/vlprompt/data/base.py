@@ -24,6 +24,21 @@ def clean_classname(name: str, cleaning: str) -> str:
     return display_name(name) if cleaning == "underscores" else str(name)
 
 
+def refuse_same_names(raw: Sequence[str], cleaned: Sequence[str]) -> None:
+    """Two classes whose cleaned names are equal ('dark_red' and 'dark red') would get identical text prompts, so
+    a CLIP method could never tell them apart: refuse them, naming both as given."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(cleaned):
+        if name in first:
+            other = first[name]
+            raise ConfigError(
+                f"Class names {raw[other]!r} (class {other}) and {raw[index]!r} (class {index}) both read as "
+                f"{name!r} once underscores become spaces, so their prompts would be identical. Rename or merge "
+                "one of the two classes (a folder, a label in the CSV or split file, or a --classnames entry)."
+            )
+        first[name] = index
+
+
 @dataclass
 class LabelSpace:
     """Class names and the hand-crafted text of a task: what a CLIP method needs to build class features.
@@ -50,6 +65,7 @@ class LabelSpace:
         self.classnames = [clean_classname(name, self.cleaning) for name in self.raw_classnames]
         if not self.classnames:
             raise ConfigError("LabelSpace.classnames is empty: a task needs at least one class name.")
+        refuse_same_names(self.raw_classnames, self.classnames)
         if not self.templates:
             raise ConfigError("LabelSpace.templates is empty: give at least one template such as 'a photo of a {}.'")
         for template in [*self.templates, *(t for group in self.template_groups.values() for t in group)]:
