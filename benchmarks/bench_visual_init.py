@@ -9,11 +9,17 @@
 3. Mini-batch k-means inertia against scikit-learn's KMeans (n_init=1, k-means++) on the identical token set
    (the reservoir), over three seeds.
 
+4. At ViT-B/16 shape (``--b16``, a random-init timm ViT-B/16: width 768, 12 blocks, patch 16, at ``--b16-size``
+   pixels to keep the run affordable on a shared 2-core machine) on 1,024 images: the k-means initialiser
+   (streamed mini-batch k-means during the pass, Lloyd over the reservoir after it) against the bare frozen pass it
+   needs, each run twice in turns, fastest of each. Written to visual_init_b16.{json,md}.
+
 Images are deterministic smooth random fields (low-frequency noise, so that tokens have structure), made on the
 fly from their index so that the dataset itself holds no memory; the backbone is the world MAE ViT's
 architecture with random weights (cost does not depend on the weights).
 
     python benchmarks/bench_visual_init.py [--images 512] [--out benchmarks/results]
+    python benchmarks/bench_visual_init.py --b16 [--b16-images 1024] [--b16-size 64]
 """
 
 from __future__ import annotations
@@ -45,16 +51,19 @@ def build_backbone():
     return wrap_timm_vit(build_world_mae().eval(), "random:world-mae-shaped", kind="mae")
 
 
-def _smooth_image(index: int) -> torch.Tensor:
+def _smooth_image(index: int, size: int = 32) -> torch.Tensor:
     generator = torch.Generator().manual_seed(index)
     coarse = torch.randn(1, 3, 4, 4, generator=generator)
-    return torch.nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False)[0]
+    return torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)[0]
 
 
-def make_dataset(num_images: int):
+def make_dataset(num_images: int, size: int = 32):
+    from functools import partial
+
     from vlprompt.data.base import ImageDataset
 
-    return ImageDataset(list(range(num_images)), [i % 10 for i in range(num_images)], load=_smooth_image)
+    load = partial(_smooth_image, size=size)
+    return ImageDataset(list(range(num_images)), [i % 10 for i in range(num_images)], load=load)
 
 
 def make_method(strategy: str, deep: bool, backbone):
@@ -105,6 +114,71 @@ def time_initialisers(num_images: int, repeats: int) -> dict:
             runs["frozen_pass"].append(frozen_pass_seconds(backbone, dataset, deep))
         results[name] = {s: statistics.median(t) for s, t in runs.items()}
     return results
+
+
+def b16_init_cost(num_images: int, size: int, repeats: int) -> dict:
+    """k-means initialiser against its bare frozen pass at ViT-B/16 shape; the arms take turns, fastest kept."""
+    import timm
+
+    from vlprompt.backbones.timm_vit import wrap_timm_vit
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=size).eval()
+    backbone = wrap_timm_vit(model, backbone_id=f"random:timm:vit_base_patch16@{size}px")
+    dataset = make_dataset(num_images, size)
+    results = {}
+    for deep in (False, True):
+        name = "spt-deep" if deep else "spt-shallow"
+        runs: dict[str, list[float]] = {"kmeans": [], "frozen_pass": []}
+        report = None
+        for repeat in range(repeats):
+            method = make_method("kmeans", deep, backbone)
+            started = time.perf_counter()
+            report = method.initialize_prompts(dataset, seed=repeat)
+            runs["kmeans"].append(time.perf_counter() - started)
+            runs["frozen_pass"].append(frozen_pass_seconds(backbone, dataset, deep))
+        best = {arm: min(times) for arm, times in runs.items()}
+        results[name] = {
+            **best, "ratio": best["kmeans"] / best["frozen_pass"], "runs": runs,
+            "tokens_seen": report.tokens_seen, "tokens_kept": report.tokens_kept,
+        }
+    return results
+
+
+def write_b16(results: dict, args, out: Path) -> None:
+    import subprocess
+
+    payload = {
+        "target_kmeans_vs_frozen_pass": 1.2, "images": args.b16_images, "image_size": args.b16_size,
+        "num_prompts": NUM_PROMPTS, "token_budget": TOKEN_BUDGET, "batch": BATCH, "threads": 1,
+        "repeats": args.b16_repeats, "uptime": subprocess.run(["uptime"], capture_output=True, text=True,
+                                                              check=False).stdout.strip(),
+        "results": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "visual_init_b16.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [
+        (
+            f"# SPT k-means initialiser against its frozen pass, ViT-B/16 shape ({args.b16_images} images of "
+            f"{args.b16_size} px, {NUM_PROMPTS} prompts, token budget {TOKEN_BUDGET}, batch {BATCH}, 1 CPU thread)"
+        ),
+        "",
+        (
+            f"Random-init timm ViT-B/16 (width 768, 12 blocks, patch 16) at {args.b16_size} px to keep the run "
+            f"affordable; fastest of {args.b16_repeats} turns per arm; load at the end: `{payload['uptime']}`. "
+            "Generated by `benchmarks/bench_visual_init.py --b16`."
+        ),
+        "",
+        "| method | k-means init | bare frozen pass | ratio | target | tokens seen / kept per insertion point |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['kmeans']:.2f} s | {r['frozen_pass']:.2f} s | {r['ratio']:.2f} | <= 1.2 | "
+            f"{r['tokens_seen']} / {r['tokens_kept']} |"
+        )
+    (out / "visual_init_b16.md").write_text("\n".join(lines) + "\n")
+    print((out / "visual_init_b16.md").read_text())
 
 
 def _status_kib(field: str) -> int:
@@ -189,8 +263,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--b16", action="store_true", help="only the ViT-B/16-shape k-means vs frozen pass run")
+    parser.add_argument("--b16-images", type=int, default=1024)
+    parser.add_argument("--b16-size", type=int, default=64)
+    parser.add_argument("--b16-repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.b16:
+        write_b16(b16_init_cost(args.b16_images, args.b16_size, args.b16_repeats), args, Path(args.out))
+        return
     timing = time_initialisers(args.images, args.repeats)
     memory = {
         name: {

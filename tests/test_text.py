@@ -170,7 +170,8 @@ def test_prograd_lambda_zero_is_coop_and_projection_is_applied(backbones, name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the batched backward must not fall back to a slow per-sample loop
         (grad,) = prograd.grad_transform(out, params)
-    torch.testing.assert_close(grad, prograd_project(g_d, g_g, 1.0), atol=1e-6, rtol=1e-5)
+    # the batched backward sums in another order than two separate ones: fp32 rounding (measured 2e-5 relative)
+    torch.testing.assert_close(grad, prograd_project(g_d, g_g, 1.0), atol=1e-6, rtol=1e-4)
     assert torch.sum(grad * g_g) >= -1e-6  # never conflicts with the zero-shot direction
 
 

@@ -15,6 +15,7 @@ from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.init import (
     INITIALIZERS,
+    StreamingKMeans,
     TokenReservoir,
     inertia,
     kmeans_plus_plus,
@@ -81,6 +82,31 @@ def test_kmeans_not_worse_than_its_seeding_and_deterministic():
     assert torch.equal(result.centers, again.centers)
     # well-separated blobs: close to the true objective (one unit variance per dimension)
     assert result.inertia / (3000 * 8) < 1.2
+
+
+def test_streaming_kmeans_during_the_pass_matches_kmeans_after_it():
+    """Seeds from the first streamed tokens and mini-batch steps per batch, then Lloyd over the kept tokens: as
+    good as clustering the same tokens after the pass (blobs: both near the true objective), never worse than
+    its seeding, and deterministic."""
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.randn(6, 8, generator=generator) * 4
+    x = centers[torch.randint(6, (3000,), generator=generator)] + torch.randn(3000, 8, generator=generator)
+
+    def streamed() -> tuple:
+        stream = StreamingKMeans(6, torch.Generator().manual_seed(1), steps_per_batch=2, batch_size=128, seed_rows=500)
+        for start in range(0, 3000, 256):
+            stream.add(x[start : start + 256])
+            if start >= 512:
+                assert stream.centers is not None  # clustering runs during the pass, not after it
+        return stream, stream.finish(x, refine_iterations=20)
+
+    stream, result = streamed()
+    after = minibatch_kmeans(x, 6, torch.Generator().manual_seed(1), iterations=30, batch_size=256)
+    assert result.inertia <= result.seeding_inertia
+    assert result.seeding_inertia == pytest.approx(inertia(x, stream.seeds), rel=1e-5)
+    assert result.inertia <= 1.01 * after.inertia
+    assert result.inertia / (3000 * 8) < 1.2
+    assert torch.equal(result.centers, streamed()[1].centers)
 
 
 def test_kmeans_report_on_a_model():

@@ -64,35 +64,52 @@ def attend_with_prefix(
     scale: float | None = None,
     dropout: float = 0.0,
 ) -> torch.Tensor:
-    """Causal attention of suffix tokens over [their prefix, own suffix].
+    """Causal attention of suffix tokens over [their prefix, own suffix], without copying the prefix per row.
 
     query/key/value: projected suffixes [m*n, S, width], grouped by prefix (rows g*n .. g*n+n-1 read prefix g);
     prefix_key/prefix_value: projected prefixes [m, P, width]. Returns [m*n, S, width] before the output projection.
+    The scores against the prefix are one matrix product per (prefix, head) over all n*S queries of that prefix;
+    the scores against the row's own suffix are per row; one softmax runs over both parts, so the result is the
+    softmax attention over the concatenated keys, exactly, while no [n, P, width] copy of the prefix exists.
     """
     rows, length, width = query.shape
     groups, prefix_length = prefix_key.shape[0], prefix_key.shape[1]
-    head_dim = width // num_heads
+    per_group, head_dim = rows // groups, width // num_heads
+    scale = head_dim**-0.5 if scale is None else scale
 
-    def heads(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
+    def split(x: torch.Tensor) -> torch.Tensor:  # [m*n, S, width] -> [m, H, n, S, d]
+        return x.reshape(groups, per_group, length, num_heads, head_dim).permute(0, 3, 1, 2, 4)
 
-    def per_row(x: torch.Tensor) -> torch.Tensor:
-        x = heads(x)
-        return x.unsqueeze(1).expand(groups, rows // groups, *x.shape[1:]).reshape(rows, *x.shape[1:])
+    q, k, v = split(query * scale), split(key), split(value)
+    prefix_k = prefix_key.reshape(groups, prefix_length, num_heads, head_dim).permute(0, 2, 3, 1)  # [m, H, d, P]
+    prefix_v = prefix_value.reshape(groups, prefix_length, num_heads, head_dim).transpose(1, 2)  # [m, H, P, d]
+    flat_q = q.reshape(groups, num_heads, per_group * length, head_dim)
+    to_prefix = (flat_q @ prefix_k).view(groups, num_heads, per_group, length, prefix_length)
+    to_self = q @ k.transpose(-1, -2) + causal_mask(length, query.device, q.dtype)
+    probs = torch.softmax(torch.cat([to_prefix, to_self], dim=-1), dim=-1)
+    if dropout:
+        probs = F.dropout(probs, p=dropout)
+    from_prefix = probs[..., :prefix_length].reshape(groups, num_heads, per_group * length, prefix_length) @ prefix_v
+    out = from_prefix.view(groups, num_heads, per_group, length, head_dim) + probs[..., prefix_length:] @ v
+    return out.permute(0, 2, 3, 1, 4).reshape(rows, length, width)
 
-    keys = torch.cat([per_row(prefix_key), heads(key)], dim=2)
-    values = torch.cat([per_row(prefix_value), heads(value)], dim=2)
-    mask = torch.cat(
-        [
-            torch.zeros(length, prefix_length, device=query.device, dtype=query.dtype),
-            causal_mask(length, query.device, query.dtype),
-        ],
-        dim=1,
-    )
-    out = F.scaled_dot_product_attention(
-        heads(query), keys, values, attn_mask=mask, dropout_p=dropout, scale=scale
-    )
-    return out.transpose(1, 2).reshape(rows, length, width)
+
+def pack_rows(groups: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Groups of rows [r_g, L_g, width] (one length per group) -> all their tokens [sum r_g * L_g, width], unpadded.
+
+    The linear layers and norms act per token, so they run once over the packed tokens (one large matrix product
+    per weight instead of one per length group); only attention needs the rows back (``unpack_rows``).
+    """
+    return torch.cat([group.reshape(-1, group.shape[-1]) for group in groups])
+
+
+def unpack_rows(tokens: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Inverse of ``pack_rows`` for the group shapes of ``like`` (the last dimension may differ)."""
+    sizes = [group.shape[0] * group.shape[1] for group in like]
+    return [
+        part.reshape(group.shape[0], group.shape[1], tokens.shape[-1])
+        for part, group in zip(torch.split(tokens, sizes), like)
+    ]
 
 
 class CausalTextTower(TextTower):
@@ -121,9 +138,10 @@ class CausalTextTower(TextTower):
 
     @abc.abstractmethod
     def run_layer_after_prefix(
-        self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
-    ) -> torch.Tensor:
-        """Layer ``index`` on suffixes [m*n, S, width] that also attend to their prefix's layer input [m, P, width]."""
+        self, index: int, hidden: Sequence[torch.Tensor], prefix_hidden: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Layer ``index`` on groups of suffixes, each [m*n_g, S_g, width] (one length per group), that also attend
+        to their prefix's layer input [m, P, width]; returns the groups' outputs in the same shapes."""
 
     @abc.abstractmethod
     def pool_project(self, pooled_hidden: torch.Tensor) -> torch.Tensor:
@@ -176,7 +194,8 @@ class CausalTextTower(TextTower):
         prefixes each combined with every suffix -> returns [m, n, feature_dim].
         suffix_embeddings: [n, S, width]. suffix_token_ids: [n, P+S], the full ids (prefix slots included) that
         locate the pooled token. Equals ``encode_embeddings(cat([prefix, suffix_i]), ids_i, deep=deep)`` for
-        every pair. Deep prompts sit inside the prefix, so it runs them once per layer too.
+        every pair. Deep prompts sit inside the prefix, so it runs them once per layer too. Suffixes run in groups
+        of equal own length (tokens up to their EOT), so no row carries padding through the layers.
         """
         grouped = prefix_embeddings.dim() == 3
         prefixes = prefix_embeddings if grouped else prefix_embeddings.unsqueeze(0)
@@ -184,8 +203,7 @@ class CausalTextTower(TextTower):
         n = suffix_embeddings.shape[0]
         check_deep_prompts(deep, self.num_layers, self.width, prefix_length + suffix_embeddings.shape[1])
         eot = self.eot_positions(suffix_token_ids).to(suffix_embeddings.device)
-        deep_length = 1 + max((int(t.shape[0]) for t in deep), default=0) if deep else 0
-        if not self.fast_paths_exact or int(eot.min()) < prefix_length or prefix_length < deep_length:
+        if not self.prefix_path_applies(eot, prefix_length, deep):
             full = torch.cat(
                 [
                     prefixes.unsqueeze(1).expand(groups, n, -1, -1),
@@ -196,19 +214,65 @@ class CausalTextTower(TextTower):
             ids = suffix_token_ids[:, : full.shape[1]].repeat(groups, 1)
             features = self.encode_embeddings(full, ids, deep=deep).unflatten(0, (groups, n))
             return features if grouped else features[0]
-        suffix = self.add_positions(
-            suffix_embeddings[:, : int(eot.max()) + 1 - prefix_length], start=prefix_length
-        )
-        suffix = suffix.unsqueeze(0).expand(groups, -1, -1, -1).flatten(0, 1)
+        states = self.prefix_states(prefixes, deep)
+        own = eot - prefix_length + 1
+        groups_rows = [torch.nonzero(own == length).flatten() for length in torch.unique(own).tolist()]
+        suffixes = [suffix_embeddings[rows, : int(own[rows[0]])] for rows in groups_rows]
+        features = self.encode_suffixes(states, suffixes)[:, torch.argsort(torch.cat(groups_rows))]
+        return features if grouped else features[0]
+
+    def prefix_path_applies(self, eot: torch.Tensor, prefix_length: int, deep: DeepPrompts | None = None) -> bool:
+        """Whether rows ending at ``eot`` can share a prefix of ``prefix_length``: exact towers, every EOT after
+        the prefix, and deep prompts (positions 1..n) inside it."""
+        deep_length = 1 + max((int(t.shape[0]) for t in deep), default=0) if deep else 0
+        return self.fast_paths_exact and int(eot.min()) >= prefix_length and prefix_length >= deep_length
+
+    def prefix_states(self, prefixes: torch.Tensor, deep: DeepPrompts | None = None) -> list[torch.Tensor]:
+        """The input of every layer at the prefix positions ([m, P, width] each, deep prompts inserted).
+
+        Computed once per step; every suffix chunk reads them (``encode_suffixes``), so chunks can be run, and
+        recomputed in backward, independently while the prefix runs once.
+        """
         prefix = self.add_positions(prefixes)
-        prefix_mask = causal_mask(prefix_length, prefix.device, prefix.dtype)
+        mask = causal_mask(prefix.shape[1], prefix.device, prefix.dtype)
+        states = []
         for index in range(self.num_layers):
             prefix = insert_deep_prompt(index, prefix, deep)
-            # the suffixes read the prefix's input to this layer, so update them first
-            suffix = self.run_layer_after_prefix(index, suffix, prefix)
+            states.append(prefix)
             if index + 1 < self.num_layers:
-                prefix = self.run_layer(index, prefix, prefix_mask)
-        rows = torch.arange(groups * n, device=suffix.device)
-        features = self.pool_project(suffix[rows, (eot - prefix_length).repeat(groups)])
-        features = features.unflatten(0, (groups, n))
-        return features if grouped else features[0]
+                prefix = self.run_layer(index, prefix, mask)
+        return states
+
+    def encode_suffixes(
+        self, states: Sequence[torch.Tensor], suffix_groups: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """Features [m, sum n_g, feature_dim] of every prefix (``prefix_states``) followed by each suffix of every
+        group [n_g, S_g, width], in the order given.
+
+        Each group holds suffixes of one length, every one ending with its EOT token (rows cut to their own
+        length): the pooled position is the last one, so no padding runs through the layers.
+        """
+        prefixes, prefix_length = states[0].shape[0], states[0].shape[1]
+        hidden = []
+        for group in suffix_groups:
+            suffix = self.add_positions(group, start=prefix_length)
+            hidden.append(suffix.unsqueeze(0).expand(prefixes, -1, -1, -1).flatten(0, 1))
+        for index in range(self.num_layers):
+            hidden = self.run_layer_after_prefix(index, hidden, states[index])
+        pooled = [h[:, -1].unflatten(0, (prefixes, -1)) for h in hidden]
+        return self.pool_project(torch.cat(pooled, dim=1))
+
+    def suffix_activation_bytes(self, prefix_length: int, length: int, element_size: int = 4) -> int:
+        """Bytes autograd keeps per suffix row of ``length`` tokens through ``encode_suffixes`` (an upper estimate).
+
+        Per token and layer: about 22 width-sized tensors (norm inputs and outputs, q/k/v and their head layouts,
+        attention output, the 4-wide MLP input, activation and product) and the attention probabilities over
+        [prefix, own suffix] for every head. tests/test_text_memory.py holds it against the measured saved bytes.
+        """
+        heads = self.attention_heads()
+        per_token = 22 * self.width + 2 * heads * (prefix_length + length)
+        return int(self.num_layers * length * per_token * element_size)
+
+    @abc.abstractmethod
+    def attention_heads(self) -> int:
+        """Number of attention heads of the text layers (for the activation estimate)."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import AttentionProjections, Backbone, PreprocessConfig, VisionTower
-from vlprompt.backbones.causal_text import CausalTextTower, attend_with_prefix
+from vlprompt.backbones.causal_text import CausalTextTower, attend_with_prefix, pack_rows, unpack_rows
 from vlprompt.backbones.hub import hub_reachable
 from vlprompt.backbones.loading import as_bool, missing_weights, wrong_checkpoint
 from vlprompt.errors import VlpromptError, missing_extra
@@ -95,6 +95,7 @@ class HFClipTextTower(CausalTextTower):
         self.width = int(config.hidden_size)
         self.context_length = int(config.max_position_embeddings)
         self.feature_dim = int(self.text_projection.out_features)
+        self.num_heads = int(config.num_attention_heads)
 
     # ----- TextTower seams -----
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -123,6 +124,9 @@ class HFClipTextTower(CausalTextTower):
     def num_layers(self) -> int:
         return len(self.text_model.encoder.layers)
 
+    def attention_heads(self) -> int:
+        return self.num_heads
+
     def add_positions(self, embeddings: torch.Tensor, start: int = 0) -> torch.Tensor:
         positions = self.text_model.embeddings.position_embedding.weight[start : start + embeddings.shape[1]]
         return embeddings + positions
@@ -132,24 +136,26 @@ class HFClipTextTower(CausalTextTower):
         return _layer_output(layer(hidden, attn_mask.to(hidden.dtype)[None, None]))
 
     def run_layer_after_prefix(
-        self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
-    ) -> torch.Tensor:
+        self, index: int, hidden: Sequence[torch.Tensor], prefix_hidden: torch.Tensor
+    ) -> list[torch.Tensor]:
         layer = self.text_model.encoder.layers[index]
         attn = layer.self_attn
-        normed, prefix_normed = layer.layer_norm1(hidden), layer.layer_norm1(prefix_hidden)
+        tokens = pack_rows(hidden)  # every group's tokens through each weight at once
+        normed, prefix_normed = layer.layer_norm1(tokens), layer.layer_norm1(prefix_hidden)
+        prefix_key, prefix_value = attn.k_proj(prefix_normed), attn.v_proj(prefix_normed)
         dropout = attn.dropout if self.training else 0.0
-        out = attend_with_prefix(
-            attn.q_proj(normed),
-            attn.k_proj(normed),
-            attn.v_proj(normed),
-            attn.k_proj(prefix_normed),
-            attn.v_proj(prefix_normed),
-            attn.num_heads,
-            scale=attn.scale,
-            dropout=dropout,
+        out = pack_rows(
+            [
+                attend_with_prefix(
+                    q, k, v, prefix_key, prefix_value, attn.num_heads, scale=attn.scale, dropout=dropout
+                )
+                for q, k, v in zip(
+                    *(unpack_rows(proj(normed), hidden) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+                )
+            ]
         )
-        hidden = hidden + attn.out_proj(out)
-        return hidden + layer.mlp(layer.layer_norm2(hidden))
+        tokens = tokens + attn.out_proj(out)
+        return unpack_rows(tokens + layer.mlp(layer.layer_norm2(tokens)), hidden)
 
     def pool_project(self, pooled_hidden: torch.Tensor) -> torch.Tensor:
         return self.text_projection(self.text_model.final_layer_norm(pooled_hidden))

@@ -29,6 +29,8 @@ from vlprompt.backbones.causal_text import (
     attend_with_prefix,
     causal_mask,
     insert_deep_prompt,
+    pack_rows,
+    unpack_rows,
 )
 from vlprompt.backbones.timm_vit import pool_tokens
 from vlprompt.errors import VlpromptError
@@ -242,6 +244,9 @@ class OpenClipTextTower(CausalTextTower):
     def num_layers(self) -> int:
         return len(self.transformer.resblocks)
 
+    def attention_heads(self) -> int:
+        return self.heads
+
     def _cast_dtype(self) -> torch.dtype:
         return self.transformer.get_cast_dtype()
 
@@ -254,28 +259,36 @@ class OpenClipTextTower(CausalTextTower):
         return _run_block(self.transformer.resblocks[index], hidden, self._batch_first, attn_mask)
 
     def run_layer_after_prefix(
-        self, index: int, hidden: torch.Tensor, prefix_hidden: torch.Tensor
-    ) -> torch.Tensor:
+        self, index: int, hidden: Sequence[torch.Tensor], prefix_hidden: torch.Tensor
+    ) -> list[torch.Tensor]:
         block = self.transformer.resblocks[index]
         if not self._kv_blocks:  # custom blocks: same result by running the concatenated sequences
             groups, prefix_length = prefix_hidden.shape[0], prefix_hidden.shape[1]
-            per_group = hidden.shape[0] // groups
-            prefixes = prefix_hidden.unsqueeze(1).expand(groups, per_group, -1, -1).flatten(0, 1)
-            full = torch.cat([prefixes, hidden], dim=1)
-            mask = causal_mask(full.shape[1], full.device, full.dtype)
-            return self.run_layer(index, full, mask)[:, prefix_length:]
+            outputs = []
+            for rows in hidden:
+                prefixes = prefix_hidden.unsqueeze(1).expand(groups, rows.shape[0] // groups, -1, -1).flatten(0, 1)
+                full = torch.cat([prefixes, rows], dim=1)
+                mask = causal_mask(full.shape[1], full.device, full.dtype)
+                outputs.append(self.run_layer(index, full, mask)[:, prefix_length:])
+            return outputs
         attn = block.attn
         weight, bias = attn.in_proj_weight, attn.in_proj_bias
-        width = hidden.shape[-1]
-        query, key, value = nn.functional.linear(block.ln_1(hidden), weight, bias).split(width, dim=-1)
+        width = prefix_hidden.shape[-1]
+        tokens = pack_rows(hidden)  # every group's tokens through each weight at once
+        qkv = unpack_rows(nn.functional.linear(block.ln_1(tokens), weight, bias), hidden)
         prefix_bias = bias[width:] if bias is not None else None
         prefix_key, prefix_value = nn.functional.linear(
             block.ln_1(prefix_hidden), weight[width:], prefix_bias
         ).split(width, dim=-1)
         dropout = attn.dropout if self.training else 0.0
-        out = attend_with_prefix(query, key, value, prefix_key, prefix_value, attn.num_heads, dropout=dropout)
-        hidden = hidden + block.ls_1(attn.out_proj(out))
-        return hidden + block.ls_2(block.mlp(block.ln_2(hidden)))
+        out = pack_rows(
+            [
+                attend_with_prefix(*rows.split(width, dim=-1), prefix_key, prefix_value, attn.num_heads, dropout=dropout)
+                for rows in qkv
+            ]
+        )
+        tokens = tokens + block.ls_1(attn.out_proj(out))
+        return unpack_rows(tokens + block.ls_2(block.mlp(block.ln_2(tokens))), hidden)
 
     def pool_project(self, pooled_hidden: torch.Tensor) -> torch.Tensor:
         pooled = self.ln_final(pooled_hidden)

@@ -9,10 +9,19 @@ from torch.utils.data import Dataset
 
 from vlprompt.errors import ConfigError
 
+CLASSNAME_CLEANINGS = ("underscores", "none")
+
 
 def display_name(name: str) -> str:
     """A class or prompt word as CLIP should read it: '_' -> ' ' (the official CoOp code's only cleaning)."""
     return str(name).replace("_", " ")
+
+
+def clean_classname(name: str, cleaning: str) -> str:
+    """``"underscores"``: '_' -> ' ' (the CoOp family's official code); ``"none"``: as given (official CLAP)."""
+    if cleaning not in CLASSNAME_CLEANINGS:
+        raise ConfigError(f"Class-name cleaning {cleaning!r} is unknown; choose one of {list(CLASSNAME_CLEANINGS)}.")
+    return display_name(name) if cleaning == "underscores" else str(name)
 
 
 def refuse_same_names(raw: Sequence[str], cleaned: Sequence[str]) -> None:
@@ -34,10 +43,12 @@ def refuse_same_names(raw: Sequence[str], cleaned: Sequence[str]) -> None:
 class LabelSpace:
     """Class names and the hand-crafted text of a task: what a CLIP method needs to build class features.
 
-    Class names are display names: underscores become spaces here, once, for every dataset format and for
-    names given from Python (``american_bulldog`` -> ``american bulldog``, ``Apply_Eye_Makeup`` -> ``Apply Eye
-    Makeup``), as every official CoOp-family code path does before tokenising. Folder and label names on disk
-    stay as they are (the dataset readers keep them; ``TaskData.meta["raw_classnames"]`` records them).
+    Class names are display names: by default (``cleaning="underscores"``) underscores become spaces here, once,
+    for every dataset format and for names given from Python (``american_bulldog`` -> ``american bulldog``,
+    ``Apply_Eye_Makeup`` -> ``Apply Eye Makeup``), as every official CoOp-family code path does before
+    tokenising. A method whose official code tokenises the names as given (CLAP) declares
+    ``classname_cleaning = "none"`` and receives ``with_cleaning("none")``: ``raw_classnames`` keeps the names
+    as given for that. Folder and label names on disk stay as they are (``TaskData.meta["raw_classnames"]``).
     ``templates[0]`` is the task's single hand-crafted template (used by zero-shot CLIP, ProGrad, KgCoOp);
     all of ``templates`` form the ensemble. ``template_groups`` maps a group name (e.g. a style) to its
     templates, for the mixture of prompt experts.
@@ -46,13 +57,15 @@ class LabelSpace:
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     template_groups: dict[str, list[str]] = field(default_factory=dict)
+    cleaning: str = "underscores"
+    raw_classnames: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        raw = list(self.classnames)
-        self.classnames = [display_name(name) for name in raw]
+        self.raw_classnames = [str(name) for name in self.classnames]
+        self.classnames = [clean_classname(name, self.cleaning) for name in self.raw_classnames]
         if not self.classnames:
             raise ConfigError("LabelSpace.classnames is empty: a task needs at least one class name.")
-        refuse_same_names(raw, self.classnames)
+        refuse_same_names(self.raw_classnames, self.classnames)
         if not self.templates:
             raise ConfigError("LabelSpace.templates is empty: give at least one template such as 'a photo of a {}.'")
         for template in [*self.templates, *(t for group in self.template_groups.values() for t in group)]:
@@ -66,7 +79,14 @@ class LabelSpace:
         return len(self.classnames)
 
     def subset(self, labels: Sequence[int]) -> LabelSpace:
-        return LabelSpace([self.classnames[i] for i in labels], list(self.templates), dict(self.template_groups))
+        names = [self.raw_classnames[i] for i in labels]
+        return LabelSpace(names, list(self.templates), dict(self.template_groups), self.cleaning)
+
+    def with_cleaning(self, cleaning: str) -> LabelSpace:
+        """The same classes with names cleaned as ``cleaning`` says (from the names as given)."""
+        if cleaning == self.cleaning:
+            return self
+        return LabelSpace(list(self.raw_classnames), list(self.templates), dict(self.template_groups), cleaning)
 
 
 class ImageDataset(Dataset):

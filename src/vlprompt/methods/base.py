@@ -79,11 +79,14 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
     uses_image_features: ClassVar[bool] = False
     # Recommended TrainConfig fields for this method (lr, epochs, optimizer...); user settings override them.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    # How class names are cleaned before tokenising, as the method's official code does (data/base.py):
+    # "underscores" ('_' -> ' ', the CoOp family) or "none" (as given: CLAP).
+    classname_cleaning: ClassVar[str] = "underscores"
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
         super().__init__()
         self.backbone = backbone
-        self.labels = labels
+        self.labels = labels.with_cleaning(self.classname_cleaning)
         self.config = config
         backbone.weights_hash()  # fixed now, before any method trains backbone weights: the artifact identity
         backbone.freeze()
@@ -133,8 +136,8 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
     def set_labels(self, labels: LabelSpace) -> None:
         """Serve another class list (the new classes of base-to-new, a shift target) with the same trained
         tensors. Called by evaluation before predicting on other classes; override to rebuild what depends on
-        the class names (tokenised prompts, caches)."""
-        self.labels = labels
+        the class names (tokenised prompts, caches) from ``self.labels`` (cleaned as ``classname_cleaning`` says)."""
+        self.labels = labels.with_cleaning(self.classname_cleaning)
 
     # ----- Trainer hooks, in the order the Trainer calls them -----
     def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:

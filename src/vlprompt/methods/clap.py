@@ -58,9 +58,15 @@ def raw_class_features(text, classnames: list[str], templates: list[str], chunk:
 
 @register_method("clap")
 class CLAP(ClipMethod):
-    """Only the class prototypes train, on cached image features."""
+    """Only the class prototypes train, on cached image features.
+
+    Class names are tokenised as given, underscores included ("apple_pie"), as the official code does
+    (jusiro/CLAP trainers/adapters.py formats the dataset's class names into the templates without cleaning them),
+    unlike the CoOp family's '_' -> ' '.
+    """
 
     config_class = CLAPConfig
+    classname_cleaning = "none"
     train_defaults: ClassVar[dict[str, Any]] = {
         "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "batch_size": 256, "epochs": 300,
         "warmup_epochs": 1, "warmup_start_factor": 1e-4, "augment": "crop_flip", "feature_views": 20,
@@ -69,7 +75,7 @@ class CLAP(ClipMethod):
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CLAPConfig) -> None:
         super().__init__(backbone, labels, config)
         templates = labels.templates if config.ensemble else labels.templates[:1]
-        anchors = raw_class_features(self.text, labels.classnames, templates, config.class_chunk)
+        anchors = raw_class_features(self.text, self.labels.classnames, templates, config.class_chunk)
         self.register_buffer("anchors", anchors, persistent=False)
         self.prototypes = nn.Parameter(anchors.clone())
         self.register_buffer("multipliers", torch.zeros(labels.num_classes), persistent=False)

@@ -41,7 +41,8 @@ class CLIPLoRAConfig(ValidatedConfig):
     ``rank_scaling``: "sqrt" (alpha/√r, the official code) or "rank" (alpha/r, the LoRA paper);
     ``encoders``: both | vision | text; ``blocks``: block indices to adapt (empty = all, the official "all");
     ``params``: projections among q, k, v, o (official default q, k, v); ``class_chunk``: class prompts per
-    text-encoder call."""
+    text-encoder call; ``logit_scale``: a fixed s in s·cos — the official code uses 100 (the clip-lora-paper preset
+    sets it), None takes the checkpoint's exp(logit_scale) (100.03 on OpenAI weights)."""
 
     rank: int = option(2, help="LoRA rank r (0: no branch, the frozen model)", range=(0, None))
     alpha: float = option(1.0, help="LoRA alpha: the branch is scaled by alpha/sqrt(r) or alpha/r", range=(0.0, None))
@@ -54,6 +55,11 @@ class CLIPLoRAConfig(ValidatedConfig):
     params: list[str] = option(help="projections among q, k, v, o (official: q, k, v)",
                                default_factory=lambda: ["q", "k", "v"])
     class_chunk: int = option(256, help="class prompts per text-encoder call", range=(1, None))
+    logit_scale: float | None = option(
+        None,
+        help="fixed logit scale s in s·cos (the official code: 100); unset: the checkpoint's exp(logit_scale)",
+        range=(0.0, None),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +94,8 @@ class CLIPLoRA(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CLIPLoRAConfig) -> None:
         super().__init__(backbone, labels, config)
+        if config.logit_scale is not None:  # the official code's fixed 100
+            self.logit_scale = float(config.logit_scale)
         self.wrappers: list[nn.Module] = []
         lora = (config.params, config.rank, config.alpha, config.dropout, config.rank_scaling)
         if config.encoders in ("both", "vision"):

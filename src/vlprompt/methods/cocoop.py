@@ -54,7 +54,9 @@ class CoCoOp(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoCoOpConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.prompt = build_context_prompt(self.text, labels, config.ctx_init, config.n_ctx, config.class_position)
+        self.prompt = build_context_prompt(
+            self.text, self.labels, config.ctx_init, config.n_ctx, config.class_position
+        )
         feature_dim = backbone.visual.feature_dim
         hidden = max(1, feature_dim // 16)
         self.meta_net = nn.Sequential(
@@ -63,7 +65,7 @@ class CoCoOp(ClipMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.prompt.set_classnames(self.text, labels.classnames)
+        self.prompt.set_classnames(self.text, self.labels.classnames)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.prompt.ctx, *self.meta_net.parameters()]

@@ -23,6 +23,7 @@ from vlprompt.prompts.text import (
     ContextPrompt,
     split_template,
 )
+from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB
 
 TEMPLATE_INIT = "template"
 # CoOp's recipe (SGD, lr 0.002, batch 32, cosine after one warm-up epoch), shared by ProGrad and KgCoOp; image
@@ -61,7 +62,16 @@ class CoOpConfig(ValidatedConfig):
     )
     class_chunk: int = field(
         default=256,
-        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)", "range": (1, None)},
+        metadata={"help": "class prompts per text-encoder call without gradients and on the plain (unshared) path",
+                  "range": (1, None)},
+    )
+    text_memory_mb: float = field(
+        default=DEFAULT_TEXT_MEMORY_MB,
+        metadata={
+            "help": "activation memory a training step may keep for the class prompts; beyond it chunks are "
+            "recomputed in backward",
+            "range": (0.0, None),
+        },
     )
     text_loss_weight: float = field(
         default=0.0,
@@ -83,7 +93,7 @@ def context_prompt(text, labels: LabelSpace, config: CoOpConfig) -> ContextPromp
     """The ContextPrompt a CoOp-style config describes (CoOp, ProGrad, KgCoOp)."""
     return build_context_prompt(
         text, labels, config.ctx_init, config.n_ctx, config.class_position, config.class_specific,
-        config.class_chunk, config.ctx_init_align,
+        config.class_chunk, config.ctx_init_align, config.text_memory_mb,
     )
 
 
@@ -96,6 +106,7 @@ def build_context_prompt(
     class_specific: bool = False,
     class_chunk: int = 256,
     init_align: str = "fit",
+    memory_mb: float = DEFAULT_TEXT_MEMORY_MB,
 ) -> ContextPrompt:
     """A ContextPrompt from CoOp-style options; ``ctx_init`` may be words, a template, or "template"."""
     words, suffix = ctx_init, "."
@@ -113,6 +124,7 @@ def build_context_prompt(
         class_specific=class_specific,
         class_chunk=class_chunk,
         init_align=init_align,
+        memory_mb=memory_mb,
     )
 
 
@@ -144,11 +156,11 @@ class CoOp(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoOpConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.prompt = context_prompt(self.text, labels, config)
+        self.prompt = context_prompt(self.text, self.labels, config)
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.prompt.set_classnames(self.text, labels.classnames)
+        self.prompt.set_classnames(self.text, self.labels.classnames)
 
     def class_dependent_parameter_names(self) -> set[str]:
         return context_class_dependent(self.config)

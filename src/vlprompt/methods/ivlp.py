@@ -110,12 +110,12 @@ class IVLP(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: IVLPConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.text_prompt = deep_text_prompt(self.text, labels, config)
+        self.text_prompt = deep_text_prompt(self.text, self.labels, config)
         self.vision_prompt = DeepVisionPrompts(self.visual, config.n_ctx_vision, config.depth_vision)
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.text_prompt.set_classnames(self.text, labels.classnames)
+        self.text_prompt.set_classnames(self.text, self.labels.classnames)
 
     def vision_prompts(self) -> list[torch.Tensor]:
         return self.vision_prompt.layer_prompts()

@@ -59,7 +59,7 @@ class MaPLe(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: MaPLeConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.text_prompt = deep_text_prompt(self.text, labels, config)
+        self.text_prompt = deep_text_prompt(self.text, self.labels, config)
         depth = clamp_depth(self.text_prompt.depth, self.visual.num_blocks, "vision")
         if depth < self.text_prompt.depth:
             raise ConfigError(
@@ -74,7 +74,7 @@ class MaPLe(ClipMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.text_prompt.set_classnames(self.text, labels.classnames)
+        self.text_prompt.set_classnames(self.text, self.labels.classnames)
 
     def vision_prompts(self) -> list[torch.Tensor]:
         text_prompts = self.text_prompt.layer_prompts()

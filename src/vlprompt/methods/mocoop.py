@@ -88,7 +88,7 @@ class MoCoOp(ClipMethod):
         self.groups = select_groups(labels, list(config.groups))
         self.mixture = PromptMixture(
             self.text,
-            labels.classnames,
+            self.labels.classnames,
             [templates[0] for templates in self.groups.values()],
             backbone.visual.feature_dim,
             top_k=config.top_k,
@@ -100,7 +100,7 @@ class MoCoOp(ClipMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.mixture.set_classnames(self.text, labels.classnames)
+        self.mixture.set_classnames(self.text, self.labels.classnames)
         self._eval_cache.clear()
 
     def group_hard_features(self) -> list[torch.Tensor]:

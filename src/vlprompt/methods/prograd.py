@@ -67,11 +67,11 @@ class ProGrad(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: ProGradConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.prompt = context_prompt(self.text, labels, config)
+        self.prompt = context_prompt(self.text, self.labels, config)
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.prompt.set_classnames(self.text, labels.classnames)
+        self.prompt.set_classnames(self.text, self.labels.classnames)
 
     def class_dependent_parameter_names(self) -> set[str]:
         return context_class_dependent(self.config)

@@ -126,7 +126,7 @@ class PromptSRC(ClipMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: PromptSRCConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.text_prompt = deep_text_prompt(self.text, labels, config)
+        self.text_prompt = deep_text_prompt(self.text, self.labels, config)
         self.vision_prompt = DeepVisionPrompts(self.visual, config.n_ctx_vision, config.depth_vision)
         self._teacher_key: tuple | None = None
         self._teacher: torch.Tensor | None = None
@@ -135,7 +135,7 @@ class PromptSRC(ClipMethod):
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
-        self.text_prompt.set_classnames(self.text, labels.classnames)
+        self.text_prompt.set_classnames(self.text, self.labels.classnames)
 
     def vision_prompts(self) -> list[torch.Tensor]:
         return self.vision_prompt.layer_prompts()

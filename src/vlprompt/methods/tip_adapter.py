@@ -67,7 +67,9 @@ class TipAdapterConfig(ValidatedConfig):
     ``search``: choose α, β on validation; ``search_scale_*`` / ``search_steps_*``: the official grid (these
     defaults are its ImageNet config, which OxfordPets and UCF101 share; the preset lists every dataset's);
     ``ensemble``: class features from all templates (the official ImageNet setting) instead of templates[0];
-    ``class_chunk``: class prompts per text-encoder call."""
+    ``class_chunk``: class prompts per text-encoder call; ``logit_scale``: a fixed s in s·cos — the official code
+    uses 100 for the zero-shot logits (the tip-adapter presets set it), None takes the checkpoint's exp(logit_scale)
+    (100.03 on OpenAI weights)."""
 
     init_alpha: float = option(1.17, help="alpha for training (-F) and when no validation split exists",
                                range=(0.0, None))
@@ -81,6 +83,11 @@ class TipAdapterConfig(ValidatedConfig):
     search_steps_beta: int = option(200, help="beta grid size", range=(1, None))
     ensemble: bool = option(False, help="class features from all templates instead of templates[0]")
     class_chunk: int = option(256, help="class prompts per text-encoder call", range=(1, None))
+    logit_scale: float | None = option(
+        None,
+        help="fixed logit scale s in s·cos (the official code: 100); unset: the checkpoint's exp(logit_scale)",
+        range=(0.0, None),
+    )
 
 
 class CacheModel:
@@ -90,6 +97,8 @@ class CacheModel:
 
     def __init__(self, method: ClipMethod, fine_tune_keys: bool) -> None:
         config = method.config
+        if config.logit_scale is not None:  # the official code's fixed 100 (it moves the alpha / beta search)
+            method.logit_scale = float(config.logit_scale)
         dim = method.backbone.text.feature_dim
         method.cache_keys = nn.Parameter(torch.zeros(0, dim), requires_grad=fine_tune_keys)
         method.cache_values = nn.Parameter(torch.zeros(0, method.labels.num_classes), requires_grad=False)

@@ -3,8 +3,10 @@
 The SPT paper clusters every patch token of the training set, which it reports takes days. Here the tokens
 are streamed: each insertion point keeps at most ``token_budget`` tokens (a uniform reservoir sample for
 k-means, one randomly chosen batch for the pooling and sampling strategies), so memory does not grow with the
-training set. k-means is mini-batch k-means with k-means++ seeding on the tokens' device, followed by a few
-full Lloyd passes over the reservoir; every random draw comes from one seeded CPU generator.
+training set. k-means runs DURING the pass: k-means++ seeds from the first streamed tokens, then mini-batch steps
+on each batch's own tokens as it arrives (``StreamingKMeans``), and after the pass a few full Lloyd passes over
+the reservoir; all on the tokens' device, every random draw from one seeded CPU generator. Its cost is bounded by
+the frozen pass it needs (benchmarks/bench_visual_init.py measures the ratio at ViT-B/16 shape).
 """
 
 from __future__ import annotations
@@ -93,6 +95,38 @@ class KMeansResult:
     seeding_inertia: float
 
 
+def minibatch_step(
+    centers: torch.Tensor, counts: torch.Tensor, batch: torch.Tensor, batch_sq: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One mini-batch k-means step in place (per-centre learning rate 1/count); returns the updated counts."""
+    k = centers.shape[0]
+    labels = squared_distances(batch, centers, batch_sq).argmin(dim=1)
+    sums, batch_counts = _cluster_sums(batch, labels, k)
+    new_counts = counts + batch_counts
+    moved = batch_counts > 0
+    centers[moved] = (centers[moved] * counts[moved, None] + sums[moved]) / new_counts[moved, None]
+    return new_counts
+
+
+def lloyd_refine(
+    x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor, iterations: int, tolerance: float = 1e-3
+) -> tuple[torch.Tensor, float]:
+    """Full Lloyd passes from ``centers`` until one lowers the objective by less than ``tolerance`` (relative);
+    returns the centres and their objective on ``x``."""
+    centers = centers.clone()
+    previous = math.inf
+    for _ in range(iterations):
+        labels, dists = _assign(x, centers, x_sq)
+        objective = float(dists.double().sum())  # of the current centres
+        if previous - objective <= tolerance * objective:
+            return centers, objective
+        previous = objective
+        sums, cluster_counts = _cluster_sums(x, labels, centers.shape[0])
+        filled = cluster_counts > 0  # an empty cluster keeps its centre
+        centers[filled] = sums[filled] / cluster_counts[filled, None]
+    return centers, float(_assign(x, centers, x_sq)[1].double().sum())
+
+
 def minibatch_kmeans(
     x: torch.Tensor,
     k: int,
@@ -116,27 +150,61 @@ def minibatch_kmeans(
     counts = torch.zeros(k, dtype=x.dtype, device=x.device)
     for _ in range(iterations):
         index = torch.randint(x.shape[0], (min(batch_size, x.shape[0]),), generator=generator).to(x.device)
-        batch = x[index]
-        labels = squared_distances(batch, centers, x_sq[index]).argmin(dim=1)
-        sums, batch_counts = _cluster_sums(batch, labels, k)
-        new_counts = counts + batch_counts
-        moved = batch_counts > 0
-        centers[moved] = (centers[moved] * counts[moved, None] + sums[moved]) / new_counts[moved, None]
-        counts = new_counts
-    previous = math.inf
-    for _ in range(refine_iterations):
-        labels, dists = _assign(x, centers, x_sq)
-        objective = float(dists.double().sum())  # of the current centres
-        if previous - objective <= tolerance * objective:
-            break
-        previous = objective
-        sums, cluster_counts = _cluster_sums(x, labels, k)
-        filled = cluster_counts > 0  # an empty cluster keeps its centre
-        centers[filled] = sums[filled] / cluster_counts[filled, None]
-    final = float(_assign(x, centers, x_sq)[1].double().sum())
+        counts = minibatch_step(centers, counts, x[index], x_sq[index])
+    centers, final = lloyd_refine(x, centers, x_sq, refine_iterations, tolerance)
     if seeded < final:
         return KMeansResult(seeds, seeded, seeded)
     return KMeansResult(centers, final, seeded)
+
+
+class StreamingKMeans:
+    """Mini-batch k-means fed during the frozen pass, so clustering overlaps the forward instead of following it.
+
+    Seeds (greedy k-means++) come from the first ``seed_rows`` streamed tokens of the insertion point; every later
+    batch then gives ``steps_per_batch`` mini-batch steps on ``batch_size`` of its own tokens. On an accelerator
+    these kernels are queued behind the batch's forward and run while the host prepares the next batch. What is
+    left after the pass is a short Lloyd refinement over the reservoir (``finish``).
+    """
+
+    def __init__(
+        self, k: int, generator: torch.Generator, steps_per_batch: int, batch_size: int, seed_rows: int
+    ) -> None:
+        self.k, self.generator = k, generator
+        self.steps_per_batch, self.batch_size, self.seed_rows = steps_per_batch, batch_size, seed_rows
+        self.pending: list[torch.Tensor] = []
+        self.seeds: torch.Tensor | None = None
+        self.centers: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        if self.centers is None:
+            self.pending.append(rows)
+            if sum(p.shape[0] for p in self.pending) < max(self.k, self.seed_rows):
+                return
+            rows = torch.cat(self.pending)
+            self.pending = []
+            pool = rows[: max(self.k, self.seed_rows)]
+            self.seeds = kmeans_plus_plus(pool, self.k, self.generator)[0]
+            self.centers = self.seeds.clone()
+            self.counts = torch.zeros(self.k, dtype=rows.dtype, device=rows.device)
+        size = min(self.batch_size, rows.shape[0])
+        for _ in range(self.steps_per_batch):
+            # a window of the batch at a random offset: the batch is already a sample of the stream, and a slice
+            # needs no gather (the gather cost more than the step's arithmetic)
+            start = int(torch.randint(rows.shape[0] - size + 1, (1,), generator=self.generator))
+            self.counts = minibatch_step(self.centers, self.counts, rows[start : start + size])
+
+    def finish(self, reservoir: torch.Tensor, refine_iterations: int, tolerance: float = 1e-3) -> KMeansResult:
+        """Lloyd refinement over the reservoir; never worse than the seeding (as ``minibatch_kmeans``)."""
+        x_sq = reservoir.pow(2).sum(1)
+        if self.centers is None:  # the whole stream was shorter than seed_rows: cluster the reservoir itself
+            self.seeds = kmeans_plus_plus(reservoir, self.k, self.generator, x_sq)[0]
+            self.centers = self.seeds.clone()
+        centers, final = lloyd_refine(reservoir, self.centers, x_sq, refine_iterations, tolerance)
+        seeded = float(_assign(reservoir, self.seeds, x_sq)[1].double().sum())
+        if seeded < final:
+            return KMeansResult(self.seeds, seeded, seeded)
+        return KMeansResult(centers, final, seeded)
 
 
 class TokenReservoir:
@@ -229,6 +297,11 @@ def prototype_prompts(
     generator = torch.Generator().manual_seed(seed)
     chosen_batch = int(torch.randint(max(num_batches, 1), (1,), generator=generator))
     reservoirs = [TokenReservoir(token_budget, generator) for _ in range(depth)]
+    steps_per_batch = max(1, math.ceil(kmeans_iterations / max(num_batches, 1))) if kmeans_iterations else 0
+    seed_rows = min(token_budget, 4 * kmeans_batch_size)
+    streams = [
+        StreamingKMeans(num_prompts, generator, steps_per_batch, kmeans_batch_size, seed_rows) for _ in range(depth)
+    ]
     picked: list[torch.Tensor] = []
     seen = batches_done = 0
     num_prefix = visual.num_prefix_tokens
@@ -242,8 +315,9 @@ def prototype_prompts(
         seen += per_layer[0].shape[0]
         batches_done += 1
         if strategy == "kmeans":
-            for reservoir, rows in zip(reservoirs, per_layer):
+            for reservoir, stream, rows in zip(reservoirs, streams, per_layer):
                 reservoir.add(rows.float())
+                stream.add(rows.float())
         elif batch_index == chosen_batch:
             picked = [rows.float() for rows in per_layer]
             break  # the pooling and sampling strategies need only the one random batch
@@ -260,10 +334,7 @@ def prototype_prompts(
     prototypes, inertias, seedings = [], [], []
     for layer in range(depth):
         if strategy == "kmeans":
-            rows = reservoirs[layer].tokens()
-            result = minibatch_kmeans(
-                rows, num_prompts, generator, kmeans_iterations, kmeans_batch_size, kmeans_refine
-            )
+            result = streams[layer].finish(reservoirs[layer].tokens(), kmeans_refine)
             prototypes.append(result.centers)
             inertias.append(result.inertia)
             seedings.append(result.seeding_inertia)

@@ -29,11 +29,11 @@ from vlprompt.prompts.text_encoding import (  # noqa: F401  (some names re-expor
     encode_texts,
     end_token_positions,
     ensemble_features,
+    exact_fast_paths,
     hand_crafted_features,
-    supports_shared_prefix,
-    supports_truncation,
     token_count,
 )
+from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB, pack_calls, plan_suffix_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,14 @@ def build_layout(
     suffix: str,
     context_text: str = "",
 ) -> PromptLayout:
-    """Tokenise the placeholder prompts of all classes and locate the context slots in each.
+    """Tokenise the placeholder prompts of all classes and locate the context slots in each, as official CoOp does.
+
+    The official PromptLearner tokenises ``"<context> <name>."`` with the class at the end, counts each name's
+    tokens ALONE (``name_lens``), and for the middle / front positions moves the first ``name_len`` tokens after
+    the context in front of (part of) the context. We do the same. With the class at the end every name works:
+    a name ending in punctuation, e.g. "kite (bird of prey)", simply ends in the merged BPE token ")." and the
+    prompt is exactly the official one. In the middle / front the official code then carries the merged token
+    inside the class span, so no separate "." follows the context; we match it and log a warning naming the class.
 
     ``context_text`` (class position "end" only) replaces the "X X ..." placeholder: its first ``n_ctx`` tokens
     are the context slots and any tokens after them stay in the prompt as fixed text, as in the official CoOp
@@ -85,33 +92,59 @@ def build_layout(
         )
     suffix_len = token_count(text, suffix, "Prompt suffix") if suffix.strip() else 0
     lead = token_count(text, context_text, "Context init words") if context_text else n_ctx
-    first = n_ctx // 2 if position == "middle" else (n_ctx if position == "end" else 0)
-    texts, starts = [], []
+    before = context_text or " ".join([PLACEHOLDER] * n_ctx)
+    joiner = " " if suffix[:1].isalnum() else ""
+    texts, name_lens = [], []
     for name in classnames:
         name_len = token_count(text, name, "Class name")
         check_fits(text, 1 + lead + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
-        before = context_text or " ".join([PLACEHOLDER] * first)
-        after = " ".join([PLACEHOLDER] * (n_ctx - first))
-        joiner = " " if suffix[:1].isalnum() else ""
-        texts.append(" ".join(part for part in (before, name, after) if part) + joiner + suffix)
-        starts.append((1, 1 + first + name_len, name_len, suffix_len))
+        texts.append(" ".join(part for part in (before, name) if part) + joiner + suffix)
+        name_lens.append(name_len)
     token_ids = text.tokenize(texts)
     eot = end_token_positions(text, token_ids)
     slot = torch.full(token_ids.shape, n_ctx, dtype=torch.long)
-    for row, (name, (start_a, start_b, name_len, suffix_len)) in enumerate(zip(classnames, starts)):
-        expected_eot = 1 + lead + name_len + suffix_len
-        if int(eot[row]) != expected_eot:
-            raise ConfigError(
-                f"Class name {name!r} tokenises differently inside the prompt than alone (EOT at {int(eot[row])}, "
-                f"expected {expected_eot}); the tokenizer merges it with the neighbouring words. Add a space or "
-                "punctuation to the class name."
-            )
-        slot[row, start_a : start_a + first] = torch.arange(first)
-        slot[row, start_b : start_b + n_ctx - first] = torch.arange(first, n_ctx)
-    if supports_truncation(text):
+    slot[:, 1 : 1 + n_ctx] = torch.arange(n_ctx)
+    if position != "end":
+        first = n_ctx // 2 if position == "middle" else 0
+        for row, (name, name_len) in enumerate(zip(classnames, name_lens)):
+            order = _class_moved_order(int(eot[row]), token_ids.shape[1], n_ctx, first, name, name_len, suffix_len)
+            token_ids[row], slot[row] = token_ids[row, order], slot[row, order]
+    if exact_fast_paths(text):
         length = int(eot.max()) + 1
         token_ids, slot = token_ids[:, :length], slot[:, :length]
     return PromptLayout(token_ids=token_ids, slot=slot, eot=eot)
+
+
+def _class_moved_order(
+    eot: int, length: int, n_ctx: int, first: int, name: str, name_len: int, suffix_len: int
+) -> torch.Tensor:
+    """Positions of the class-at-end prompt in the order [SOS, ctx[:first], class, ctx[first:], rest].
+
+    The class span is the ``name_len`` tokens right after the context (``name_len`` counted on the name alone),
+    as in the official code; the EOT stays where it was, so pooling is unchanged.
+    """
+    own = eot - 1 - n_ctx  # tokens after the context, up to the EOT
+    if own < name_len:
+        raise ConfigError(
+            f"Class name {name!r} has {name_len} tokens alone but only {own} inside the prompt, so a class span "
+            "would swallow the end-of-text token (the official code would pool at a moved token). Rename the "
+            "class or put it at the end (class_position='end')."
+        )
+    if own != name_len + suffix_len:
+        logger.warning(
+            "Class name %r merges with the prompt's suffix into one token; as in the official CoOp code, the merged "
+            "token moves with the class name, so with the class in the middle or front no separate suffix follows "
+            "the context for this class.", name,
+        )
+    cls = 1 + n_ctx
+    return torch.cat(
+        [
+            torch.arange(0, 1 + first),
+            torch.arange(cls, cls + name_len),
+            torch.arange(1 + first, cls),
+            torch.arange(cls + name_len, length),
+        ]
+    )
 
 
 INIT_ALIGNS = ("fit", "right")
@@ -143,8 +176,11 @@ class ContextPrompt(nn.Module):
     word count; ``"right"`` (ProGrad) keeps ``n_ctx`` slots, zeros first and the words' embeddings in the last
     slots. Without words the context is drawn from N(0, 0.02). ``suffix`` is the text after the class name (".").
     The text tower is passed to each call rather than stored, so it never enters this module's state.
-    ``shared_prefix``: with shared context before the class name, [SOS, ctx] is the same prefix for every class;
-    when the adapter has the exact ``encode_shared_prefix`` path it is computed once per call, not per class.
+    ``shared_prefix``: with shared context before the class name, [SOS, ctx] is the same prefix for every class
+    (CoCoOp: for every class of one image); where the exact fast paths apply it is computed once per call, and
+    the classes' own tokens run grouped by length, unpadded (prompts/text_plan.py).
+    ``memory_mb``: the activation memory a training step may hold for the class prompts; calls beyond it are
+    recomputed in backward. ``class_chunk``: classes per encoder call on the plain path and without gradients.
     """
 
     def __init__(
@@ -159,8 +195,11 @@ class ContextPrompt(nn.Module):
         class_chunk: int = 256,
         shared_prefix: bool = True,
         init_align: str = "fit",
+        memory_mb: float = DEFAULT_TEXT_MEMORY_MB,
     ) -> None:
         super().__init__()
+        if memory_mb <= 0:
+            raise ConfigError(f"memory_mb = {memory_mb} must be positive (megabytes of text activations per step).")
         if class_chunk < 1:
             raise ConfigError(f"class_chunk = {class_chunk} must be at least 1.")
         if init_align not in INIT_ALIGNS:
@@ -169,6 +208,7 @@ class ContextPrompt(nn.Module):
         self.suffix = suffix
         self.class_specific = class_specific
         self.class_chunk = class_chunk
+        self.memory_mb = memory_mb
         self.shared_prefix = shared_prefix
         self.context_text = ""
         device = next(text.parameters()).device
@@ -233,19 +273,15 @@ class ContextPrompt(nn.Module):
     def _encode_chunk(
         self, text: TextTower, ctx: torch.Tensor, start: int, stop: int, deep: tuple[torch.Tensor, ...] = ()
     ) -> torch.Tensor:
-        """Features of classes [start, stop) for context ``ctx`` [*, 1 or C, M, w] -> [*, stop-start, D]."""
+        """Plain path: features of classes [start, stop) for context ``ctx`` [*, 1 or C, M, w] -> [*, stop-start, D]."""
         if self.class_specific:
             ctx = ctx[..., start:stop, :, :]
         ids = self.token_ids[start:stop]
         slot = self.slot[start:stop]
-        length = int(self.eot[start:stop].max()) + 1 if supports_truncation(text) else ids.shape[1]
+        length = int(self.eot[start:stop].max()) + 1 if exact_fast_paths(text) else ids.shape[1]
         ids, slot, base = ids[:, :length], slot[:, :length], self.base[start:stop, :length]
         count, width = stop - start, base.shape[-1]
         batch_shape = ctx.shape[:-3]
-        if self._prefix_path(text, ctx):
-            prefix = torch.cat([base[0, :1], ctx[0].to(base.dtype)])
-            options = {"deep": deep} if deep else {}
-            return text.encode_shared_prefix(prefix, base[:, 1 + self.n_ctx :], ids, **options)
         padded = torch.cat([ctx, ctx.new_zeros(*ctx.shape[:-2], 1, width)], dim=-2)
         padded = padded.expand(*batch_shape, count, self.n_ctx + 1, width)
         index = slot.expand(*batch_shape, count, length).unsqueeze(-1).expand(*batch_shape, count, length, width)
@@ -256,15 +292,54 @@ class ContextPrompt(nn.Module):
         features = encode_text_embeddings(text, flat, flat_ids, deep)
         return features.reshape(*batch_shape, count, features.shape[-1])
 
-    def _prefix_path(self, text: TextTower, ctx: torch.Tensor) -> bool:
-        """Shared context right after SOS, one context for all rows, and an adapter that shares the prefix."""
+    def _prefix_path(self, text: TextTower, ctx: torch.Tensor, deep: tuple[torch.Tensor, ...]) -> bool:
+        """Shared context right after SOS (one context, or one per image) on a tower with the exact fast paths."""
         return (
             self.shared_prefix
             and self.position == "end"
-            and ctx.dim() == 3
-            and ctx.shape[0] == 1
-            and supports_shared_prefix(text)
+            and not self.class_specific
+            and exact_fast_paths(text)
+            and text.prefix_path_applies(self.eot, 1 + self.n_ctx, deep)
         )
+
+    def plan(self, text: TextTower, prefixes: int, chunk: int | None, trained: bool):
+        """The encoder calls of one step on the prefix path (see prompts/text_plan.py)."""
+        prefix_length = 1 + self.n_ctx
+        budget = self.memory_mb * 2**20 if trained else None
+        max_rows = chunk or (None if trained else self.class_chunk)
+        return plan_suffix_chunks(
+            self.eot - prefix_length + 1,
+            lambda length: prefixes * text.suffix_activation_bytes(prefix_length, length),
+            budget,
+            max_rows,
+        )
+
+    def _encode_prefixed(
+        self, text: TextTower, ctx: torch.Tensor, chunk: int | None, deep: tuple[torch.Tensor, ...], trained: bool
+    ) -> torch.Tensor:
+        """[SOS, ctx] once per context (prefix_states), then every class's own tokens in length groups."""
+        sos = self.base[0, :1]
+        contexts = ctx.reshape(-1, self.n_ctx, ctx.shape[-1]).to(sos.dtype)  # [m, M, w]
+        prefixes = torch.cat([sos.expand(contexts.shape[0], 1, -1), contexts], dim=1)
+        states = text.prefix_states(prefixes, deep)
+        parts, order = [], []
+        for call in pack_calls(self.plan(text, prefixes.shape[0], chunk, trained), chunk):
+            rows = tuple(part.rows.to(self.base.device) for part in call)
+            if call[0].recompute:  # only the row indices enter the checkpoint: it keeps no suffix embeddings
+                parts.append(checkpoint(self._encode_suffixes, text, states, rows, use_reentrant=False))
+            else:
+                parts.append(self._encode_suffixes(text, states, rows))
+            order += [part.rows for part in call]
+        features = torch.cat(parts, dim=1)[:, torch.argsort(torch.cat(order)).to(self.base.device)]
+        return features.reshape(*ctx.shape[:-3], self.num_classes, features.shape[-1])
+
+    def _encode_suffixes(
+        self, text: TextTower, states: list[torch.Tensor], rows: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """One encoder call over several length groups (their tokens packed, no padding)."""
+        start = 1 + self.n_ctx
+        lengths = (self.eot[[int(r[0]) for r in rows]] - start + 1).tolist()
+        return text.encode_suffixes(states, [self.base[r, start : start + n] for r, n in zip(rows, lengths)])
 
     def forward(
         self,
@@ -275,8 +350,9 @@ class ContextPrompt(nn.Module):
     ) -> torch.Tensor:
         """Normalised class features: [C, D], or [B, C, D] with a per-image ``bias`` [B, w] (CoCoOp).
 
-        Classes go through the encoder ``chunk`` at a time; under autograd with several chunks each chunk is
-        recomputed in backward (activation checkpointing), so memory stays bounded for many classes.
+        On the prefix path the calls come from the memory budget (``plan``; ``chunk`` caps classes per call).
+        On the plain path classes go ``chunk`` (default ``class_chunk``) at a time, and under autograd with
+        several chunks each is recomputed in backward, so memory stays bounded for many classes.
         ``deep``: deep text prompts [n_ctx, w] for text layers 1..len(deep), over the context positions.
         """
         deep = tuple(deep)
@@ -288,10 +364,12 @@ class ContextPrompt(nn.Module):
         ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0)
         if bias is not None:
             ctx = ctx.unsqueeze(0) + bias[:, None, None, :].to(ctx.dtype)
+        trained = torch.is_grad_enabled() and (ctx.requires_grad or any(t.requires_grad for t in deep))
+        if self._prefix_path(text, ctx, deep):
+            return nn.functional.normalize(self._encode_prefixed(text, ctx, chunk, deep, trained).float(), dim=-1)
         chunk = chunk or self.class_chunk
         bounds = [(s, min(s + chunk, self.num_classes)) for s in range(0, self.num_classes, chunk)]
-        trained = ctx.requires_grad or any(t.requires_grad for t in deep)
-        use_checkpoint = len(bounds) > 1 and torch.is_grad_enabled() and trained
+        use_checkpoint = len(bounds) > 1 and trained
         parts = []
         for start, stop in bounds:
             if use_checkpoint:

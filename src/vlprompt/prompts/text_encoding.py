@@ -6,31 +6,24 @@ crafted class features (one template, or the mean over templates) are built here
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import TextTower
+from vlprompt.backbones.causal_text import CausalTextTower
 from vlprompt.errors import ConfigError
 
 
-def _has_parameter(function, name: str) -> bool:
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
+def exact_fast_paths(text: TextTower) -> bool:
+    """THE gate of the exact fast paths (truncation at the EOT, the shared prefix, length-grouped suffixes).
 
-
-def supports_truncation(text: TextTower) -> bool:
-    """Whether the adapter declares the exact ``truncate`` path (causal encoder pooled at the EOT)."""
-    return bool(getattr(text, "fast_paths_exact", False)) and _has_parameter(text.encode_embeddings, "truncate")
-
-
-def supports_shared_prefix(text: TextTower) -> bool:
-    """Whether the adapter offers ``encode_shared_prefix`` and declares it exact."""
-    return bool(getattr(text, "fast_paths_exact", False)) and callable(getattr(text, "encode_shared_prefix", None))
+    They rest on a causal encoder pooled at the EOT: only a ``CausalTextTower`` that declares them exact
+    (``fast_paths_exact``: no padding mask, no appended class token) takes them; every other tower (a non-causal
+    SigLIP-style tower, a CLIP pooled at a class token) takes the plain path, so results never change.
+    """
+    return isinstance(text, CausalTextTower) and bool(text.fast_paths_exact)
 
 
 def encode_text_embeddings(
@@ -39,11 +32,11 @@ def encode_text_embeddings(
     """THE text-encoder call: token embeddings [n, L, w] + ids [n, L] -> features [n, D] (not normalised).
 
     CLIP's text transformer is causal, so the pooled EOT output depends only on the tokens up to the EOT;
-    when the adapter offers the exact ``truncate`` path, sequences are cut at the longest EOT of the batch.
+    where the exact fast paths apply, sequences are cut at the longest EOT of the batch.
     ``deep``: deep text prompts for layers 1..len(deep) (prompts/deep_text.py), on towers that support them.
     """
     options = {"deep": deep} if deep else {}
-    if _has_parameter(text.encode_embeddings, "truncate"):
+    if exact_fast_paths(text):
         return text.encode_embeddings(embeddings, token_ids, truncate=True, **options)
     return text.encode_embeddings(embeddings, token_ids, **options)
 
