@@ -13,7 +13,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_choice, check_range
 from vlprompt.data.base import LabelSpace
-from vlprompt.losses import grouped_text_ce
+from vlprompt.losses import CLASSIFICATION_LOSSES, grouped_text_ce
 from vlprompt.methods.base import register_method
 from vlprompt.methods.zeroshot import ClipMethod
 from vlprompt.prompts.text import (
@@ -66,6 +66,16 @@ class CoOpConfig:
             "the hand-crafted features of all templates); 0 turns it off"
         )},
     )
+    loss: str = field(
+        default="ce",
+        metadata={
+            "help": (
+                "'ce' (cross-entropy over classes, the method's official loss) or 'sigmoid' (SigLIP's pairwise "
+                "sigmoid loss with the model's logit bias, to train a SigLIP with its own objective)"
+            ),
+            "choices": CLASSIFICATION_LOSSES,
+        },
+    )
     ctx_init_align: str = field(
         default="fit",
         metadata={"help": (
@@ -79,6 +89,7 @@ class CoOpConfig:
         check_range(where, "n_ctx", self.n_ctx, 1, 76)
         check_choice(where, "ctx_init_align", self.ctx_init_align, INIT_ALIGNS)
         check_choice(where, "class_position", self.class_position, CLASS_POSITIONS)
+        check_choice(where, "loss", self.loss, CLASSIFICATION_LOSSES)
         check_range(where, "class_chunk", self.class_chunk, 1)
         check_range(where, "text_loss_weight", self.text_loss_weight, 0.0)
 
@@ -169,7 +180,7 @@ class CoOp(ClipMethod):
         image = self.normalized_image_features(batch)
         class_features = self.class_features()
         logits = self.clip_logits(image.to(class_features.device), class_features)
-        loss = self.cross_entropy(logits, batch)
+        loss = self.classification_loss(logits, batch, self.config.loss)
         if loss is not None and self.config.text_loss_weight > 0:
             text_loss = grouped_text_ce(class_features, self.template_features(), self.logit_scale)
             loss = loss + self.config.text_loss_weight * text_loss

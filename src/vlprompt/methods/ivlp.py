@@ -12,15 +12,16 @@ subclass it and add only what is new.
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import check_choice, check_range
 from vlprompt.data.base import LabelSpace
+from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.methods.base import register_method
 from vlprompt.methods.zeroshot import ClipMethod
 from vlprompt.prompts.deep_text import DeepTextPrompt
@@ -82,7 +83,7 @@ class DeepVLMethod(ClipMethod):
         class_features = self.class_features()
         logits = self.clip_logits(image, class_features.to(image.device))
         return {
-            "loss": self.cross_entropy(logits, batch),
+            "loss": self.classification_loss(logits, batch, self.config.loss),
             "logits": logits,
             "image": image,
             "class_features": class_features,
@@ -109,9 +110,17 @@ class IVLPConfig:
     depth_vision: int = 9
     ctx_init: str = "a photo of a"
     class_chunk: int = 256
+    loss: str = field(
+        default="ce",
+        metadata={
+            "help": "'ce' (the official loss) or 'sigmoid' (SigLIP's own objective, with the model's logit bias)",
+            "choices": CLASSIFICATION_LOSSES,
+        },
+    )
 
     def __post_init__(self) -> None:
         where = type(self).__name__
+        check_choice(where, "loss", self.loss, CLASSIFICATION_LOSSES)
         check_range(where, "n_ctx_text", self.n_ctx_text, 1, 76)
         check_range(where, "n_ctx_vision", self.n_ctx_vision, 0)
         check_range(where, "depth_text", self.depth_text, 1)

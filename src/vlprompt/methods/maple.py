@@ -9,15 +9,16 @@ tower's layers prompts all of them (J = min(depth, text layers)); the image towe
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import check_choice, check_range
 from vlprompt.data.base import LabelSpace
+from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
 from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, DeepVLMethod
@@ -34,9 +35,17 @@ class MaPLeConfig:
     depth: int = 9
     ctx_init: str = "a photo of a"
     class_chunk: int = 256
+    loss: str = field(
+        default="ce",
+        metadata={
+            "help": "'ce' (the official loss) or 'sigmoid' (SigLIP's own objective, with the model's logit bias)",
+            "choices": CLASSIFICATION_LOSSES,
+        },
+    )
 
     def __post_init__(self) -> None:
         where = type(self).__name__
+        check_choice(where, "loss", self.loss, CLASSIFICATION_LOSSES)
         check_range(where, "n_ctx", self.n_ctx, 1, 76)
         check_range(where, "depth", self.depth, 1)
         check_range(where, "class_chunk", self.class_chunk, 1)

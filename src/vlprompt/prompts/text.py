@@ -86,20 +86,21 @@ def build_layout(
     suffix_len = token_count(text, suffix, "Prompt suffix") if suffix.strip() else 0
     lead = token_count(text, context_text, "Context init words") if context_text else n_ctx
     first = n_ctx // 2 if position == "middle" else (n_ctx if position == "end" else 0)
+    start = text.start_tokens  # the text begins after CLIP's SOS (1), at slot 0 for SigLIP's tokenizer
     texts, starts = [], []
     for name in classnames:
         name_len = token_count(text, name, "Class name")
-        check_fits(text, 1 + lead + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
+        check_fits(text, start + lead + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
         before = context_text or " ".join([PLACEHOLDER] * first)
         after = " ".join([PLACEHOLDER] * (n_ctx - first))
         joiner = " " if suffix[:1].isalnum() else ""
         texts.append(" ".join(part for part in (before, name, after) if part) + joiner + suffix)
-        starts.append((1, 1 + first + name_len, name_len, suffix_len))
+        starts.append((start, start + first + name_len, name_len, suffix_len))
     token_ids = text.tokenize(texts)
     eot = end_token_positions(text, token_ids)
     slot = torch.full(token_ids.shape, n_ctx, dtype=torch.long)
     for row, (name, (start_a, start_b, name_len, suffix_len)) in enumerate(zip(classnames, starts)):
-        expected_eot = 1 + lead + name_len + suffix_len
+        expected_eot = start + lead + name_len + suffix_len
         if int(eot[row]) != expected_eot:
             raise ConfigError(
                 f"Class name {name!r} tokenises differently inside the prompt than alone (EOT at {int(eot[row])}, "
@@ -176,7 +177,8 @@ class ContextPrompt(nn.Module):
         if n_words:
             with torch.no_grad():
                 ids = text.tokenize([words]).to(device)
-                vectors = text.embed_tokens(ids)[0, 1 : 1 + n_words].detach().float().clone()
+                start = text.start_tokens
+                vectors = text.embed_tokens(ids)[0, start : start + n_words].detach().float().clone()
             if init_align == "right":
                 if n_ctx < n_words:
                     raise ConfigError(
@@ -233,9 +235,10 @@ class ContextPrompt(nn.Module):
         count, width = stop - start, base.shape[-1]
         batch_shape = ctx.shape[:-3]
         if self._prefix_path(text, ctx):
-            prefix = torch.cat([base[0, :1], ctx[0].to(base.dtype)])
+            start = text.start_tokens
+            prefix = torch.cat([base[0, :start], ctx[0].to(base.dtype)])
             options = {"deep": deep} if deep else {}
-            return text.encode_shared_prefix(prefix, base[:, 1 + self.n_ctx :], ids, **options)
+            return text.encode_shared_prefix(prefix, base[:, start + self.n_ctx :], ids, **options)
         padded = torch.cat([ctx, ctx.new_zeros(*ctx.shape[:-2], 1, width)], dim=-2)
         padded = padded.expand(*batch_shape, count, self.n_ctx + 1, width)
         index = slot.expand(*batch_shape, count, length).unsqueeze(-1).expand(*batch_shape, count, length, width)

@@ -23,14 +23,25 @@ def _has_parameter(function, name: str) -> bool:
         return False
 
 
+def fast_paths_exact(text: TextTower) -> bool:
+    """THE gate of both fast paths (EOT truncation, shared prefix): they are exact only for a causal tower pooled
+    at the end-of-text token (``TextTower.causal`` / ``pooling``) whose adapter also declares them exact. A
+    bidirectional tower (SigLIP: every position sees every other, pooled at the last slot) takes the plain path."""
+    return (
+        text.causal
+        and text.pooling in ("eot", "argmax")
+        and bool(getattr(text, "fast_paths_exact", False))
+    )
+
+
 def supports_truncation(text: TextTower) -> bool:
-    """Whether the adapter declares the exact ``truncate`` path (causal encoder pooled at the EOT)."""
-    return bool(getattr(text, "fast_paths_exact", False)) and _has_parameter(text.encode_embeddings, "truncate")
+    """Whether the exact ``truncate`` path applies (see ``fast_paths_exact``)."""
+    return fast_paths_exact(text) and _has_parameter(text.encode_embeddings, "truncate")
 
 
 def supports_shared_prefix(text: TextTower) -> bool:
-    """Whether the adapter offers ``encode_shared_prefix`` and declares it exact."""
-    return bool(getattr(text, "fast_paths_exact", False)) and callable(getattr(text, "encode_shared_prefix", None))
+    """Whether the exact shared-prefix path applies (see ``fast_paths_exact``)."""
+    return fast_paths_exact(text) and callable(getattr(text, "encode_shared_prefix", None))
 
 
 def encode_text_embeddings(
@@ -52,18 +63,20 @@ def end_token_positions(text: TextTower, token_ids: torch.Tensor) -> torch.Tenso
     """Index of the end-of-text token in each row (context_length when a row has none).
 
     Not ``eot_positions``: a tower may pool elsewhere (an appended class token), while counting tokens needs
-    the EOT token itself. Its id is read from the tokenisation of the empty text, [SOS, EOT, ...].
+    the EOT token itself. Its id is read from the tokenisation of the empty text, [start tokens, EOT, ...]; a
+    tokenizer that appends no end token (Gemma's, SigLIP 2) pads there, and the first pad is where the text ends.
     """
-    end_id = int(text.tokenize([""])[0, 1])
+    start = text.start_tokens
+    end_id = int(text.tokenize([""])[0, start])
     is_end = token_ids == end_id
-    is_end[:, 0] = False
+    is_end[:, :start] = False
     found = is_end.any(dim=1)
     first = is_end.int().argmax(dim=1)
     return torch.where(found, first, torch.full_like(first, token_ids.shape[1]))
 
 
 def token_count(text: TextTower, phrase: str, what: str) -> int:
-    """Number of tokens of ``phrase`` without SOS/EOT; raises when it alone fills the context."""
+    """Number of tokens of ``phrase`` without start/end tokens; raises when it alone fills the context."""
     ids = text.tokenize([phrase])
     eot = int(end_token_positions(text, ids)[0])
     if eot >= text.context_length - 1:
@@ -71,7 +84,7 @@ def token_count(text: TextTower, phrase: str, what: str) -> int:
             f"{what} {phrase!r} tokenises to more than the text tower's context length "
             f"({text.context_length} tokens). Shorten it or use a backbone with a longer context."
         )
-    return eot - 1
+    return eot - text.start_tokens
 
 
 def check_fits(text: TextTower, needed: int, classname: str, what: str) -> None:
