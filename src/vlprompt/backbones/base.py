@@ -187,7 +187,7 @@ class TextTower(nn.Module, abc.ABC):
     """Adapter over a CLIP-style text tower: a transformer over token ids pooled at one position.
 
     The declared shape below is what prompt code reads (never the library's internals): ``causal`` and ``pooling``
-    decide whether the exact fast paths hold (text_encoding.fast_paths_exact); ``start_tokens`` says where the text
+    decide whether the exact fast paths hold (text_encoding.exact_fast_paths); ``start_tokens`` says where the text
     (and so the learned context) begins.
     """
 

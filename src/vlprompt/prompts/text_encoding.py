@@ -23,7 +23,7 @@ def _has_parameter(function, name: str) -> bool:
         return False
 
 
-def fast_paths_exact(text: TextTower) -> bool:
+def exact_fast_paths(text: TextTower) -> bool:
     """THE gate of both fast paths (EOT truncation, shared prefix): they are exact only for a causal tower pooled
     at the end-of-text token (``TextTower.causal`` / ``pooling``) whose adapter also declares them exact. A
     bidirectional tower (SigLIP: every position sees every other, pooled at the last slot) takes the plain path."""
@@ -35,13 +35,13 @@ def fast_paths_exact(text: TextTower) -> bool:
 
 
 def supports_truncation(text: TextTower) -> bool:
-    """Whether the exact ``truncate`` path applies (see ``fast_paths_exact``)."""
-    return fast_paths_exact(text) and _has_parameter(text.encode_embeddings, "truncate")
+    """Whether the exact ``truncate`` path applies (see ``exact_fast_paths``)."""
+    return exact_fast_paths(text) and _has_parameter(text.encode_embeddings, "truncate")
 
 
 def supports_shared_prefix(text: TextTower) -> bool:
-    """Whether the exact shared-prefix path applies (see ``fast_paths_exact``)."""
-    return fast_paths_exact(text) and callable(getattr(text, "encode_shared_prefix", None))
+    """Whether the exact shared-prefix path applies (see ``exact_fast_paths``)."""
+    return exact_fast_paths(text) and callable(getattr(text, "encode_shared_prefix", None))
 
 
 def encode_text_embeddings(
