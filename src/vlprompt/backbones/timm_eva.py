@@ -10,10 +10,11 @@ not fit that table: timm's own block fails with a shape mismatch (it has no noti
 adapter therefore hands each block a table with identity rows (sin 0, cos 1) in front of the patch rows, one per
 prompt token, so prompts are treated exactly as timm treats the class token: no rotation, no position. With no
 prompts the table is timm's own, so the features equal the library's. Prompts also get no absolute position
-embedding (VPT's rule), so a prompt carries no position at all. EVA prompt papers: we found no official EVA-CLIP
-prompt-learning code that places prompts inside the rope grid; the EVA-02 reference attention (baaivision/EVA)
-likewise rotates only the tokens after the class token, so unrotated prompts are what that code does to a token
-it has no grid position for.
+embedding (VPT's rule), so a prompt carries no position at all. Other code: the EVA-02 / EVA-CLIP reference
+attention (baaivision/EVA) rotates the tokens after the class token with a table of the grid's size, so it has no
+place for prompts either; the EVA-02 prompt-tuning code we read (an mmpretrain ``ViTEVA02`` prompted backbone)
+rotates only the last H·W (patch) tokens and leaves the class token and every prompt unrotated: the same rule as
+ours. We found no EVA prompt paper that gives prompts rope positions.
 
 The SwiGLU MLP (``fc1_g``, ``fc1_x``, a scale norm, ``fc2``) acts per token, so prompts pass through it unchanged
 in meaning; it has no single input projection, so the ``mlp_in`` block place is absent on it.
