@@ -31,7 +31,7 @@ LABELS = LabelSpace(
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family(name: str):
     builders = {
         "eva": tiny.tiny_open_clip_eva,

@@ -21,6 +21,7 @@ from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wr
 from vlprompt.backbones.timm_readout import head_width, map_pool, timm_pooling
 from vlprompt.errors import VlpromptError
 
+
 def pool_tokens(
     tokens: torch.Tensor,
     pooling: str,
@@ -203,8 +204,7 @@ def _load_timm_file(spec: str, name: str, weights: str, kwargs: dict) -> Any:
     embeddings and converts layouts) and refuse any file that leaves a non-classifier weight unloaded: timm
     itself loads non-strictly whenever the classifier size differs, which would silently keep random weights."""
     import timm
-    from timm.models import load_pretrained
-    from timm.models import eva, vision_transformer
+    from timm.models import eva, load_pretrained, vision_transformer
 
     model = timm.create_model(spec, pretrained=False, **kwargs)
     # each timm family converts its own checkpoint layouts (EVA: the original EVA-02 / EVA-CLIP key names)

@@ -18,8 +18,8 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_choice, check_range
 from vlprompt.data.base import LabelSpace
-from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.errors import ConfigError
+from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.methods.base import register_method
 from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, DeepVLMethod
 from vlprompt.prompts.deep_text import clamp_depth

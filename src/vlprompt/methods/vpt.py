@@ -43,8 +43,8 @@ class VPTConfig:
     pool_prompts: bool = field(
         default=True,
         metadata={"help": (
-            "whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS "
-            "readouts ignore it)"
+            "whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them) or the keys of an "
+            "attention-pooled (MAP, SigLIP) readout; CLS readouts ignore it"
         )},
     )
 
