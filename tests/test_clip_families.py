@@ -254,3 +254,60 @@ def test_clip_lora_on_siglip_text_tower_runs():
     method = create_method("clip-lora", family("siglip"), LABELS, encoders="text").train()
     outputs = method({"features": torch.randn(2, 32), "label": torch.tensor([0, 1])})
     assert torch.isfinite(outputs["loss"])
+
+
+# ----- the real names -----
+@pytest.mark.parametrize("arch", ["vit_base_patch16_siglip_224", "eva02_base_patch16_clip_224"])
+def test_timm_names_load_and_equal_timm(arch):
+    """``timm:<arch>`` for the SigLIP ViT (MAP head, refused before) and EVA-02 CLIP, at tiny sizes by kwargs."""
+    from vlprompt.backbones.registry import create_backbone
+
+    small = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    if arch.startswith("eva"):
+        small["ref_feat_shape"] = (4, 4)
+    backbone = create_backbone(f"timm:{arch}", random_init=True, **small)
+    model = backbone.extra["model"]
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(images()), pre_logits=True)
+        torch.testing.assert_close(backbone.visual(images()), expected, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["EVA02-B-16", "ViT-B-16-SigLIP"])
+def test_open_clip_full_size_random_init_equals_open_clip(arch):
+    """The real open_clip configs at full size (random weights; the SigLIP tokenizer from a local folder)."""
+    from vlprompt.backbones.registry import create_backbone
+
+    options = {"tokenizer": tiny.tiny_sentencepiece_folder("t5")} if "SigLIP" in arch else {}
+    backbone = create_backbone(f"open_clip:{arch}@none", **options)
+    model = backbone.extra["model"]
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    ids = backbone.text.tokenize(["a photo of a red circle."])
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.visual(x), model.encode_image(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(backbone.text(ids), model.encode_text(ids), rtol=1e-5, atol=1e-5)
+        prompts = VisualPrompts(0, backbone.visual.width, depth=backbone.visual.num_blocks, patch_size=16)
+        torch.testing.assert_close(prompted_forward(backbone.visual, prompts, x), model.encode_image(x))
+    assert backbone.text.causal is (arch == "EVA02-B-16")
+    assert backbone.logit_bias == (-10.0 if "SigLIP" in arch else 0.0)
+
+
+def test_timm_model_with_its_own_projection_head_and_attention_pool_refusal():
+    """open_clip ``TimmModel`` configs with ``timm_proj: linear`` add a head after timm's readout: it is applied
+    after the adapter's finalize; open_clip's own attention pools (ConvNet towers) are refused."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from vlprompt.backbones.open_clip_timm import open_clip_timm_tower
+
+    torch.manual_seed(0)
+    tower = tiny._open_clip_timm_tower(tiny._tiny_siglip_trunk())
+    tower.head = nn.Sequential(OrderedDict(proj=nn.Linear(32, 16)))
+    adapted = open_clip_timm_tower(tower, 16)
+    assert adapted.feature_dim == 16 and adapted.pooling == "map"
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(images()), tower(images()), rtol=0, atol=0)
+    tower.head = nn.Sequential(OrderedDict(pool=nn.Identity()))
+    with pytest.raises(VlpromptError, match="attention pool"):
+        open_clip_timm_tower(tower, 16)
