@@ -207,12 +207,11 @@ def test_hf_tokenizer_loads_from_a_folder_and_never_downloads():
 
 # ----- every method on every family: runs, or refuses with the README's reason -----
 # Options that keep a step small; PromptSRC's teacher otherwise encodes CLIP's 60 templates.
-OPTIONS = {"partial-k": {"k": 1}, "mocoop": {"top_k": 1}, "promptsrc": {"templates": "task"}}
+OPTIONS = {"partial-k": {"k": 1}, "mocoop": {"top_k": 1}, "promptsrc": {"templates": "task"},
+           "sidetune": {"side_model": "test_efficientnet", "side_pretrained": False}}
 # (family, method) -> the refusal's reason, as the README table states it, and a phrase of the error.
-REFUSALS = {
-    ("siglip", "clip-lora"): ("image tower: no LoRA seam yet (encoders=text runs)", "attention projections"),
-    ("siglip2", "clip-lora"): ("image tower: no LoRA seam yet (encoders=text runs)", "attention projections"),
-}
+NO_CLS = ("no class token (MAP readout)", "no 'class_token' place")
+REFUSALS = {("siglip", "cls-tune"): NO_CLS, ("siglip2", "cls-tune"): NO_CLS}
 
 
 def family_table() -> str:
@@ -250,10 +249,25 @@ def test_every_method_runs_or_refuses_with_the_tables_reason(name, method_name):
         assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_clip_lora_on_siglip_text_tower_runs():
-    method = create_method("clip-lora", family("siglip"), LABELS, encoders="text").train()
-    outputs = method({"features": torch.randn(2, 32), "label": torch.tensor([0, 1])})
+@pytest.mark.parametrize("encoders", ["text", "vision", "both"])
+def test_clip_lora_on_siglip_reaches_both_towers_and_merges_exactly(encoders):
+    """SigLIP's timm image tower takes LoRA on its packed qkv (and proj) through ``attention_projections``."""
+    torch.manual_seed(0)
+    method = create_method("clip-lora", family("siglip"), LABELS, encoders=encoders, params=["q", "k", "v", "o"]).train()
+    if encoders != "text":
+        attn = method.visual.attention_projections(0).owner
+        assert type(attn.qkv).__name__ == "LoRAPackedLinear" and type(attn.proj).__name__ == "LoRALinear"
+    for parameter in method.lora_parameters():  # B starts at 0: give the branches a non-zero delta
+        torch.nn.init.normal_(parameter, std=0.1)
+    batch = {"image": images(2), "features": torch.randn(2, 32), "label": torch.tensor([0, 1])}
+    outputs = method(batch)
     assert torch.isfinite(outputs["loss"])
+    method.eval()
+    with torch.no_grad():
+        unmerged = method(batch)["logits"]
+        method.set_merged(True)
+        merged = method(batch)["logits"]
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
 
 
 # ----- the real names -----

@@ -54,6 +54,9 @@ class ProjectedTower(VisionTower):
     def block_sites(self, index: int) -> BlockSites:
         return self.inner.block_sites(index)
 
+    def tower_sites(self) -> BlockSites:
+        return self.inner.tower_sites()
+
 
 def open_clip_timm_tower(visual: nn.Module, feature_dim: int) -> VisionTower:
     """The VisionTower of an open_clip ``TimmModel`` whose trunk is a timm ViT or EVA."""

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import AttentionProjections, BlockSites, VisionTower
+from vlprompt.backbones.base import TOWER_SITES, AttentionProjections, BlockSites, VisionTower
 from vlprompt.backbones.timm_readout import head_width, map_pool, timm_pooling
 from vlprompt.backbones.timm_vit import pool_tokens
 from vlprompt.errors import VlpromptError
@@ -123,6 +123,15 @@ class EvaVisionTower(VisionTower):
 
     def block_modules(self) -> Sequence[nn.Module]:
         return list(self.model.blocks)
+
+    def tower_sites(self) -> BlockSites:
+        """EVA's places outside its blocks, as timm's ViT: the patch projection, the final norm, the class token
+        where the model has one."""
+        model = self.model
+        places: dict[str, tuple[nn.Module, str]] = {"patch_proj": (model.patch_embed, "proj"), "norm_final": (model, "norm")}
+        if model.cls_token is not None:
+            places["class_token"] = (model, "cls_token")
+        return BlockSites(places, known=TOWER_SITES)
 
     def finalize(self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False) -> torch.Tensor:
         model = self.model
