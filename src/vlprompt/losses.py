@@ -17,6 +17,20 @@ def prograd_project(grad_ce: torch.Tensor, grad_kl: torch.Tensor, lam: float = 1
     return grad_ce - lam * (dot / norm_sq) * grad_kl
 
 
+CLASSIFICATION_LOSSES = ("ce", "sigmoid")
+
+
+def sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss on image-class logits z = s·cos + b (the model's own objective).
+
+    Every (image, class) pair is its own binary problem, positive for the image's class and negative for the
+    others: −Σ_c log σ(±z_c), summed over classes and averaged over images, as SigLIP normalises by batch size.
+    Unlike cross-entropy it depends on the logit bias b.
+    """
+    signs = 2.0 * nn.functional.one_hot(labels, logits.shape[-1]).to(logits.dtype) - 1.0
+    return -nn.functional.logsigmoid(signs * logits).sum(dim=-1).mean()
+
+
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_teacher ‖ p_student), averaged over the batch (ProGrad's general-knowledge loss, T = 1)."""
     student = nn.functional.log_softmax(student_logits / temperature, dim=-1)

@@ -30,12 +30,14 @@ class AttentionProjections:
 
     Either ``fused`` names an ``nn.MultiheadAttention`` attribute of ``owner`` (OpenAI / open_clip layout: q, k, v
     stacked in its ``in_proj_weight``, o its ``out_proj``), or ``separate`` maps "q", "k", "v", "o" to the names of
-    ``nn.Linear`` attributes of ``owner`` (transformers' CLIP). ``replace`` swaps a module in, so a method can wrap
-    a projection without knowing the library's module tree.
+    ``nn.Linear`` attributes of ``owner`` (transformers' CLIP), or ``packed`` names one ``nn.Linear`` d -> 3d
+    producing [q; k; v] (timm's ``qkv``) with o in ``separate``. ``replace`` swaps a module in, so a method can
+    wrap a projection without knowing the library's module tree.
     """
 
     owner: nn.Module
     fused: str | None = None
+    packed: str | None = None
     separate: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> nn.Module:
@@ -141,7 +143,7 @@ class VisionTower(nn.Module, abc.ABC):
     num_prefix_tokens: int  # class/register tokens that precede the patches
     patch_size: int
     feature_dim: int  # size of finalize()'s output
-    pooling: str  # "cls" or "mean"
+    pooling: str  # "cls", "mean" or "map" (attention pooling: a learned query over the tokens, SigLIP)
 
     @abc.abstractmethod
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -174,7 +176,8 @@ class VisionTower(nn.Module, abc.ABC):
         """Tokens after the last block -> features [B, feature_dim].
 
         ``num_prompts`` prompt tokens sit right after the prefix tokens. With mean pooling, ``pool_prompts``
-        says whether they enter the mean (VPT's MAE readout includes them); CLS pooling ignores both.
+        says whether they enter the mean (VPT's MAE readout includes them); with MAP pooling, whether the pooling
+        query attends to them (it always attends to the patches); CLS pooling ignores both.
         """
         ...
 
@@ -197,13 +200,24 @@ class VisionTower(nn.Module, abc.ABC):
         return self.finalize(tokens)
 
 
+TEXT_POOLINGS = ("eot", "argmax", "last", "first")
+
+
 class TextTower(nn.Module, abc.ABC):
-    """Adapter over a CLIP text tower (causal transformer pooled at the end-of-text token)."""
+    """Adapter over a CLIP-style text tower: a transformer over token ids pooled at one position.
+
+    The declared shape below is what prompt code reads (never the library's internals): ``causal`` and ``pooling``
+    decide whether the exact fast paths hold (text_encoding.exact_fast_paths); ``start_tokens`` says where the text
+    (and so the learned context) begins.
+    """
 
     width: int  # token embedding width
     context_length: int
     feature_dim: int
     supports_deep_prompts: bool = False  # encode_embeddings takes ``deep`` (see the module docstring)
+    causal: bool = True  # each position attends only to earlier ones (CLIP); False for SigLIP's bidirectional tower
+    pooling: str = "eot"  # the pooled position (TEXT_POOLINGS): end-of-text id, largest id, last slot, first slot
+    start_tokens: int = 1  # special tokens before the text: CLIP's SOS (1); SigLIP's T5 tokenizer adds none (0)
 
     @abc.abstractmethod
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -246,6 +260,9 @@ class Backbone:
     preprocess: PreprocessConfig
     text: TextTower | None = None
     logit_scale: float = 100.0  # exp(logit_scale) of a CLIP model, already exponentiated
+    # the model's logit bias b (SigLIP: logits = s·cos + b; 0 for CLIP). Softmax-based losses and teachers (CE,
+    # ProGrad's KL, zero-shot argmax) are invariant to it; per-class sigmoid probabilities and the SigLIP loss are not
+    logit_bias: float = 0.0
     kind: str = "vit"  # "vit" (supervised), "mae" (self-supervised) or "clip"
     extra: dict = field(default_factory=dict)
 

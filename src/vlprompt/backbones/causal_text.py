@@ -23,8 +23,12 @@ from vlprompt.backbones.base import TextTower
 DeepPrompts = Sequence[torch.Tensor]  # one [n_ctx, width] tensor per text layer 1..J-1
 
 
-def insert_deep_prompt(index: int, hidden: torch.Tensor, deep: DeepPrompts | None) -> torch.Tensor:
-    """Hidden states entering layer ``index`` with positions 1..n replaced by that layer's deep prompt.
+def insert_deep_prompt(
+    index: int, hidden: torch.Tensor, deep: DeepPrompts | None, start: int = 1
+) -> torch.Tensor:
+    """Hidden states entering layer ``index`` with positions start..start+n-1 replaced by that layer's deep prompt.
+
+    ``start`` is the tower's ``start_tokens``: right after CLIP's SOS (1), from slot 0 without one (SigLIP).
 
     Layer 0 takes its prompts from the embeddings; layer i >= 1 takes ``deep[i - 1]`` when there is one. The
     previous layer's outputs at those positions are discarded (MaPLe / IVLP ``text_layer`` blocks).
@@ -33,7 +37,7 @@ def insert_deep_prompt(index: int, hidden: torch.Tensor, deep: DeepPrompts | Non
         return hidden
     tokens = deep[index - 1].to(hidden.dtype)
     tokens = tokens.unsqueeze(0).expand(hidden.shape[0], -1, -1)
-    return torch.cat([hidden[:, :1], tokens, hidden[:, 1 + tokens.shape[1] :]], dim=1)
+    return torch.cat([hidden[:, :start], tokens, hidden[:, start + tokens.shape[1] :]], dim=1)
 
 
 def check_deep_prompts(deep: DeepPrompts | None, num_layers: int, width: int, length: int) -> None:
@@ -159,7 +163,7 @@ class CausalTextTower(TextTower):
         hidden = self.add_positions(embeddings)
         mask = causal_mask(hidden.shape[1], hidden.device, hidden.dtype)
         for index in range(self.num_layers):
-            hidden = self.run_layer(index, insert_deep_prompt(index, hidden, deep), mask)
+            hidden = self.run_layer(index, insert_deep_prompt(index, hidden, deep, self.start_tokens), mask)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return self.pool_project(hidden[rows, eot.to(hidden.device)])
 
@@ -223,8 +227,8 @@ class CausalTextTower(TextTower):
 
     def prefix_path_applies(self, eot: torch.Tensor, prefix_length: int, deep: DeepPrompts | None = None) -> bool:
         """Whether rows ending at ``eot`` can share a prefix of ``prefix_length``: exact towers, every EOT after
-        the prefix, and deep prompts (positions 1..n) inside it."""
-        deep_length = 1 + max((int(t.shape[0]) for t in deep), default=0) if deep else 0
+        the prefix, and deep prompts (positions start..start+n-1) inside it."""
+        deep_length = self.start_tokens + max((int(t.shape[0]) for t in deep), default=0) if deep else 0
         return self.fast_paths_exact and int(eot.min()) >= prefix_length and prefix_length >= deep_length
 
     def prefix_states(self, prefixes: torch.Tensor, deep: DeepPrompts | None = None) -> list[torch.Tensor]:
@@ -237,7 +241,7 @@ class CausalTextTower(TextTower):
         mask = causal_mask(prefix.shape[1], prefix.device, prefix.dtype)
         states = []
         for index in range(self.num_layers):
-            prefix = insert_deep_prompt(index, prefix, deep)
+            prefix = insert_deep_prompt(index, prefix, deep, self.start_tokens)
             states.append(prefix)
             if index + 1 < self.num_layers:
                 prefix = self.run_layer(index, prefix, mask)

@@ -66,8 +66,9 @@ class OpenClipVisionTower(VisionTower):
 
         if not isinstance(visual, VisionTransformer):
             raise VlpromptError(
-                f"This open_clip model's image tower is a {type(visual).__name__}, not a VisionTransformer; "
-                "prompt methods need a ViT token pipeline. Pick a 'ViT-*' open_clip architecture."
+                f"This open_clip model's image tower is a {type(visual).__name__}, not a VisionTransformer or a "
+                "timm ViT / EVA (TimmModel); prompt methods need a ViT token pipeline. Pick a 'ViT-*', 'EVA*' or "
+                "'*SigLIP*' open_clip architecture."
             )
         if visual.attn_pool is not None:
             raise VlpromptError(
@@ -148,6 +149,17 @@ class OpenClipVisionTower(VisionTower):
         return pooled @ visual.proj if visual.proj is not None else pooled
 
 
+def text_start(tokenizer: Tokenizer, context_length: int) -> int:
+    """How many special tokens the tokenizer puts before the text: the first slot where "" and "a" differ.
+
+    CLIP's BPE gives [SOS, EOT] / [SOS, a, EOT] (1); SigLIP's T5 SentencePiece [EOS, pad] / [a, EOS] (0); a
+    Gemma-style tokenizer [BOS, pad] / [BOS, a, pad] (1).
+    """
+    ids = tokenizer(["", "a"], context_length=context_length)
+    differ = (ids[0] != ids[1]).nonzero()
+    return int(differ[0, 0]) if len(differ) else 0
+
+
 class OpenClipTextTower(CausalTextTower):
     """open_clip text tower for both layouts; references the model's own modules and parameters."""
 
@@ -203,8 +215,12 @@ class OpenClipTextTower(CausalTextTower):
         else:
             self.feature_dim = int(self.text_projection.shape[1])
         self._batch_first = bool(getattr(self.transformer, "batch_first", False))
+        # declared shape (TextTower): SigLIP's tower has no causal mask and pools the last slot
+        self.causal = source.attn_mask is not None
+        self.pooling = {"eos": "eot", "argmax": "argmax", "first": "first", "last": "last"}[pool_type]
+        self.start_tokens = text_start(tokenizer, self.context_length)
         # the fast paths are exact only for a causal, unpadded encoder pooled at a token position
-        self.fast_paths_exact = source.attn_mask is not None and cls_emb is None and not use_pad_mask
+        self.fast_paths_exact = self.causal and cls_emb is None and not use_pad_mask
         self._kv_blocks = all(
             isinstance(b, ResidualAttentionBlock)
             and not hasattr(b, "ln_1_kv")
@@ -325,7 +341,7 @@ class OpenClipTextTower(CausalTextTower):
             mask = padding if mask is None else mask.unsqueeze(0) + padding
         hidden = hidden + self.positional_embedding[:seq_len].to(hidden.dtype)
         for index in range(self.num_layers):
-            hidden = self.run_layer(index, insert_deep_prompt(index, hidden, deep), mask)
+            hidden = self.run_layer(index, insert_deep_prompt(index, hidden, deep, self.start_tokens), mask)
         rows = torch.arange(n, device=hidden.device)
         return self.pool_project(hidden[rows, self.eot_positions(token_ids).to(hidden.device)])
 
@@ -351,12 +367,23 @@ def wrap_open_clip(
     model: nn.Module, tokenizer: Tokenizer, preprocess: PreprocessConfig, backbone_id: str
 ) -> Backbone:
     """An open_clip CLIP / CustomTextCLIP as a Backbone (kind "clip"), with its tokenizer and preprocessing."""
+    from open_clip.timm_model import TimmModel
+
+    from vlprompt.backbones.open_clip_timm import open_clip_timm_tower
+
+    text = OpenClipTextTower(model, tokenizer)
+    if isinstance(model.visual, TimmModel):  # EVA-CLIP, SigLIP, SigLIP 2: a timm trunk inside open_clip
+        visual: VisionTower = open_clip_timm_tower(model.visual, text.feature_dim)
+    else:
+        visual = OpenClipVisionTower(model.visual)
+    bias = getattr(model, "logit_bias", None)
     return Backbone(
         backbone_id=backbone_id,
-        visual=OpenClipVisionTower(model.visual),
-        text=OpenClipTextTower(model, tokenizer),
+        visual=visual,
+        text=text,
         preprocess=preprocess,
         logit_scale=float(model.logit_scale.exp().item()),
+        logit_bias=float(bias.item()) if bias is not None else 0.0,
         kind="clip",
         extra={"model": model},  # the library model the towers reference (its own encode_* for checks)
     )

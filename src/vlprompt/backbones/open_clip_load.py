@@ -25,6 +25,7 @@ def create_open_clip(spec: str, name: str, **kwargs: Any) -> Backbone:
     import open_clip
 
     random_init = as_bool(kwargs.pop("random_init", False), "random_init")
+    tokenizer_folder = kwargs.pop("tokenizer", None)
     if spec.startswith("local-dir:"):
         return create_open_clip_dir(spec, name, random_init, **kwargs)
     if spec.startswith("hf-hub:"):
@@ -44,7 +45,7 @@ def create_open_clip(spec: str, name: str, **kwargs: Any) -> Backbone:
     if random_init or pretrained.lower() in ("none", "random"):
         model = open_clip.create_model(arch, pretrained=None, **kwargs)
         return wrap_open_clip(
-            model.eval(), open_clip_tokenizer(arch, name), open_clip_preprocess(model), name
+            model.eval(), open_clip_tokenizer(arch, name, tokenizer_folder), open_clip_preprocess(model), name
         )
     tag_config: dict = {}
     if os.path.isfile(pretrained):
@@ -81,7 +82,7 @@ def create_open_clip(spec: str, name: str, **kwargs: Any) -> Backbone:
             interpolation=tag_config.get("interpolation", preprocess.interpolation),
             crop_pct=preprocess.crop_pct,
         )
-    return wrap_open_clip(model.eval(), open_clip_tokenizer(arch, name), preprocess, name)
+    return wrap_open_clip(model.eval(), open_clip_tokenizer(arch, name, tokenizer_folder), preprocess, name)
 
 
 def create_open_clip_dir(spec: str, name: str, random_init: bool, **kwargs: Any) -> Backbone:
@@ -121,15 +122,43 @@ def _find_open_clip_weights(tag_config: dict) -> str | None:
     return cached_url_file(tag_config.get("url", ""), os.path.expanduser("~/.cache/clip"))
 
 
-def open_clip_tokenizer(arch: str, name: str) -> Any:
+def open_clip_tokenizer(arch: str, name: str, folder: str | None = None) -> Any:
+    """The model's tokenizer, offline: open_clip's BPE (shipped in the package) or a Hugging Face tokenizer
+    (SigLIP's SentencePiece, SigLIP 2's Gemma) from ``folder`` (backbone option ``tokenizer=PATH``) or the local
+    HF cache; never downloaded."""
     import open_clip
+    from open_clip.tokenizer import HFTokenizer
 
+    text_cfg = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}) if ":" not in arch else {}
+    if folder is not None:
+        if not os.path.isdir(folder):
+            raise VlpromptError(
+                f"Backbone '{name}': tokenizer folder '{folder}' does not exist; point tokenizer= at a folder "
+                "holding the tokenizer files (tokenizer.json / tokenizer_config.json, as save_pretrained writes)."
+            )
+        try:
+            return HFTokenizer(
+                folder,
+                context_length=text_cfg.get("context_length", 77),
+                tokenizer_mode=text_cfg.get("tokenizer_mode"),
+                local_files_only=True,
+                **text_cfg.get("tokenizer_kwargs", {}),
+            )
+        except (OSError, ValueError) as error:
+            raise VlpromptError(
+                f"Backbone '{name}': '{folder}' is not a Hugging Face tokenizer folder ({error}); save one there "
+                "with tokenizer.save_pretrained(folder)."
+            ) from error
+    hf_name = text_cfg.get("hf_tokenizer_name", "")
     try:
-        return open_clip.get_tokenizer(arch)
+        # the cache only: transformers would otherwise reach for the hub
+        return open_clip.get_tokenizer(arch, **({"local_files_only": True} if hf_name else {}))
     except OSError as error:
         raise VlpromptError(
-            f"Backbone '{name}' uses a Hugging Face tokenizer that is not in the local cache; load it once on a "
-            "machine with network (open_clip.get_tokenizer) and copy the HF cache here."
+            f"Backbone '{name}' uses the Hugging Face tokenizer '{hf_name or arch}', which is not in the local "
+            "cache and is never downloaded here. Pass tokenizer=/path/to/folder (a copy of that tokenizer, saved "
+            "with save_pretrained), or load it once on a machine with network (open_clip.get_tokenizer) and copy "
+            "the HF cache (~/.cache/huggingface) here."
         ) from error
 
 

@@ -108,6 +108,12 @@ def _register_tiny() -> None:
             seed=int(seed), **kw
         ),
         "tiny:hf_clip": lambda seed=0: tiny.tiny_hf_clip(seed=int(seed)),
+        # beyond OpenAI CLIP: EVA-CLIP, SigLIP, SigLIP 2 inside open_clip, and timm's EVA / SigLIP ViTs alone
+        "tiny:open_clip_eva": lambda seed=0: tiny.tiny_open_clip_eva(seed=int(seed)),
+        "tiny:open_clip_siglip": lambda seed=0: tiny.tiny_open_clip_siglip(seed=int(seed), version=1),
+        "tiny:open_clip_siglip2": lambda seed=0: tiny.tiny_open_clip_siglip(seed=int(seed), version=2),
+        "tiny:timm_eva": lambda seed=0: tiny.tiny_timm_eva(seed=int(seed)),
+        "tiny:timm_siglip": lambda seed=0: tiny.tiny_timm_siglip(seed=int(seed)),
     }
     for key, factory in entries.items():
         register_backbone(key)(factory)

@@ -15,12 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import TOWER_SITES, Backbone, BlockSites, PreprocessConfig, VisionTower
+from vlprompt.backbones.base import (
+    TOWER_SITES,
+    AttentionProjections,
+    Backbone,
+    BlockSites,
+    PreprocessConfig,
+    VisionTower,
+)
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
+from vlprompt.backbones.timm_readout import head_width, map_pool, timm_pooling
 from vlprompt.errors import VlpromptError
-
-_TIMM_POOLS = {"token": "cls", "avg": "mean"}
 
 
 def pool_tokens(
@@ -46,40 +52,33 @@ def pool_tokens(
 
 
 class TimmVisionTower(VisionTower):
-    """A timm ViT (cls / register tokens, with or without class-token position embedding)."""
+    """A timm ViT (cls / register tokens, with or without class-token position embedding, CLS / mean / MAP readout).
 
-    def __init__(self, model: nn.Module, pooling: str | None = None) -> None:
+    ``keep_head`` keeps timm's head after pooling: inside open_clip (``TimmModel``) it is CLIP's image projection.
+    """
+
+    def __init__(self, model: nn.Module, pooling: str | None = None, keep_head: bool = False) -> None:
         super().__init__()
-        if getattr(model, "attn_pool", None) is not None:
-            raise VlpromptError(
-                "This timm ViT pools with an attention head (global_pool='map'), which prompt methods cannot read "
-                "out per token. Create it with global_pool='token' or 'avg' (timm.create_model(..., "
-                "global_pool='avg')), or pick a ViT without a MAP head."
-            )
         if getattr(model, "dist_token", None) is not None:
             raise VlpromptError(
                 "This timm ViT is a distilled DeiT (class + distillation token, averaged heads); vlprompt reads out "
                 "one class token. Use the non-distilled variant (e.g. 'deit_base_patch16_224')."
             )
-        if pooling is None:
-            if model.global_pool not in _TIMM_POOLS:
-                raise VlpromptError(
-                    f"This timm ViT uses global_pool={model.global_pool!r}; vlprompt reads out with 'token' (CLS) "
-                    "or 'avg' (mean of patch tokens). Create the model with global_pool='token' or 'avg'."
-                )
-            pooling = _TIMM_POOLS[model.global_pool]
-        if pooling not in ("cls", "mean"):
-            raise VlpromptError(f"TimmVisionTower pooling must be 'cls' or 'mean', got {pooling!r}.")
-        if model.get_classifier() is not None and not isinstance(model.get_classifier(), nn.Identity):
+        pooling = timm_pooling(model, pooling)
+        if not keep_head and model.get_classifier() is not None and not isinstance(model.get_classifier(), nn.Identity):
             model.reset_classifier(0)  # the adapter outputs pre-logits features; methods own their heads
         self.model = model
         self.pooling = pooling
+        self.keep_head = keep_head
         self.width = int(model.embed_dim)
         self.num_blocks = len(model.blocks)
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self.patch_size = int(model.patch_embed.patch_size[0])
-        self.feature_dim = int(model.num_features)
+        self.feature_dim = head_width(model, keep_head)
         self._pool_include_prefix = bool(getattr(model, "pool_include_prefix", False))
+
+    def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.norm_pre(tokens)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -121,6 +120,17 @@ class TimmVisionTower(VisionTower):
             places["mlp_out"] = (block.mlp, "fc2")
         return BlockSites(places)
 
+    def attention_projections(self, index: int) -> AttentionProjections:
+        """Block ``index``'s packed ``qkv`` and ``proj`` (the places ``block_sites`` names), for CLIP-LoRA."""
+        sites = self.block_sites(index)
+        if not (sites.has("attn_qkv") and sites.has("attn_out")):
+            raise VlpromptError(
+                f"Block {index} of this timm ViT has no packed qkv attention (timm's Attention), so its attention "
+                "projections cannot take LoRA."
+            )
+        owner, packed = sites.places["attn_qkv"]  # timm's Attention holds both: (attn, "qkv"), (attn, "proj")
+        return AttentionProjections(owner=owner, packed=packed, separate={"o": sites.places["attn_out"][1]})
+
     def tower_sites(self) -> BlockSites:
         model = self.model
         places: dict[str, tuple[nn.Module, str]] = {"patch_proj": (model.patch_embed, "proj"), "norm_final": (model, "norm")}
@@ -132,10 +142,17 @@ class TimmVisionTower(VisionTower):
         self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False
     ) -> torch.Tensor:
         tokens = self.model.norm(tokens)
-        pooled = pool_tokens(
-            tokens, self.pooling, self.num_prefix_tokens, num_prompts, pool_prompts, self._pool_include_prefix
-        )
-        return self.model.fc_norm(pooled)
+        if self.pooling == "map":
+            pooled = map_pool(
+                self.model.attn_pool, tokens, self.num_prefix_tokens, num_prompts, pool_prompts,
+                self._pool_include_prefix,
+            )
+        else:
+            pooled = pool_tokens(
+                tokens, self.pooling, self.num_prefix_tokens, num_prompts, pool_prompts, self._pool_include_prefix
+            )
+        pooled = self.model.fc_norm(pooled)
+        return self.model.head(self.model.head_drop(pooled)) if self.keep_head else pooled
 
 
 def timm_preprocess(model: nn.Module) -> PreprocessConfig:
@@ -156,17 +173,22 @@ def timm_preprocess(model: nn.Module) -> PreprocessConfig:
 
 
 def wrap_timm_vit(model: nn.Module, backbone_id: str, kind: str = "vit") -> Backbone:
-    """A timm ``VisionTransformer`` as a Backbone. ``kind="mae"`` reads out the mean of the patch tokens."""
+    """A timm ``VisionTransformer`` or ``Eva`` as a Backbone. ``kind="mae"`` reads out the mean of the patch tokens."""
     if kind not in ("vit", "mae"):
         raise VlpromptError(f"wrap_timm_vit: kind must be 'vit' or 'mae', got {kind!r}.")
+    from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
-    if not isinstance(model, VisionTransformer):
+    from vlprompt.backbones.timm_eva import EvaVisionTower
+
+    towers = {VisionTransformer: TimmVisionTower, Eva: EvaVisionTower}
+    tower_class = next((t for cls, t in towers.items() if isinstance(model, cls)), None)
+    if tower_class is None:
         raise VlpromptError(
-            f"Backbone '{backbone_id}' is a timm {type(model).__name__}, not a VisionTransformer; prompt methods "
-            "need a plain ViT token pipeline. Pick a 'vit_*' / 'deit*' architecture."
+            f"Backbone '{backbone_id}' is a timm {type(model).__name__}, not a VisionTransformer or Eva; prompt "
+            "methods need a ViT token pipeline. Pick a 'vit_*' / 'deit*' / 'eva02_*' architecture."
         )
-    tower = TimmVisionTower(model, pooling="mean" if kind == "mae" else None)
+    tower = tower_class(model, pooling="mean" if kind == "mae" else None)
     return Backbone(
         backbone_id=backbone_id,
         visual=tower,
@@ -234,10 +256,11 @@ def _load_timm_file(spec: str, name: str, weights: str, kwargs: dict) -> Any:
     embeddings and converts layouts) and refuse any file that leaves a non-classifier weight unloaded: timm
     itself loads non-strictly whenever the classifier size differs, which would silently keep random weights."""
     import timm
-    from timm.models import load_pretrained
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    from timm.models import eva, load_pretrained, vision_transformer
 
     model = timm.create_model(spec, pretrained=False, **kwargs)
+    # each timm family converts its own checkpoint layouts (EVA: the original EVA-02 / EVA-CLIP key names)
+    checkpoint_filter_fn = (eva if isinstance(model, eva.Eva) else vision_transformer).checkpoint_filter_fn
     classifier = model.pretrained_cfg.get("classifier", "head")
     classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     report: dict[str, list[str]] = {}

@@ -180,3 +180,161 @@ def clip_b16_shaped(seed: int = 0) -> Backbone:
         open_clip_preprocess(model),
         f"random:open_clip:ViT-B-16@seed{seed}",
     )
+
+
+# ----- open_clip towers beyond OpenAI CLIP (EVA-CLIP, SigLIP, SigLIP 2) and timm MAP / EVA ViTs -----
+TINY_SIGLIP_CONTEXT_LENGTH = 64  # SigLIP's trained text length
+_SENTENCEPIECE_WORDS = (
+    "a", "an", "the", "of", "photo", "picture", "drawing", "sketch", "red", "green", "blue", "circle", "square",
+    "triangle", "x", "cat", "dog", "itap", "art",
+)
+
+
+def tiny_sentencepiece_folder(style: str) -> str:
+    """A tiny SentencePiece-style (Unigram, "▁" word boundaries) HF tokenizer written to a temp folder, offline.
+
+    ``style="t5"`` is SigLIP's layout (no start token, ``</s>`` appended, ``<pad>`` = 0); ``"gemma"`` is Gemma's HF
+    default as SigLIP 2 ships it (``<bos>`` first, no end token, ``<pad>`` = 0). Every lowercase word tokenises
+    (single letters are in the vocabulary), so any class name works. Built with the ``tokenizers`` library from a
+    hand-written vocabulary, never downloaded; the folder loads with transformers' AutoTokenizer like a hub copy.
+    """
+    return _sentencepiece_folder(style)
+
+
+@functools.lru_cache(maxsize=2)
+def _sentencepiece_folder(style: str) -> str:
+    import string
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
+
+    if style not in ("t5", "gemma"):
+        raise ValueError(f"tiny tokenizer style must be 't5' or 'gemma', got {style!r}")
+    specials = ["<pad>", "</s>", "<unk>"] if style == "t5" else ["<pad>", "<eos>", "<bos>", "<unk>"]
+    pieces = [(token, 0.0) for token in specials] + [("▁", -2.0)]
+    pieces += [("▁" + word, -3.0) for word in _SENTENCEPIECE_WORDS]
+    pieces += [(c, -6.0) for c in string.ascii_lowercase + string.digits + ".,'-"]
+    pieces += [("▁" + c, -7.0) for c in string.ascii_lowercase + string.digits]
+    tokenizer = Tokenizer(Unigram(pieces, unk_id=specials.index("<unk>")))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    if style == "t5":
+        tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        names = {"eos_token": "</s>"}
+    else:
+        tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+        names = {"eos_token": "<eos>", "bos_token": "<bos>"}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", **names)
+    folder = tempfile.mkdtemp(prefix=f"vlprompt-tiny-{style}-tokenizer-")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def tiny_sentencepiece_tokenizer(style: str) -> Any:
+    """open_clip's ``HFTokenizer`` over ``tiny_sentencepiece_folder(style)`` (SigLIP's cleaning, 64 tokens)."""
+    from open_clip.tokenizer import HFTokenizer
+
+    return HFTokenizer(
+        tiny_sentencepiece_folder(style), context_length=TINY_SIGLIP_CONTEXT_LENGTH, clean="canonicalize"
+    )
+
+
+def _open_clip_timm_tower(trunk: Any) -> Any:
+    """open_clip's own ``TimmModel`` around a tiny timm trunk.
+
+    TimmModel's constructor passes no size options to timm (it would build the full-size trunk), so the tiny tower
+    is assembled from the same parts it would hold: ``trunk`` built with the options TimmModel passes
+    (``num_classes`` = the projection width or 0, ``global_pool``) plus tiny sizes, and an empty ``head`` (open_clip's
+    ``timm_proj`` null / "none" configs, which EVA02-B-16 and the SigLIP configs are).
+    """
+    from open_clip.timm_model import TimmModel
+    from torch import nn
+
+    tower = TimmModel.__new__(TimmModel)
+    nn.Module.__init__(tower)
+    tower.image_size = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    tower.trunk = trunk
+    tower.head = nn.Sequential()
+    return tower
+
+
+def _tiny_eva_trunk(num_classes: int) -> Any:
+    import timm
+
+    return timm.create_model(
+        "eva02_base_patch16_clip_224", pretrained=False, img_size=TINY_IMAGE_SIZE, patch_size=8, embed_dim=32,
+        depth=2, num_heads=2, ref_feat_shape=(4, 4), num_classes=num_classes, global_pool="token",
+    )
+
+
+def _tiny_siglip_trunk() -> Any:
+    import timm
+
+    return timm.create_model(
+        "vit_base_patch16_siglip_224", pretrained=False, img_size=TINY_IMAGE_SIZE, patch_size=8, embed_dim=32,
+        depth=2, num_heads=2, mlp_ratio=2.0, num_classes=0, global_pool="map",
+    )
+
+
+def tiny_open_clip_eva(seed: int = 0) -> Backbone:
+    """open_clip EVA02-B-16 shrunk: a timm Eva trunk (rope, SwiGLU, fused head as projection) + causal text."""
+    import open_clip
+
+    from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
+
+    def build() -> Any:
+        vision, text = _tiny_clip_cfgs({})
+        model = open_clip.CustomTextCLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
+        model.visual = _open_clip_timm_tower(_tiny_eva_trunk(num_classes=32))
+        return model.eval()
+
+    model = _seeded(seed, build)
+    return wrap_open_clip(model, open_clip_tokenizer(), open_clip_preprocess(model), f"tiny:open_clip_eva@seed{seed}")
+
+
+def tiny_open_clip_siglip(seed: int = 0, version: int = 1) -> Backbone:
+    """open_clip ViT-B-16-SigLIP (``version=1``) / -SigLIP2 (2) shrunk: timm MAP ViT + bidirectional text tower
+    pooled at the last slot, context 64, logit bias -10, its own SentencePiece-style tokenizer."""
+    import open_clip
+
+    from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
+
+    style = "t5" if version == 1 else "gemma"
+    vocab = len(tiny_sentencepiece_tokenizer(style).tokenizer)
+    text = {
+        "context_length": TINY_SIGLIP_CONTEXT_LENGTH, "vocab_size": vocab, "width": 32, "heads": 2, "layers": 2,
+        "mlp_ratio": 2.0, "no_causal_mask": True, "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": 1e-6},
+    }
+    if version == 2:
+        text["act_kwargs"] = {"approximate": "tanh"}
+
+    def build() -> Any:
+        vision, _ = _tiny_clip_cfgs({})
+        model = open_clip.CustomTextCLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, init_logit_bias=-10.0)
+        model.visual = _open_clip_timm_tower(_tiny_siglip_trunk())
+        return model.eval()
+
+    model = _seeded(seed, build)
+    return wrap_open_clip(
+        model, tiny_sentencepiece_tokenizer(style), open_clip_preprocess(model),
+        f"tiny:open_clip_siglip{'' if version == 1 else '2'}@seed{seed}",
+    )
+
+
+def tiny_timm_eva(seed: int = 0) -> Backbone:
+    """timm ``Eva`` (EVA-02 CLIP layout) alone, as ``timm:eva02_*`` loads it: 32 px, patch 8, width 32."""
+    from vlprompt.backbones.timm_vit import wrap_timm_vit
+
+    model = _seeded(seed, lambda: _tiny_eva_trunk(num_classes=0)).eval()
+    return wrap_timm_vit(model, backbone_id=f"tiny:timm_eva@seed{seed}")
+
+
+def tiny_timm_siglip(seed: int = 0) -> Backbone:
+    """timm SigLIP ViT with its MAP head, as ``timm:vit_base_patch16_siglip_224`` loads it (tiny sizes)."""
+    from vlprompt.backbones.timm_vit import wrap_timm_vit
+
+    model = _seeded(seed, _tiny_siglip_trunk).eval()
+    return wrap_timm_vit(model, backbone_id=f"tiny:timm_siglip@seed{seed}")

@@ -11,6 +11,7 @@ from torch import nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
+from vlprompt.losses import sigmoid_loss
 from vlprompt.methods.base import PromptMethod
 from vlprompt.prompts.text import ensemble_features, hand_crafted_features
 
@@ -29,6 +30,7 @@ class ClipMethod(PromptMethod):
     def __init__(self, backbone: Backbone, labels: LabelSpace, config) -> None:
         super().__init__(backbone, labels, config)
         self.logit_scale = float(backbone.logit_scale)
+        self.logit_bias = float(backbone.logit_bias)
         self._hand_key: tuple | None = None
         self._hand: torch.Tensor | None = None
         self._all_templates_key: tuple | None = None
@@ -66,10 +68,23 @@ class ClipMethod(PromptMethod):
         return self._all_templates
 
     def clip_logits(self, image_features: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
-        """s·cos for normalised features: [B, D] x [C, D] -> [B, C], or per-image classes [B, C, D]."""
+        """s·cos + b for normalised features: [B, D] x [C, D] -> [B, C], or per-image classes [B, C, D].
+
+        b is the model's logit bias (SigLIP; 0 for CLIP): softmax-based losses and teachers are invariant to it,
+        the sigmoid loss and per-class sigmoid probabilities are not.
+        """
         if class_features.dim() == 3:
-            return self.logit_scale * torch.einsum("bd,bcd->bc", image_features, class_features)
-        return self.logit_scale * image_features @ class_features.t()
+            cos = torch.einsum("bd,bcd->bc", image_features, class_features)
+        else:
+            cos = image_features @ class_features.t()
+        return self.logit_scale * cos + self.logit_bias
+
+    def classification_loss(self, logits: torch.Tensor, batch: dict, kind: str = "ce") -> torch.Tensor | None:
+        """Cross-entropy (CLIP's objective, the methods' official loss) or ``"sigmoid"`` (SigLIP's own)."""
+        label = batch.get("label")
+        if label is None:
+            return None
+        return sigmoid_loss(logits, label) if kind == "sigmoid" else self.cross_entropy(logits, batch)
 
     def zero_shot_outputs(self, batch: dict, ensemble: bool) -> dict:
         """Zero-shot CLIP's prediction with the hand-crafted classifier (one template, or the ensemble)."""

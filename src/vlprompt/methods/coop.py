@@ -14,7 +14,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace
-from vlprompt.losses import grouped_text_ce
+from vlprompt.losses import CLASSIFICATION_LOSSES, grouped_text_ce
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.text import (
@@ -80,6 +80,16 @@ class CoOpConfig(ValidatedConfig):
             "the hand-crafted features of all templates); 0 turns it off"
         ), "range": (0.0, None)},
     )
+    loss: str = field(
+        default="ce",
+        metadata={
+            "help": (
+                "'ce' (cross-entropy over classes, the method's official loss) or 'sigmoid' (SigLIP's pairwise "
+                "sigmoid loss with the model's logit bias, to train a SigLIP with its own objective)"
+            ),
+            "choices": CLASSIFICATION_LOSSES,
+        },
+    )
     ctx_init_align: str = field(
         default="fit",
         metadata={"help": (
@@ -135,7 +145,7 @@ def context_outputs(method: ClipMethod, batch: dict) -> dict:
     image = method.normalized_image_features(batch)
     class_features = method.prompt.class_features(method.text)
     logits = method.clip_logits(image.to(class_features.device), class_features)
-    loss = method.cross_entropy(logits, batch)
+    loss = method.classification_loss(logits, batch, method.config.loss)
     if loss is not None and method.config.text_loss_weight > 0:
         text_loss = grouped_text_ce(class_features, method.template_features(), method.logit_scale)
         loss = loss + method.config.text_loss_weight * text_loss

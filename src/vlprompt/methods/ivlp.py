@@ -20,6 +20,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
+from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.deep_text import DeepTextPrompt
@@ -62,7 +63,7 @@ def deep_vl_outputs(method: ClipMethod, batch: dict, vision_prompts: list[torch.
     class_features = method.text_prompt.class_features(method.text)
     logits = method.clip_logits(image, class_features.to(image.device))
     return {
-        "loss": method.cross_entropy(logits, batch),
+        "loss": method.classification_loss(logits, batch, method.config.loss),
         "logits": logits,
         "image": image,
         "class_features": class_features,
@@ -96,6 +97,10 @@ class IVLPConfig(ValidatedConfig):
     )
     class_chunk: int = option(256, help="class prompts per text-encoder call (bounds memory for many classes)",
                               range=(1, None))
+    loss: str = option(
+        "ce", help="'ce' (the official loss) or 'sigmoid' (SigLIP's own objective, with the model's logit bias)",
+        choices=CLASSIFICATION_LOSSES,
+    )
 
 
 @register_method("ivlp")

@@ -19,6 +19,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
+from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
 from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, deep_text_prompt, deep_vl_outputs, encode_prompted_images
@@ -40,6 +41,10 @@ class MaPLeConfig(ValidatedConfig):
     )
     class_chunk: int = option(256, help="class prompts per text-encoder call (bounds memory for many classes)",
                               range=(1, None))
+    loss: str = option(
+        "ce", help="'ce' (the official loss) or 'sigmoid' (SigLIP's own objective, with the model's logit bias)",
+        choices=CLASSIFICATION_LOSSES,
+    )
 
     # deep_text_prompt reads IVLP's per-tower names
     @property

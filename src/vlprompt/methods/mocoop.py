@@ -150,6 +150,7 @@ class MoCoOp(ClipMethod):
             features, gram = self._cached_experts()
             slots = routing.experts
         logits = PromptMixture.mixed_logits(image, features, slots, routing.weights, self.logit_scale, gram)
+        logits = logits + self.logit_bias  # the model's bias (SigLIP), as in clip_logits
         outputs = {"logits": logits, "experts": routing.experts, "weights": routing.weights}
         loss = self.cross_entropy(logits, batch)
         if loss is not None and self.training and active:

@@ -38,8 +38,8 @@ class VPTConfig(ValidatedConfig):
     )
     pool_prompts: bool = option(
         True,
-        help=("whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS "
-              "readouts ignore it)"),
+        help=("whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them) or the keys "
+              "of an attention-pooled (MAP, SigLIP) readout; CLS readouts ignore it"),
     )
 
 

@@ -236,6 +236,15 @@ def attach_lora(projections: AttentionProjections, targets: Sequence[str], rank:
         projections.replace(projections.fused, wrapper)
         return [wrapper]
     wrappers = []
+    if projections.packed is not None:
+        qkv = [name for name in targets if name in "qkv"]
+        if qkv:
+            base = projections.get(projections.packed)
+            width = base.in_features
+            packed = LoRAPackedLinear(base, {n: delta(width, width) for n in qkv} if rank > 0 else {})
+            projections.replace(projections.packed, packed)
+            wrappers.append(packed)
+        targets = [name for name in targets if name not in "qkv"]
     for name in targets:
         attribute = projections.separate[name]
         linear = projections.get(attribute)

@@ -94,20 +94,23 @@ def build_layout(
     lead = token_count(text, context_text, "Context init words") if context_text else n_ctx
     before = context_text or " ".join([PLACEHOLDER] * n_ctx)
     joiner = " " if suffix[:1].isalnum() else ""
+    start = text.start_tokens  # the text begins after CLIP's SOS (1), at slot 0 for SigLIP's tokenizer
     texts, name_lens = [], []
     for name in classnames:
         name_len = token_count(text, name, "Class name")
-        check_fits(text, 1 + lead + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
+        check_fits(text, start + lead + name_len + suffix_len + 1, name, f"a prompt with {n_ctx} context tokens")
         texts.append(" ".join(part for part in (before, name) if part) + joiner + suffix)
         name_lens.append(name_len)
     token_ids = text.tokenize(texts)
     eot = end_token_positions(text, token_ids)
     slot = torch.full(token_ids.shape, n_ctx, dtype=torch.long)
-    slot[:, 1 : 1 + n_ctx] = torch.arange(n_ctx)
+    slot[:, start : start + n_ctx] = torch.arange(n_ctx)
     if position != "end":
         first = n_ctx // 2 if position == "middle" else 0
         for row, (name, name_len) in enumerate(zip(classnames, name_lens)):
-            order = _class_moved_order(int(eot[row]), token_ids.shape[1], n_ctx, first, name, name_len, suffix_len)
+            order = _class_moved_order(
+                int(eot[row]), token_ids.shape[1], start, n_ctx, first, name, name_len, suffix_len
+            )
             token_ids[row], slot[row] = token_ids[row, order], slot[row, order]
     if exact_fast_paths(text):
         length = int(eot.max()) + 1
@@ -116,14 +119,15 @@ def build_layout(
 
 
 def _class_moved_order(
-    eot: int, length: int, n_ctx: int, first: int, name: str, name_len: int, suffix_len: int
+    eot: int, length: int, start: int, n_ctx: int, first: int, name: str, name_len: int, suffix_len: int
 ) -> torch.Tensor:
-    """Positions of the class-at-end prompt in the order [SOS, ctx[:first], class, ctx[first:], rest].
+    """Positions of the class-at-end prompt in the order [start tokens, ctx[:first], class, ctx[first:], rest]
+    (``start``: the tower's start tokens, CLIP's SOS).
 
     The class span is the ``name_len`` tokens right after the context (``name_len`` counted on the name alone),
     as in the official code; the EOT stays where it was, so pooling is unchanged.
     """
-    own = eot - 1 - n_ctx  # tokens after the context, up to the EOT
+    own = eot - start - n_ctx  # tokens after the context, up to the EOT
     if own < name_len:
         raise ConfigError(
             f"Class name {name!r} has {name_len} tokens alone but only {own} inside the prompt, so a class span "
@@ -136,12 +140,12 @@ def _class_moved_order(
             "token moves with the class name, so with the class in the middle or front no separate suffix follows "
             "the context for this class.", name,
         )
-    cls = 1 + n_ctx
+    cls = start + n_ctx
     return torch.cat(
         [
-            torch.arange(0, 1 + first),
+            torch.arange(0, start + first),
             torch.arange(cls, cls + name_len),
-            torch.arange(1 + first, cls),
+            torch.arange(start + first, cls),
             torch.arange(cls + name_len, length),
         ]
     )
@@ -216,7 +220,8 @@ class ContextPrompt(nn.Module):
         if n_words:
             with torch.no_grad():
                 ids = text.tokenize([words]).to(device)
-                vectors = text.embed_tokens(ids)[0, 1 : 1 + n_words].detach().float().clone()
+                start = text.start_tokens
+                vectors = text.embed_tokens(ids)[0, start : start + n_words].detach().float().clone()
             if init_align == "right":
                 if n_ctx < n_words:
                     raise ConfigError(
@@ -299,12 +304,12 @@ class ContextPrompt(nn.Module):
             and self.position == "end"
             and not self.class_specific
             and exact_fast_paths(text)
-            and text.prefix_path_applies(self.eot, 1 + self.n_ctx, deep)
+            and text.prefix_path_applies(self.eot, text.start_tokens + self.n_ctx, deep)
         )
 
     def plan(self, text: TextTower, prefixes: int, chunk: int | None, trained: bool):
         """The encoder calls of one step on the prefix path (see prompts/text_plan.py)."""
-        prefix_length = 1 + self.n_ctx
+        prefix_length = text.start_tokens + self.n_ctx
         budget = self.memory_mb * 2**20 if trained else None
         max_rows = chunk or (None if trained else self.class_chunk)
         return plan_suffix_chunks(
@@ -318,9 +323,9 @@ class ContextPrompt(nn.Module):
         self, text: TextTower, ctx: torch.Tensor, chunk: int | None, deep: tuple[torch.Tensor, ...], trained: bool
     ) -> torch.Tensor:
         """[SOS, ctx] once per context (prefix_states), then every class's own tokens in length groups."""
-        sos = self.base[0, :1]
+        sos = self.base[0, : text.start_tokens]
         contexts = ctx.reshape(-1, self.n_ctx, ctx.shape[-1]).to(sos.dtype)  # [m, M, w]
-        prefixes = torch.cat([sos.expand(contexts.shape[0], 1, -1), contexts], dim=1)
+        prefixes = torch.cat([sos.expand(contexts.shape[0], -1, -1), contexts], dim=1)
         states = text.prefix_states(prefixes, deep)
         parts, order = [], []
         for call in pack_calls(self.plan(text, prefixes.shape[0], chunk, trained), chunk):
@@ -337,7 +342,7 @@ class ContextPrompt(nn.Module):
         self, text: TextTower, states: list[torch.Tensor], rows: tuple[torch.Tensor, ...]
     ) -> torch.Tensor:
         """One encoder call over several length groups (their tokens packed, no padding)."""
-        start = 1 + self.n_ctx
+        start = text.start_tokens + self.n_ctx
         lengths = (self.eot[[int(r[0]) for r in rows]] - start + 1).tolist()
         return text.encode_suffixes(states, [self.base[r, start : start + n] for r, n in zip(rows, lengths)])
 

@@ -19,11 +19,17 @@ from vlprompt.errors import ConfigError
 def exact_fast_paths(text: TextTower) -> bool:
     """THE gate of the exact fast paths (truncation at the EOT, the shared prefix, length-grouped suffixes).
 
-    They rest on a causal encoder pooled at the EOT: only a ``CausalTextTower`` that declares them exact
-    (``fast_paths_exact``: no padding mask, no appended class token) takes them; every other tower (a non-causal
-    SigLIP-style tower, a CLIP pooled at a class token) takes the plain path, so results never change.
+    They rest on a causal encoder pooled at the EOT (``TextTower.causal`` / ``pooling``): only a
+    ``CausalTextTower`` that declares them exact (``fast_paths_exact``: no padding mask, no appended class token)
+    takes them; every other tower (a bidirectional SigLIP tower pooled at the last slot, a CLIP pooled at a class
+    token) takes the plain path, so results never change.
     """
-    return isinstance(text, CausalTextTower) and bool(text.fast_paths_exact)
+    return (
+        isinstance(text, CausalTextTower)
+        and bool(text.fast_paths_exact)
+        and text.causal
+        and text.pooling in ("eot", "argmax")
+    )
 
 
 def encode_text_embeddings(
@@ -45,18 +51,20 @@ def end_token_positions(text: TextTower, token_ids: torch.Tensor) -> torch.Tenso
     """Index of the end-of-text token in each row (context_length when a row has none).
 
     Not ``eot_positions``: a tower may pool elsewhere (an appended class token), while counting tokens needs
-    the EOT token itself. Its id is read from the tokenisation of the empty text, [SOS, EOT, ...].
+    the EOT token itself. Its id is read from the tokenisation of the empty text, [start tokens, EOT, ...]; a
+    tokenizer that appends no end token (Gemma's, SigLIP 2) pads there, and the first pad is where the text ends.
     """
-    end_id = int(text.tokenize([""])[0, 1])
+    start = text.start_tokens
+    end_id = int(text.tokenize([""])[0, start])
     is_end = token_ids == end_id
-    is_end[:, 0] = False
+    is_end[:, :start] = False
     found = is_end.any(dim=1)
     first = is_end.int().argmax(dim=1)
     return torch.where(found, first, torch.full_like(first, token_ids.shape[1]))
 
 
 def token_count(text: TextTower, phrase: str, what: str) -> int:
-    """Number of tokens of ``phrase`` without SOS/EOT; raises when it alone fills the context."""
+    """Number of tokens of ``phrase`` without start/end tokens; raises when it alone fills the context."""
     ids = text.tokenize([phrase])
     eot = int(end_token_positions(text, ids)[0])
     if eot >= text.context_length - 1:
@@ -64,7 +72,7 @@ def token_count(text: TextTower, phrase: str, what: str) -> int:
             f"{what} {phrase!r} tokenises to more than the text tower's context length "
             f"({text.context_length} tokens). Shorten it or use a backbone with a longer context."
         )
-    return eot - 1
+    return eot - text.start_tokens
 
 
 def check_fits(text: TextTower, needed: int, classname: str, what: str) -> None:
