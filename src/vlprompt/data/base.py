@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -28,6 +29,9 @@ class LabelSpace:
     templates, for the mixture of prompt experts.
     """
 
+    # Which task a label space describes: "classification" here, "segmentation" in data/segmentation.py. Methods
+    # choose their head by it (methods/heads.py) and refuse task types they do not support.
+    task_type: ClassVar[str] = "classification"
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     template_groups: dict[str, list[str]] = field(default_factory=dict)
@@ -55,8 +59,11 @@ class LabelSpace:
 class ImageDataset(Dataset):
     """A list of (image source, label) pairs; ``load`` turns a source into a PIL image.
 
-    ``labels`` is readable without decoding any image, so few-shot sampling stays cheap.
+    ``labels`` is readable without decoding any image, so few-shot sampling stays cheap. ``task_type`` says
+    which transforms and which evaluation apply (train/tasks.py); segmentation's subclass yields (image, mask).
     """
+
+    task_type: ClassVar[str] = "classification"
 
     def __init__(
         self,
