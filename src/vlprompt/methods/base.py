@@ -47,6 +47,9 @@ class PromptMethod(nn.Module):
     needs_text_tower: ClassVar[bool] = False
     # True when forward() can consume cached "features" instead of "image" (image tower frozen, no prompts in it).
     uses_image_features: ClassVar[bool] = False
+    # The task types (LabelSpace.task_type) the method can be built for; image methods with a task head
+    # (methods/heads.py) add "segmentation".
+    task_types: ClassVar[tuple[str, ...]] = ("classification",)
     # Recommended TrainConfig fields for this method (lr, epochs, optimizer...); user settings override them.
     train_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -113,6 +116,14 @@ def create_method(name: str, backbone: Backbone, labels: LabelSpace, **overrides
 
     import_all()
     cls = METHODS.get(name)
+    if labels.task_type not in cls.task_types:
+        from vlprompt.errors import ConfigError
+
+        supported = sorted(n for n in METHODS.names() if labels.task_type in METHODS.get(n).task_types)
+        raise ConfigError(
+            f"Method '{name}' does not support {labels.task_type} tasks (it supports {', '.join(cls.task_types)}). "
+            f"For {labels.task_type}, use one of: {', '.join(supported)}."
+        )
     config = build_config(cls.config_class, overrides, where=f"method '{name}'")
     if cls.needs_text_tower and backbone.text is None:
         from vlprompt.errors import ConfigError

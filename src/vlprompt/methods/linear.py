@@ -10,7 +10,10 @@ from torch import nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
+from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
+from vlprompt.methods.heads import HEAD_OPTION_HELP, task_head
+from vlprompt.prompts.visual import prompted_block_outputs
 
 
 @dataclass
@@ -23,20 +26,30 @@ class LinearConfig:
             "L2-normalise features before the head (useful for CLIP features; off as in VPT's table)"
         )},
     )
+    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
 
 @register_method("linear")
 class LinearProbe(PromptMethod):
-    """Head-only training; the image tower is frozen, so the trainer may cache its features once."""
+    """Head-only training; the image tower is frozen, so for classification the trainer may cache its features
+    once. For segmentation the head is SETR's decoder on the frozen patch grid (VPT's "linear" row for dense
+    tasks); the tower runs without autograd every step, since the grid of a random crop cannot be cached."""
 
     config_class = LinearConfig
     uses_image_features = True
+    task_types: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
     # A head on cached features converges in few epochs with Adam; SGD at the library default is far slower.
     train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: LinearConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.head = nn.Linear(backbone.visual.feature_dim, labels.num_classes)
+        self.head = task_head(backbone.visual, labels, config.head)
+        self.dense = labels.task_type == "segmentation"
+        if self.dense:
+            if config.normalize:
+                raise ConfigError("LinearConfig.normalize applies to pooled features; a segmentation head reads the "
+                                  "patch grid. Drop normalize for segmentation tasks.")
+            self.uses_image_features = False  # per-pixel training reads images (aligned crops), not cached features
 
     def _features(self, batch: dict) -> torch.Tensor:
         features = batch.get("features")
@@ -49,5 +62,12 @@ class LinearProbe(PromptMethod):
         return features
 
     def forward(self, batch: dict) -> dict:
+        if self.dense:
+            images = batch["image"]
+            blocks = self.head.blocks(self.visual.num_blocks)
+            with torch.no_grad():
+                outputs = prompted_block_outputs(self.visual, None, images, blocks)
+            read = self.head.read(self.visual, outputs, 0, False, tuple(images.shape[-2:]))
+            return {"loss": self.head.loss(read, batch), "logits": read["logits"]}
         logits = self.head(self._features(batch))
         return {"loss": self.cross_entropy(logits, batch), "logits": logits}

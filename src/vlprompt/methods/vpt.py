@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.prompts.visual import VisualPrompts, prompted_forward
+from vlprompt.methods.heads import HEAD_OPTION_HELP, task_head
+from vlprompt.prompts.visual import VisualPrompts, prompted_block_outputs, prompted_forward
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class VPTConfig:
         )},
     )
 
+    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
+
     def __post_init__(self) -> None:
         where = type(self).__name__
         if self.num_tokens < 1:
@@ -68,6 +70,7 @@ class VisualPromptMethod(PromptMethod):
 
     config_class: ClassVar[type] = VPTConfig
     deep: ClassVar[bool] = False
+    task_types: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
     train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
@@ -82,14 +85,18 @@ class VisualPromptMethod(PromptMethod):
             projection_dim=config.projection_dim,
             patch_size=visual.patch_size,
         )
-        self.head = nn.Linear(visual.feature_dim, labels.num_classes)
+        self.head = task_head(visual, labels, config.head)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled image features (the classification readout's input)."""
         return prompted_forward(self.visual, self.prompts, images, pool_prompts=self.config.pool_prompts)
 
     def forward(self, batch: dict) -> dict:
-        logits = self.head(self.encode(batch["image"]))
-        return {"loss": self.cross_entropy(logits, batch), "logits": logits}
+        images = batch["image"]
+        outputs = prompted_block_outputs(self.visual, self.prompts, images, self.head.blocks(self.visual.num_blocks))
+        read = self.head.read(self.visual, outputs, self.prompts.num_tokens, self.config.pool_prompts,
+                              tuple(images.shape[-2:]))
+        return {"loss": self.head.loss(read, batch), "logits": read["logits"]}
 
 
 @register_method("vpt-shallow")

@@ -46,7 +46,7 @@ def predict(method, dataset: ImageDataset, *, batch_size: int = 256, device: str
     return torch.cat(logits), labels
 
 
-def evaluate(method, dataset: ImageDataset, **kwargs) -> float:
-    """Top-1 accuracy in [0, 1]."""
+def top1_accuracy(method, dataset: ImageDataset, **kwargs) -> float:
+    """Top-1 accuracy in [0, 1] (classification's metric; train/tasks.py ``evaluate`` dispatches on the task)."""
     logits, labels = predict(method, dataset, **kwargs)
     return float((logits.argmax(dim=1) == labels).float().mean())

@@ -35,9 +35,10 @@ from vlprompt.train import resume
 from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
 from vlprompt.train.config import TrainConfig
-from vlprompt.train.predict import evaluate, predict
+from vlprompt.train.predict import predict
 from vlprompt.train.schedule import build_optimizer, lr_at
 from vlprompt.train.sources import FeatureSource, ImageSource, cache_key
+from vlprompt.train.tasks import evaluate, task_type_of
 
 __all__ = ["FitResult", "Trainer", "evaluate", "predict"]
 
@@ -132,7 +133,8 @@ class Trainer:
             labels = torch.tensor(dataset.labels, dtype=torch.long)
             return FeatureSource(self.cached_features(dataset, train=True), labels, config.seed)
         batches_per_epoch = math.ceil(len(dataset) / (config.batch_size * self.world_size))
-        return ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)), config.seed,
+        transform = task_type_of(dataset).train_transform(preprocess, config.augment)
+        return ImageSource(dataset.with_transform(transform), config.seed,
                             workers_for(config.resolved_num_workers(), batches_per_epoch),
                             pin_memory=self.device.type == "cuda")
 
@@ -151,7 +153,7 @@ class Trainer:
         preprocess = method.backbone.preprocess
         self._feature_memo = {}
         if hasattr(method, "setup"):
-            method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+            method.setup(task.train.with_transform(task_type_of(task.train).eval_transform(preprocess)), self)
         self.callbacks.on_fit_start(self, task)
         if hasattr(method, "prepare"):  # built from the task's cached features (Tip-Adapter's cache, CLAP's λ)
             method.prepare(task, self)
