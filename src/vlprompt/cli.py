@@ -159,8 +159,12 @@ def cmd_eval(args) -> int:
     from vlprompt.evaluation import evaluate_run
 
     records = evaluate_run(args.run_dir, dataset=args.dataset, root=args.root, split=args.split,
-                           options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size)
-    print(format_table(records, ("method", "backbone", "dataset", "split", "accuracy")))
+                           options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size,
+                           inference=args.inference, stride=args.stride)
+    columns = ("method", "backbone", "dataset", "split", "accuracy")
+    if records and records[0].get("task_type") == "segmentation":
+        columns = ("method", "backbone", "dataset", "split", "mIoU", "mAcc", "aAcc")
+    print(format_table(records, columns))
     return 0
 
 
@@ -249,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--device", help="cpu, cuda, cuda:1, auto (default: the run's train.device)")
     p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's train.eval_batch_size)")
+    p.add_argument("--inference", choices=["whole", "slide"],
+                   help="segmentation runs: whole image (default) or sliding windows, at the original size")
+    p.add_argument("--stride", type=int, help="segmentation sliding-window stride in pixels (default 2/3 of the "
+                                              "input size)")
     p.add_argument("options", nargs="*", help="dataset options as key=value")
     p.set_defaults(func=cmd_eval)
 

@@ -52,6 +52,16 @@ class LabelSpace:
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    def task_fields(self) -> dict:
+        """What a checkpoint must store besides names and templates to rebuild this label space (none here)."""
+        return {}
+
+    @property
+    def sampling_classes(self) -> int:
+        """How many values ``ImageDataset.labels`` takes: few-shot sampling draws k items of each. One per class
+        here; segmentation items carry no single class, so k-shot there means k images."""
+        return self.num_classes
+
     def subset(self, labels: Sequence[int]) -> LabelSpace:
         return LabelSpace([self.classnames[i] for i in labels], list(self.templates), dict(self.template_groups))
 

@@ -61,6 +61,13 @@ class SegmentationLabels(LabelSpace):
             self.palette = default_palette(self.num_classes)
         self.palette = [tuple(int(c) for c in colour) for colour in self.palette]
 
+    @property
+    def sampling_classes(self) -> int:
+        return 1
+
+    def task_fields(self) -> dict:
+        return {"ignore_index": self.ignore_index, "palette": [list(colour) for colour in self.palette]}
+
     def subset(self, labels: Sequence[int]) -> LabelSpace:
         raise ConfigError(
             "A segmentation task cannot be split into class subsets (base/new): every image holds pixels of many "
@@ -143,3 +150,15 @@ def reduce_zero_label(values: np.ndarray, ignore_index: int = IGNORE_INDEX) -> n
     out[values == 0] = ignore_index
     out[values == ignore_index] = ignore_index  # an already-ignored pixel stays ignored
     return out
+
+
+LABEL_SPACES: dict[str, type[LabelSpace]] = {"classification": LabelSpace, "segmentation": SegmentationLabels}
+
+
+def label_space(task_type: str, classnames: Sequence[str], templates: Sequence[str], groups: dict,
+                fields: dict) -> LabelSpace:
+    """The label space a checkpoint recorded (``prompt_config.json``: task_type + task_fields)."""
+    if task_type not in LABEL_SPACES:
+        raise ConfigError(f"Unknown task type {task_type!r} in a checkpoint; known: {', '.join(LABEL_SPACES)}. "
+                          "It was written by a newer vlprompt: upgrade to read it.")
+    return LABEL_SPACES[task_type](list(classnames), list(templates), dict(groups), **fields)

@@ -78,6 +78,8 @@ def prompt_config(method, tensors: dict[str, torch.Tensor], extra: dict | None =
         "classnames": list(labels.classnames),
         "templates": list(labels.templates),
         "template_groups": {k: list(v) for k, v in labels.template_groups.items()},
+        "task_type": labels.task_type,
+        "task_fields": labels.task_fields(),
         "shapes": {name: list(t.shape) for name, t in tensors.items()},
         "class_dependent": sorted(method.class_dependent_parameter_names()),
         "tensors_sha256": tensors_checksum(tensors),
