@@ -134,7 +134,7 @@ def cmd_train(args) -> int:
     from vlprompt.train.distributed import is_main_process
 
     if is_main_process():  # under torchrun every rank returns the same records; one prints them
-        print(format_table(records, RESULT_COLUMNS))
+        print(format_table(records, result_columns(records, RESULT_COLUMNS)))
         print(f"\n{_written(run_dir, finished_before, records)}")
     return 0
 
@@ -155,16 +155,21 @@ def _written(run_dir, finished_before: bool, records: list[dict]) -> str:
     return f"wrote {', '.join(names)} to {run_dir.path}{note}"
 
 
+def result_columns(records: list[dict], columns: tuple[str, ...]) -> tuple[str, ...]:
+    """Segmentation records show mIoU, mAcc and aAcc where classification ones show accuracy."""
+    if not any(r.get("task_type") == "segmentation" for r in records):
+        return columns
+    at = columns.index("accuracy")
+    return (*columns[:at], "mIoU", "mAcc", "aAcc", *columns[at + 1 :])
+
+
 def cmd_eval(args) -> int:
     from vlprompt.evaluation import evaluate_run
 
     records = evaluate_run(args.run_dir, dataset=args.dataset, root=args.root, split=args.split,
                            options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size,
                            inference=args.inference, stride=args.stride)
-    columns = ("method", "backbone", "dataset", "split", "accuracy")
-    if records and records[0].get("task_type") == "segmentation":
-        columns = ("method", "backbone", "dataset", "split", "mIoU", "mAcc", "aAcc")
-    print(format_table(records, columns))
+    print(format_table(records, result_columns(records, ("method", "backbone", "dataset", "split", "accuracy"))))
     return 0
 
 
