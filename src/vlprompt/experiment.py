@@ -132,7 +132,7 @@ def transfer_to_labels(method: PromptMethod, labels: LabelSpace) -> PromptMethod
     options = dataclasses.asdict(method.config)
     clone = create_method(method.method_name, method.backbone, labels, **options)
     trained = method.trainable_state_dict()
-    own = dict(clone.named_parameters())
+    own = clone.trained_tensors()
     with torch.no_grad():
         for name, tensor in trained.items():
             own[name].copy_(tensor)

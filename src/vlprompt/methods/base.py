@@ -17,6 +17,9 @@ from vlprompt.config_utils import build_config
 from vlprompt.data.base import LabelSpace
 from vlprompt.registry import Registry
 
+# Norm layers whose buffers (running mean / var) training changes.
+_RUNNING_STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 def _import_method_modules() -> None:
     from vlprompt.methods import import_all
@@ -76,9 +79,19 @@ class PromptMethod(nn.Module):
         return None
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what was trained: the tensors a prompt checkpoint holds."""
+        """Only what was trained: the tensors a prompt checkpoint holds (with the running statistics that training
+        updates in trained BatchNorm layers, e.g. a SETR segmentation head's: without them it predicts otherwise)."""
         names = {id(p) for p in self.trainable_parameters()}
-        return {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in names}
+        state = {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in names}
+        for prefix, module in self.named_modules():
+            if isinstance(module, _RUNNING_STAT_NORMS) and any(p.requires_grad for p in module.parameters()):
+                state.update({f"{prefix}.{n}": b.detach().clone() for n, b in module.named_buffers(recurse=False)})
+        return state
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """The live tensors under the names ``trainable_state_dict`` uses: where a checkpoint, a resume state or
+        the best validation copy is loaded back."""
+        return {**dict(self.named_buffers()), **dict(self.named_parameters())}
 
     def class_dependent_parameter_names(self) -> set[str]:
         """Trained tensors tied to this class list (a head, class-specific context): a checkpoint holding them

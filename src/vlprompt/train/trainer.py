@@ -241,7 +241,7 @@ class Trainer:
 
         if config.select == "best_val" and best[1] is not None:
             with torch.no_grad():
-                named = dict(method.named_parameters())
+                named = method.trained_tensors()
                 for name, tensor in best[1].items():
                     named[name].copy_(tensor)
         if hasattr(method, "on_fit_end"):  # after training, before saving (Tip-Adapter's α/β search on val)
