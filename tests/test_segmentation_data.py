@@ -42,8 +42,9 @@ def test_world_segmentation_task_labels_shapes_and_background():
     image, mask = task.train[0]
     values = set(np.unique(np.asarray(mask)).tolist())
     assert image.size == mask.size == (32, 32) and 0 in values and values <= set(range(len(CLASSNAMES)))
-    again, mask_again = world_seg_pair("seg", VOCAB.seen_styles, "train", 0, 0, 32)
+    image_again, mask_again = world_seg_pair("seg", VOCAB.seen_styles, "train", 0, 0, 32)
     assert np.array_equal(np.asarray(mask), np.asarray(mask_again))  # deterministic in (name, split, index, seed)
+    assert np.array_equal(np.asarray(image), np.asarray(image_again))
     shifted = load_dataset("world-seg-sketch", train_images=1, test_images=1)
     assert shifted.labels.classnames == task.labels.classnames
 
