@@ -69,6 +69,22 @@ EXPECTED = {
     # CoOp's Dassl optimiser (configs/trainers/CoOp/vit_b16_ep50.yaml); mixture loss weights not verified
     "mocoop-paper": ("mocoop", {"top_k": 2, "lambda_text": 5.0, "lambda_gate": 1.0, "gate_prototype": "class"},
                      {**DASSL, "batch_size": 32, "epochs": 50}, None, None),
+    # dongzelian/SSF train_scripts/vit/vtab/*/train_ssf.sh (2 GPUs x 32, AdamW, warm-up from 1e-7 = 2e-5 x lr, timm cosine)
+    "ssf-vtab": ("ssf", {}, {"optimizer": "adamw", "lr": 0.005, "weight_decay": 5e-5, "batch_size": 64, "epochs": 100,
+                             "scheduler": "cosine", "warmup_epochs": 10, "warmup_type": "linear",
+                             "warmup_start_factor": 2e-5, "lr_update": "epoch", "cosine_span": "all_epochs",
+                             "augment": "none"}, None,
+                 {"train.lr": [0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05], "train.weight_decay": [5e-5, 0.05]}),
+    # ShoufaChen/AdaptFormer main_image.py (ffn_option parallel, ffn_num 64, scalar 0.1, init lora, LN none),
+    # README image command (batch 128 x 8 GPUs, blr 0.1), util/lr_sched.py, datasets/image_datasets.py
+    "adaptformer-paper": ("adaptformer", {"bottleneck": 64, "scale": 0.1, "dropout": 0.1, "branch_input": "residual"},
+                          {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "batch_size": 1024,
+                           "epochs": 100, "scheduler": "cosine", "warmup_epochs": 20, "warmup_type": "linear",
+                           "warmup_start_factor": 0.0, "lr_update": "step", "cosine_span": "after_warmup",
+                           "scale_lr_by_batch": True, "augment": "rrc_flip"}, None, None),
+    # KMnP/vpt configs/base-linear.yaml + src/configs/config.py (MODEL.MLP_NUM) + tune_vtab.py "linear" grid
+    "mlp-3-vtab": ("mlp-k", {"k": 3, "dropout": 0.1}, {**VPT, "batch_size": 1024}, None,
+                   {"train.lr": VTAB_LR, "train.weight_decay": VPT_WD}),
 }
 
 

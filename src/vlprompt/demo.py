@@ -68,6 +68,7 @@ def run_demo(out: str | Path, methods: list[str] | None = None, progress: bool =
             backbone=defaults["backbone"],
             dataset=defaults["dataset"],
             dataset_options=dict(defaults.get("options", {})),
+            method_options=dict(defaults.get("method_options", {}).get(name, {})),
             shots=DEMO_SHOTS,
             seed=DEMO_SEED,
             train={**defaults.get("train", {}), **defaults.get("method_train", {}).get(name, {}), "progress": False},
