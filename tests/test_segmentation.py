@@ -104,7 +104,8 @@ def test_sliding_window_with_one_window_is_whole_inference(task):
     assert segment_logits(method, torch.randn(1, 3, 40, 56), "slide").shape == (1, 25, 40, 56)
 
 
-@pytest.mark.parametrize("name", ["linear", "finetune", "partial-k", "vpt-shallow", "vpt-deep", "spt-deep"])
+@pytest.mark.parametrize("name", ["linear", "finetune", "partial-k", "vpt-shallow", "vpt-deep", "spt-deep", "bias",
+                                  "adapter", "adaptformer", "lora", "ssf", "ln-tune", "prompt+bias"])
 def test_every_image_method_trains_a_segmentation_head(task, name):
     method = create_method(name, tiny_timm_vit(), task.labels, head={"channels": 8})
     assert isinstance(method.head, SegmentationHead)

@@ -18,7 +18,7 @@ from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.methods.heads import HEAD_OPTION_HELP, task_head
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
 
 
 @dataclass
@@ -49,6 +49,7 @@ class _TunedTower(PromptMethod):
         super().__init__(backbone, labels, config)
         self.visual = copy.deepcopy(backbone.visual)
         self.head = task_head(self.visual, labels, config.head)
+        self.dense = labels.task_type == "segmentation"
         self.tune_all = tuned_blocks is None
         self.first_tuned = 0 if tuned_blocks is None else self.visual.num_blocks - tuned_blocks
         if self.tune_all:
@@ -78,9 +79,10 @@ class _TunedTower(PromptMethod):
 
     def forward(self, batch: dict) -> dict:
         images = batch["image"]
-        outputs = self.block_outputs(images, self.head.blocks(self.visual.num_blocks))
-        read = self.head.read(self.visual, outputs, 0, False, tuple(images.shape[-2:]))
-        return {"loss": self.head.loss(read, batch), "logits": read["logits"]}
+        if self.dense:
+            return dense_forward(self.head, self.visual, lambda blocks: self.block_outputs(images, blocks), 0, batch)
+        logits = self.head(self.encode(images))
+        return {"loss": self.cross_entropy(logits, batch), "logits": logits}
 
     def train(self, mode: bool = True) -> _TunedTower:
         super().train(mode)

@@ -1,13 +1,14 @@
 """Task heads: how an image method turns the tower's tokens into its task's logits and loss.
 
-A method that supports several task types (linear, fine-tuning, VPT, SPT) builds ``task_head(...)`` and calls
-it the same way whatever the task: the head says which block outputs it reads (``blocks``), turns them into
-logits (``read``) and scores them (``loss``). Classification is a Linear layer on the tower's own pooled features
-(exactly the head these methods always had, same parameter names); segmentation is a SETR decoder
-(prompts/setr.py) on the patch-token grid.
+A method that supports several task types (linear, fine-tuning, VPT, SPT, the parameter-efficient rows) builds
+``task_head(...)``: for classification its own classifier on the tower's pooled features (unchanged: a Linear, or
+the head its paper uses); for segmentation a SETR decoder (prompts/setr.py) on the patch-token grid. A dense head
+says which block outputs it reads (``blocks``), turns them into logits (``read``) and scores them (``loss``);
+``dense_forward`` runs that sequence for any method that can produce its tower's block outputs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -53,23 +54,6 @@ class SegmentationHeadConfig:
                               "list of 0-based block indices such as [3, 6, 9].")
 
 
-class ClassifierHead(nn.Linear):
-    """A Linear layer on the tower's pooled features (``finalize``): the classification readout."""
-
-    def blocks(self, num_blocks: int) -> tuple[int, ...]:
-        return (num_blocks - 1,)
-
-    def read(self, visual: VisionTower, outputs: dict[int, torch.Tensor], num_prompts: int, pool_prompts: bool,
-             image_size: tuple[int, int]) -> dict:
-        features = visual.finalize(outputs[visual.num_blocks - 1], num_prompts=num_prompts,
-                                   pool_prompts=pool_prompts)
-        return {"logits": self(features.to(self.weight.dtype))}
-
-    def loss(self, read: dict, batch: dict) -> torch.Tensor | None:
-        label = batch.get("label")
-        return None if label is None else F.cross_entropy(read["logits"], label)
-
-
 class SegmentationHead(nn.Module):
     """SETR on the patch grid of the last block, with auxiliary SETR heads on earlier blocks during training.
 
@@ -94,7 +78,7 @@ class SegmentationHead(nn.Module):
     def blocks(self, num_blocks: int) -> tuple[int, ...]:
         return (*self.aux_block_ids, self.main_block) if self.training else (self.main_block,)
 
-    def read(self, visual: VisionTower, outputs: dict[int, torch.Tensor], num_prompts: int, pool_prompts: bool,
+    def read(self, visual: VisionTower, outputs: dict[int, torch.Tensor], num_prompts: int,
              image_size: tuple[int, int]) -> dict:
         grid = (image_size[0] // visual.patch_size, image_size[1] // visual.patch_size)
 
@@ -125,9 +109,19 @@ class SegmentationHead(nn.Module):
         return logits.sum() * 0.0  # a crop with only ignored pixels: no signal, but a defined (zero) loss
 
 
-def task_head(visual: VisionTower, labels: LabelSpace, head_options: dict) -> nn.Module:
-    """The head for ``labels.task_type``; ``head_options`` configure a segmentation head and must be empty for
-    classification."""
+def dense_forward(head: SegmentationHead, visual: VisionTower,
+                  block_outputs: Callable[[tuple[int, ...]], dict[int, torch.Tensor]], num_prompts: int,
+                  batch: dict) -> dict:
+    """A segmentation method's forward: the block outputs the head reads -> logits at the input size -> loss."""
+    image_size = tuple(batch["image"].shape[-2:])
+    read = head.read(visual, block_outputs(head.blocks(visual.num_blocks)), num_prompts, image_size)
+    return {"loss": head.loss(read, batch), "logits": read["logits"]}
+
+
+def task_head(visual: VisionTower, labels: LabelSpace, head_options: dict,
+              classifier: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """The head for ``labels.task_type``: ``classifier()`` (default a Linear on the pooled features) for
+    classification, SETR for segmentation. ``head_options`` configure the SETR head and must be empty otherwise."""
     if labels.task_type == "segmentation":
         config = build_config(SegmentationHeadConfig, head_options, where="method_options.head")
         return SegmentationHead(visual, labels.num_classes, labels.ignore_index, config)
@@ -136,4 +130,4 @@ def task_head(visual: VisionTower, labels: LabelSpace, head_options: dict) -> nn
             f"method_options.head = {head_options!r} configures a segmentation head, but this is a "
             f"{labels.task_type} task; drop 'head'."
         )
-    return ClassifierHead(visual.feature_dim, labels.num_classes)
+    return classifier() if classifier is not None else nn.Linear(visual.feature_dim, labels.num_classes)

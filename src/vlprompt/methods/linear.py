@@ -12,7 +12,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.methods.heads import HEAD_OPTION_HELP, task_head
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
 from vlprompt.prompts.visual import prompted_block_outputs
 
 
@@ -51,6 +51,10 @@ class LinearProbe(PromptMethod):
                                   "patch grid. Drop normalize for segmentation tasks.")
             self.uses_image_features = False  # per-pixel training reads images (aligned crops), not cached features
 
+    @torch.no_grad()
+    def _frozen_outputs(self, images: torch.Tensor, blocks: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        return prompted_block_outputs(self.visual, None, images, blocks)
+
     def _features(self, batch: dict) -> torch.Tensor:
         features = batch.get("features")
         if features is None:
@@ -63,11 +67,7 @@ class LinearProbe(PromptMethod):
 
     def forward(self, batch: dict) -> dict:
         if self.dense:
-            images = batch["image"]
-            blocks = self.head.blocks(self.visual.num_blocks)
-            with torch.no_grad():
-                outputs = prompted_block_outputs(self.visual, None, images, blocks)
-            read = self.head.read(self.visual, outputs, 0, False, tuple(images.shape[-2:]))
-            return {"loss": self.head.loss(read, batch), "logits": read["logits"]}
+            return dense_forward(self.head, self.visual, lambda blocks: self._frozen_outputs(batch["image"], blocks),
+                                 0, batch)
         logits = self.head(self._features(batch))
         return {"loss": self.cross_entropy(logits, batch), "logits": logits}

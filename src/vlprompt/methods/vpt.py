@@ -17,7 +17,7 @@ from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.methods.heads import HEAD_OPTION_HELP, task_head
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
 from vlprompt.prompts.visual import VisualPrompts, prompted_block_outputs, prompted_forward
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class VisualPromptMethod(PromptMethod):
             patch_size=visual.patch_size,
         )
         self.head = task_head(visual, labels, config.head)
+        self.dense = labels.task_type == "segmentation"
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled image features (the classification readout's input)."""
@@ -93,10 +94,12 @@ class VisualPromptMethod(PromptMethod):
 
     def forward(self, batch: dict) -> dict:
         images = batch["image"]
-        outputs = prompted_block_outputs(self.visual, self.prompts, images, self.head.blocks(self.visual.num_blocks))
-        read = self.head.read(self.visual, outputs, self.prompts.num_tokens, self.config.pool_prompts,
-                              tuple(images.shape[-2:]))
-        return {"loss": self.head.loss(read, batch), "logits": read["logits"]}
+        if self.dense:
+            return dense_forward(self.head, self.visual,
+                                 lambda blocks: prompted_block_outputs(self.visual, self.prompts, images, blocks),
+                                 self.prompts.num_tokens, batch)
+        logits = self.head(self.encode(images))
+        return {"loss": self.cross_entropy(logits, batch), "logits": logits}
 
 
 @register_method("vpt-shallow")
