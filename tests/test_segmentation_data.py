@@ -148,3 +148,17 @@ def test_data_check_names_every_bad_mask(tmp_path: Path):
                      ("images/test/2.png", "missing")}
     with pytest.raises(DataError, match="images/test/2.png"):
         load_dataset("segfolder", root=str(tmp_path))  # loading refuses the missing mask up front
+
+
+def test_world_segmentation_exports_to_the_segfolder_layout_and_reads_back(tmp_path: Path):
+    from vlprompt.data.world.export import export_world_task
+
+    root = export_world_task("world-seg", tmp_path / "seg", fmt="segfolder", per_class=4, image_size=48)
+    task = load_dataset("segfolder", root=str(root))
+    generated = load_dataset("world-seg", train_images=4, val_images=1, test_images=4)
+    assert task.labels.classnames == generated.labels.classnames
+    assert (len(task.train), len(task.val), len(task.test)) == (4, 1, 4)
+    image, mask = task.test[2]
+    expected = generated.test[2][1].resize((48, 48), Image.NEAREST)
+    assert image.size == (48, 48) and np.array_equal(np.asarray(mask), np.asarray(expected))
+    assert check_dataset("segfolder", str(root)).ok

@@ -305,11 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="the offline world: export a task to disk in a real dataset layout")
     world_sub = p.add_subparsers(dest="world_command", required=True)
-    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs or JPEGs)")
+    e = world_sub.add_parser("export", help="write a world task as ImageFolder, VTAB-1k or (segmentation) image + mask "
+                                            "folder files (real PNGs or JPEGs)")
     e.add_argument("task", help="a world task, e.g. object or world-object (see 'vlprompt list datasets')")
     e.add_argument("--out", required=True)
-    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab"])
-    e.add_argument("--per-class", type=int, default=16, help="train and test images per class (imagefolder)")
+    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab", "segfolder"])
+    e.add_argument("--per-class", type=int, default=16, help="train and test images per class (imagefolder); "
+                                                             "images per split (segfolder)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--image-size", type=int, help="resize every image to this many pixels square (e.g. 224)")
     e.add_argument("--image-format", default="png", choices=["png", "jpeg"])
