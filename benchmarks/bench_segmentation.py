@@ -6,8 +6,8 @@ tuned parameters (backbone side and head, % of the backbone), step time (median 
 take turns, so load from other processes hits them alike) and the rise of peak resident memory during two steps,
 each method in its own fresh process, as ratios to full fine-tuning measured side by side.
 
-State sizes (2 shared CPU cores): 96 training images, 48 test images, 12 epochs of batch 16, a 32-channel
-SETR-PUP head without auxiliary heads; each method's own train_defaults except full fine-tuning at lr 1e-3 (its
+State sizes (2 shared CPU cores): 64 training images (whole images, no augmentation), 32 test images, 20 epochs
+of batch 8 (160 steps), a 32-channel SETR-PUP head without auxiliary heads; each method's own train_defaults except full fine-tuning at lr 1e-3 (its
 default 1e-4 is for a pretrained head; here the SETR head starts from scratch). Runs are appended to
 ``<work>/records.jsonl`` as they finish; a rerun skips finished runs (the run folders say so).
 
@@ -30,9 +30,9 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("linear", "finetune", "vpt-deep", "spt-deep", "bias", "adapter", "lora", "ssf")
 PETL = ("bias", "adapter", "lora", "ssf")  # run with --petl-seeds only (the machine's budget)
 BACKBONE = "world:mae"
-DATA = {"train_images": 96, "val_images": 0, "test_images": 48}
+DATA = {"train_images": 64, "val_images": 0, "test_images": 32}
 HEAD = {"kind": "setr-pup", "channels": 32, "aux_blocks": "none"}
-TRAIN = {"epochs": 12, "batch_size": 16, "num_workers": 0, "progress": False, "val_every": 1000}
+TRAIN = {"epochs": 20, "batch_size": 8, "augment": "none", "num_workers": 0, "progress": False, "val_every": 1000}
 LR = {"finetune": 1e-3}
 BATCH = 16
 
@@ -196,7 +196,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     load = f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start"
     previous = json.loads((RESULTS / "segmentation.json").read_text()) if (RESULTS / "segmentation.json").exists() else {}
-    if args.skip_cost and previous.get("cost"):
+    cost_path = work / "cost.json"
+    if args.skip_cost and cost_path.exists():
+        cost = json.loads(cost_path.read_text())
+    elif args.skip_cost and previous.get("cost"):
         cost = previous["cost"]
     else:
         compared = sorted(set(methods) | {"finetune"})
@@ -204,6 +207,7 @@ def main() -> None:
         memory = {m: measure_memory(m) for m in compared}
         cost = {m: {"step_seconds": times[m], "step_mib": memory[m], "time_ratio": times[m] / times["finetune"],
                     "memory_ratio": memory[m] / max(memory["finetune"], 1e-9)} for m in compared}
+        cost_path.write_text(json.dumps(cost, indent=1))
         print(json.dumps(cost, indent=1), flush=True)
     params = {m: parameter_counts(m) for m in methods}
     rows = run_quality(methods, seeds, [int(s) for s in args.petl_seeds.split(",") if s], work)
