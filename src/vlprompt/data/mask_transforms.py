@@ -18,7 +18,7 @@ from torchvision.transforms import functional as F
 from vlprompt.backbones.base import PreprocessConfig
 from vlprompt.data.segmentation import IGNORE_INDEX, mask_array
 
-# How the image of each augment name is prepared; every name but "none" trains on random crops.
+# The random rescale of the short side, as a ratio of the input size (mmsegmentation's ratio_range).
 RESCALE_RANGE = (0.5, 2.0)
 
 

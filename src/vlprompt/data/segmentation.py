@@ -127,7 +127,8 @@ def mask_array(mask: Image.Image) -> np.ndarray:
 
 class MaskFileLoader:
     """Reads a label PNG by path relative to ``root``, optionally applying ADE20K's ``reduce_zero_label``
-    (label 0 "other" -> ignore, every other label minus 1); picklable for DataLoader workers."""
+    (label 0 "other" -> ignore, every other label minus 1); the file's ``ignore_index`` becomes 255, the value the
+    loss, the metrics and crop padding use. Picklable for DataLoader workers."""
 
     def __init__(self, root: str, reduce_zero_label: bool = False, ignore_index: int = IGNORE_INDEX) -> None:
         self.root = str(root)
@@ -141,6 +142,8 @@ class MaskFileLoader:
             values = mask_array(opened)
         if self.reduce_zero_label:
             values = reduce_zero_label(values, self.ignore_index)
+        if self.ignore_index != IGNORE_INDEX:  # the library's one ignore value (training pads crops with it)
+            values = np.where(values == self.ignore_index, IGNORE_INDEX, values)
         return Image.fromarray(values.astype(np.uint8), mode="L")
 
 

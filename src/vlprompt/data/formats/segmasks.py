@@ -149,7 +149,7 @@ def decode_problems(parsed: ParsedSegmentation, workers: int = 4) -> tuple[int, 
 def build_segmentation_task(parsed: ParsedSegmentation, check_command: str) -> TaskData:
     """The TaskData of a parsed segmentation dataset, refusing structural errors (DataError naming them)."""
     refuse_errors(parsed, parsed.problems + structural_problems(parsed), check_command)
-    labels = SegmentationLabels(list(parsed.classnames), list(parsed.templates), ignore_index=parsed.ignore_index)
+    labels = SegmentationLabels(list(parsed.classnames), list(parsed.templates))  # ignore 255 (MaskFileLoader)
     images = ImageLoader(parsed.root)
     masks = MaskFileLoader(str(parsed.root), parsed.reduce_zero_label, parsed.ignore_index)
 
