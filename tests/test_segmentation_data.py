@@ -162,3 +162,12 @@ def test_world_segmentation_exports_to_the_segfolder_layout_and_reads_back(tmp_p
     expected = generated.test[2][1].resize((48, 48), Image.NEAREST)
     assert image.size == (48, 48) and np.array_equal(np.asarray(mask), np.asarray(expected))
     assert check_dataset("segfolder", str(root)).ok
+
+
+def test_a_files_own_ignore_value_becomes_255(tmp_path: Path):
+    _write_segfolder(tmp_path)
+    Image.fromarray(np.array([[0, 1, 2]], dtype=np.uint8).repeat(10, 0).repeat(4, 1)).save(
+        tmp_path / "masks" / "train" / "0.png")
+    task = load_dataset("segfolder", root=str(tmp_path), ignore_index=2)
+    assert task.labels.ignore_index == 255
+    assert np.unique(np.asarray(task.train[0][1])).tolist() == [0, 1, 255]
