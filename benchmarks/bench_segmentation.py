@@ -191,6 +191,8 @@ def main() -> None:
     parser.add_argument("--petl-seeds", default="1", help="seeds of the PETL rows (bias, adapter, lora, ssf)")
     parser.add_argument("--work", default="/tmp/bench_seg")
     parser.add_argument("--skip-cost", action="store_true", help="reuse the cost figures of the last JSON")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the JSON and table from the runs finished so far (records.jsonl), run nothing")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -212,7 +214,10 @@ def main() -> None:
         cost_path.write_text(json.dumps(cost, indent=1))
         print(json.dumps(cost, indent=1), flush=True)
     params = {m: parameter_counts(m) for m in methods}
-    rows = run_quality(methods, seeds, [int(s) for s in args.petl_seeds.split(",") if s], work)
+    if args.report_only:
+        rows = [json.loads(line) for line in (work / "records.jsonl").read_text().splitlines() if line.strip()]
+    else:
+        rows = run_quality(methods, seeds, [int(s) for s in args.petl_seeds.split(",") if s], work)
     result = {"load": load, "methods": methods, "seeds": seeds, "data": DATA, "train": TRAIN, "head": HEAD,
               "lr": LR, "params": params, "cost": cost, "quality": summarise(rows, methods), "runs": rows}
     RESULTS.mkdir(exist_ok=True)
