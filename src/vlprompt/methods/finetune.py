@@ -8,13 +8,13 @@ weights: that is what these baselines train, and why prompt methods are cheaper 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
@@ -22,21 +22,18 @@ from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(ValidatedConfig):
     """Full fine-tuning: every tower weight and the head train; its only option is the segmentation head."""
 
-    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
+    head: dict = option(help=HEAD_OPTION_HELP, default_factory=dict)
 
 
 @dataclass
-class PartialConfig:
+class PartialConfig(ValidatedConfig):
     """Partial fine-tuning: the last k blocks and the head train; the blocks before them stay frozen."""
 
-    k: int = field(default=1, metadata={"help": "how many of the last blocks train (with the head)"})
-    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
-
-    def __post_init__(self) -> None:
-        check_range("PartialConfig", "k", self.k, 1)
+    k: int = option(1, help="how many of the last blocks train (with the head)", range=(1, None))
+    head: dict = option(help=HEAD_OPTION_HELP, default_factory=dict)
 
 
 class _TunedTower(PromptMethod):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
@@ -17,7 +18,7 @@ from vlprompt.prompts.visual import prompted_block_outputs
 
 
 @dataclass
-class LinearConfig:
+class LinearConfig(ValidatedConfig):
     """Linear probe options."""
 
     normalize: bool = field(

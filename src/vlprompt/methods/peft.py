@@ -58,7 +58,7 @@ class TowerTuningMethod(PromptMethod, abc.ABC):
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
         super().__init__(backbone, labels, config)
         self.visual = share_weights_copy(backbone.visual)
-        self.moded_modules: list[nn.Module] = self.attach(self.visual)
+        self.mode_following: list[nn.Module] = self.attach(self.visual)
         self.head = task_head(self.visual, labels, config.head,
                               lambda: build_head(self.head_kind, self.visual.feature_dim, labels.num_classes))
         self.dense = labels.task_type == "segmentation"
@@ -86,7 +86,7 @@ class TowerTuningMethod(PromptMethod, abc.ABC):
     def train(self, mode: bool = True) -> TowerTuningMethod:
         super().train(mode)
         self.visual.eval()  # the frozen tower keeps eval behaviour, as the official code forces (froze_enc)
-        for module in self.moded_modules:
+        for module in self.mode_following:
             module.train(mode)
         return self
 
