@@ -132,7 +132,7 @@ def test_eval_takes_device_and_batch_from_the_run_config_or_the_command_line(tmp
                  "train.epochs=1", "train.eval_batch_size=5", "train.device=cpu", "train.progress=false",
                  f"--out={out}"]) == 0
     seen = []
-    monkeypatch.setattr(evaluation, "evaluate", lambda method, data, **kw: seen.append(kw) or 0.5)
+    monkeypatch.setattr(evaluation, "scores", lambda method, data, **kw: seen.append(kw) or {"accuracy": 0.5})
     assert main(["eval", str(out)]) == 0
     assert main(["eval", str(out), "--device", "auto", "--batch-size", "7"]) == 0
     assert [(kw["device"], kw["batch_size"]) for kw in seen] == [("cpu", 5), ("auto", 7)]

@@ -85,7 +85,8 @@ def test_accuracy_is_the_count_quotient(tmp_path):
 
     from vlprompt.backbones.tiny import tiny_timm_vit
     from vlprompt.methods import create_method
-    from vlprompt.train.predict import evaluate, predict
+    from vlprompt.train.predict import predict
+    from vlprompt.train.tasks import evaluate  # dispatches on the task type (top-1 here)
 
     task = make_task(n_per_class=67, classes=3)  # 201 images: a float32 mean would show its rounding
     method = create_method("linear", tiny_timm_vit(seed=0), task.labels)

@@ -146,7 +146,7 @@ def cmd_train(args) -> int:
     finished_before = run_dir.is_finished() and not args.overwrite
     records = run_experiment(config, restart=args.restart, overwrite=args.overwrite)
     if is_main_process():  # under torchrun every rank returns the same records; one prints them
-        print(format_table(records, RESULT_COLUMNS))
+        print(format_table(records, result_columns(records, RESULT_COLUMNS)))
         print(f"\n{_written(run_dir, finished_before, records)}")
     return 0
 
@@ -181,12 +181,21 @@ def _written(run_dir, finished_before: bool, records: list[dict]) -> str:
     return f"wrote {', '.join(names)} to {run_dir.path}{note}"
 
 
+def result_columns(records: list[dict], columns: tuple[str, ...]) -> tuple[str, ...]:
+    """Segmentation records show mIoU, mAcc and aAcc where classification ones show accuracy."""
+    if not any(r.get("task_type") == "segmentation" for r in records):
+        return columns
+    at = columns.index("accuracy")
+    return (*columns[:at], "mIoU", "mAcc", "aAcc", *columns[at + 1 :])
+
+
 def cmd_eval(args) -> int:
     from vlprompt.evaluation import evaluate_run
 
     records = evaluate_run(args.run_dir, dataset=args.dataset, root=args.root, split=args.split,
-                           options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size)
-    print(format_table(records, ("method", "backbone", "dataset", "split", "accuracy")))
+                           options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size,
+                           inference=args.inference, stride=args.stride)
+    print(format_table(records, result_columns(records, ("method", "backbone", "dataset", "split", "accuracy"))))
     return 0
 
 
@@ -286,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--device", help="cpu, cuda, cuda:1, auto (default: the run's train.device)")
     p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's train.eval_batch_size)")
+    p.add_argument("--inference", choices=["whole", "slide"],
+                   help="segmentation runs: whole image (default) or sliding windows, at the original size")
+    p.add_argument("--stride", type=int, help="segmentation sliding-window stride in pixels (default 2/3 of the "
+                                              "input size)")
     p.add_argument("options", nargs="*", help="dataset options as key=value")
     p.set_defaults(func=cmd_eval)
 
@@ -329,15 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="the offline world: export a task to disk in a real dataset layout")
     world_sub = p.add_subparsers(dest="world_command", required=True)
-    e = world_sub.add_parser("export", help="write a world task as ImageFolder, VTAB-1k or CoOp (split_zhou JSON) "
-                                            "files (real PNGs or JPEGs)")
+    e = world_sub.add_parser("export", help="write a world task as ImageFolder, VTAB-1k, CoOp (split_zhou JSON) or "
+                                            "(segmentation) image + mask folder files (real PNGs or JPEGs)")
     e.add_argument("task", help="a world task, e.g. object or world-object (see 'vlprompt list datasets')")
     e.add_argument("--out", required=True)
-    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab", "coop"],
+    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab", "coop", "segfolder"],
                    help="coop: <out>/world_<task>/split_zhou_World<Task>.json + images/<class_name>/, read back "
-                        "by dataset=coop")
+                        "by dataset=coop; segfolder: images/<split>, masks/<split>, classes.txt (world-seg tasks)")
     e.add_argument("--per-class", type=int, default=16,
-                   help="train and test images per class (imagefolder, coop; val gets a quarter)")
+                   help="train and test images per class (imagefolder, coop; val gets a quarter); images per split "
+                        "(segfolder)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--image-size", type=int, help="resize every image to this many pixels square (e.g. 224)")
     e.add_argument("--image-format", default="png", choices=["png", "jpeg"])

@@ -31,11 +31,28 @@ def cmd_predict(args) -> int:
     method = from_pretrained(args.run_dir, backbone=_backbone_option(args.backbone),
                              classnames=_classnames_option(args.classnames), device=args.device)
     inputs = collect_inputs(args.inputs)
+    if method.labels.task_type == "segmentation":
+        return _predict_masks(method, inputs, args)
     records = predict_images(method, inputs, topk=args.topk, batch_size=args.batch_size, progress=True)
     if args.output:
         print(f"wrote {len(records)} predictions to {write_predictions(records, args.output)}")
     else:
         print(format_predictions(records))
+    return 0
+
+
+def _predict_masks(method, inputs, args) -> int:
+    """A segmentation run: mask PNGs and colour overlays beside the images (or under --output, a folder)."""
+    from pathlib import Path
+
+    from vlprompt.mask_outputs import write_mask_predictions
+
+    source = Path(args.inputs)
+    base = source if source.is_dir() else source.parent
+    records = write_mask_predictions(method, inputs, out_dir=args.output, base=base, mode=args.inference,
+                                     stride=args.stride, device=args.device)
+    where = args.output or "beside the images"
+    print(f"wrote {len(records)} masks and overlays ({where})")
     return 0
 
 
@@ -79,9 +96,14 @@ def add_artifact_commands(sub) -> None:
     p.add_argument("run_dir", help="a run folder of 'vlprompt train' (or a save_pretrained folder)")
     p.add_argument("inputs", help="an image file, a folder of images (recursive) or a CSV with a 'path' column")
     p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--output", help="write a .csv or .json file instead of printing")
+    p.add_argument("--output", help="write a .csv or .json file instead of printing (segmentation runs: a folder "
+                                    "for the masks and overlays instead of beside the images)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--inference", default="whole", choices=["whole", "slide"],
+                   help="segmentation runs: the whole image at the input size, or sliding windows")
+    p.add_argument("--stride", type=int, help="segmentation sliding-window stride in pixels (default 2/3 of the "
+                                              "input size)")
     p.add_argument("--classnames", help="other class names (comma-separated or a file, one per line) for "
                                         "open-vocabulary prompts (CoOp-family shared context, zero-shot)")
     p.add_argument("--backbone", help="load this backbone name instead of the stored one (e.g. the weights moved); "

@@ -12,16 +12,19 @@ from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods.base import create_method
 from vlprompt.run_dir import CONFIG_NAME, RunDir
 from vlprompt.train.checkpoint import load_prompts
-from vlprompt.train.trainer import evaluate
+from vlprompt.train.tasks import scores
 
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
                  options: dict | None = None, device: str | None = None,
-                 batch_size: int | None = None) -> list[dict]:
+                 batch_size: int | None = None, inference: str | None = None,
+                 stride: int | None = None) -> list[dict]:
     """Accuracy of a run folder's prompts. ``dataset`` (default: the run's own) and ``root`` (default: the
     run's own, stored resolved) each replace only themselves: ``root`` alone evaluates the run's dataset read
     from another place. ``device`` and ``batch_size`` default to the run's own training config
-    (train.device, train.eval_batch_size, train.num_workers)."""
+    (train.device, train.eval_batch_size, train.num_workers). For segmentation runs the record holds mIoU, mAcc,
+    aAcc and per-class IoU at the original image size; ``inference`` is 'whole' (default) or 'slide' (windows
+    every ``stride`` pixels, default 2/3 of the input size)."""
     folder = RunDir(run_dir)
     saved = folder.read_config()
     if saved is None or "run" not in saved:
@@ -42,7 +45,11 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
     method = create_method(config.method, backbone, task.labels, **dataclasses.asdict(config.method_options))
     load_prompts(method, folder.path)
     train = config.train_config()
-    accuracy = evaluate(method, data, batch_size=batch_size or train.eval_batch_size, device=device or train.device,
-                        num_workers=train.resolved_num_workers())
+    options = {} if data.task_type == "classification" else {"mode": inference or "whole", "stride": stride}
+    if data.task_type == "classification" and (inference is not None or stride is not None):
+        raise VlpromptError("inference / stride choose how a segmentation run predicts masks; this run classifies. "
+                            "Drop them.")
+    measured = scores(method, data, batch_size=batch_size or train.eval_batch_size, device=device or train.device,
+                      num_workers=train.resolved_num_workers(), **options)
     return [{"method": config.method, "backbone": config.backbone, "dataset": task.name, "split": split,
-             "accuracy": accuracy}]
+             **measured}]

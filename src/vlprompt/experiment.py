@@ -34,7 +34,8 @@ from vlprompt.run_dir import RunDir, config_document, fingerprint_fields, mismat
 from vlprompt.seeding import seed_everything
 from vlprompt.train import distributed
 from vlprompt.train.config import TrainConfig
-from vlprompt.train.trainer import Trainer, evaluate
+from vlprompt.train.tasks import scores
+from vlprompt.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +164,11 @@ def run_fingerprint(config: RunConfig, train_config: TrainConfig) -> dict:
 def _shots_used(task: TaskData) -> dict:
     """Training images per class actually used (a class with fewer images than ``shots`` gives all it has)."""
     counts = Counter(task.train.labels)
-    per_class = [counts.get(label, 0) for label in range(task.labels.num_classes)]
+    per_class = [counts.get(label, 0) for label in range(task.labels.sampling_classes)]
     return {"shots_used_min": min(per_class), "shots_used_max": max(per_class)}
 
 
-def _record(config: RunConfig, task: TaskData, split: str, accuracy: float | None, **extra: Any) -> dict:
+def _record(config: RunConfig, task: TaskData, split: str, accuracy: float | None = None, **extra: Any) -> dict:
     return {
         "method": config.method,
         "backbone": config.backbone,
@@ -189,7 +190,7 @@ def transfer_to_labels(method: PromptMethod, labels: LabelSpace) -> PromptMethod
     options = dataclasses.asdict(method.config)
     clone = create_method(method.method_name, method.backbone, labels, **options)
     trained = method.trainable_state_dict()
-    own = dict(clone.named_parameters())
+    own = clone.trained_tensors()
     with torch.no_grad():
         for name, tensor in trained.items():
             own[name].copy_(tensor)
@@ -279,17 +280,17 @@ def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, f
                    "num_workers": train_config.resolved_num_workers()}
     records = []
     if config.protocol == "fewshot":
-        records.append(_record(config, task, "test", evaluate(method, task.test, **eval_kwargs), **common))
+        records.append(_record(config, task, "test", **scores(method, task.test, **eval_kwargs), **common))
     elif config.protocol == "base2new":
-        records.append(_record(config, task, "base", evaluate(method, task.test, **eval_kwargs),
+        records.append(_record(config, task, "base", **scores(method, task.test, **eval_kwargs),
                                saw_new_classnames=False, **common))
         transferred = transfer_to_labels(method, new_task.labels)
-        new_accuracy = evaluate(transferred, new_task.test, **eval_kwargs) if transferred is not None else None
+        new_accuracy = scores(transferred, new_task.test, **eval_kwargs)["accuracy"] if transferred is not None else None
         records.append(_record(config, new_task, "new", new_accuracy, saw_new_classnames=False,
                                note=None if transferred else "class-dependent parameters: cannot score new classes",
                                **common))
     else:
-        records.append(_record(config, task, "source", evaluate(method, task.test, **eval_kwargs), **common))
+        records.append(_record(config, task, "source", **scores(method, task.test, **eval_kwargs), **common))
         for target in config.targets:
             target_task = load_dataset(target.dataset, root=target.root, **target.options)
             if target_task.labels.classnames != task.labels.classnames:
@@ -297,7 +298,7 @@ def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, f
                     f"Shift target '{target_task.name}' has other class names than the source '{task.name}'; a "
                     "domain-shift target must share the source's classes (same names, same order)."
                 )
-            records.append(_record(config, target_task, "target", evaluate(method, target_task.test, **eval_kwargs),
+            records.append(_record(config, target_task, "target", **scores(method, target_task.test, **eval_kwargs),
                                    source=task.name, **common))
     if run_dir is not None:
         run_dir.write_results(records)

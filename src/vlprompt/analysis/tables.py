@@ -31,7 +31,7 @@ class Table:
 
     slug: str
     title: str
-    kind: str  # fewshot | base2new | shift | vtab
+    kind: str  # fewshot | base2new | shift | vtab | segmentation
     backbone: str
     columns: list[str]
     cells: pd.DataFrame
@@ -326,11 +326,45 @@ def vtab_tables(results: pd.DataFrame) -> list[Table]:
     return tables
 
 
+SEG_METRICS = ("mIoU", "mAcc", "aAcc")
+
+
+def segmentation_tables(results: pd.DataFrame) -> list[Table]:
+    """Segmentation runs: rows methods; columns mIoU, mAcc, aAcc on the run's own test split, then mIoU on each
+    style-shift target; one table per (source dataset, shots)."""
+    split = _column_of(results, "split", None)
+    chosen = results[split.isin(["test", "source", "target"]) & (results["stage"] == "run")]
+    is_source = chosen["split"] != "target"
+    chosen = chosen.assign(
+        source_key=_column_of(chosen, "source", None).where(~is_source, chosen["dataset"]).fillna(chosen["dataset"]),
+        shots_key=chosen["shots"].map(lambda k: f"{_shots_column(k)}-image"),
+    )
+    tables = []
+    for backbone, slug, title, records in _tables_of("segmentation", chosen, ["source_key", "shots_key"]):
+        own = records[records["split"] != "target"]
+        targets = records[records["split"] == "target"]
+        long = [own.assign(accuracy=own[m], column=m) for m in SEG_METRICS if m in own.columns]
+        if not targets.empty:
+            long.append(targets.assign(accuracy=targets["mIoU"], column=targets["dataset"] + " mIoU"))
+        cells = _cells(_plain_runs_apart(pd.concat(long)), slug)
+        target_columns = sorted(c for c in cells["column"].unique() if c not in SEG_METRICS)
+        tables.append(_table(
+            slug, f"Segmentation: {title}", "segmentation", backbone, [*SEG_METRICS, *target_columns], cells,
+            note="mIoU, mAcc (class means) and aAcc (pixel accuracy) in %, from one confusion matrix over the test "
+            "split at the original image size; target columns: mIoU on style-shifted data, unchanged prompts.",
+        ))
+    return tables
+
+
 def build_tables(results: pd.DataFrame) -> list[Table]:
-    """Every table the results support, in report order: few-shot, base-to-new, shift, VTAB."""
+    """Every table the results support, in report order: few-shot, base-to-new, shift, VTAB, segmentation."""
+    dense = _column_of(results, "task_type", None) == "segmentation"
+    segmentation = segmentation_tables(results[dense])
+    results = results[~dense]
     return [
         *fewshot_tables(results),
         *base2new_tables(results),
         *shift_tables(results),
         *vtab_tables(results),
+        *segmentation,
     ]

@@ -33,7 +33,7 @@ def save_pretrained(method, folder: str | Path, extra: dict | None = None) -> Pa
 
 
 def _labels(meta: dict, folder: Path, classnames: Sequence[str] | None):
-    from vlprompt.data.base import LabelSpace
+    from vlprompt.data.segmentation import label_space
 
     templates = meta.get("templates")
     groups = meta.get("template_groups") or {}
@@ -49,7 +49,8 @@ def _labels(meta: dict, folder: Path, classnames: Sequence[str] | None):
                 "names. Drop the class-name override, or train an open-vocabulary method (coop, kgcoop, prograd, "
                 "cocoop with shared context; or zeroshot) to name new classes."
             )
-    return LabelSpace(list(classnames or meta.get("classnames", [])), list(templates), dict(groups))
+    return label_space(meta.get("task_type", "classification"), classnames or meta.get("classnames", []), templates,
+                       groups, meta.get("task_fields") or {})
 
 
 def _legacy_templates(folder: Path) -> tuple[list[str], dict]:

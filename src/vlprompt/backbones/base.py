@@ -181,6 +181,22 @@ class VisionTower(nn.Module, abc.ABC):
         """
         ...
 
+    def patch_grid(self, tokens: torch.Tensor, num_prompts: int, grid: tuple[int, int]) -> torch.Tensor:
+        """Tokens after any block [B, T, width] -> the patch tokens as a feature map [B, width, h, w].
+
+        Prefix (class, register) and prompt tokens are dropped; the patches follow them in row-major order in
+        every adapter's layout, so dense heads (segmentation) read the same grid whatever the library.
+        """
+        h, w = grid
+        patches = tokens[:, self.num_prefix_tokens + num_prompts :]
+        if patches.shape[1] != h * w:
+            raise VlpromptError(
+                f"{type(self).__name__}: {patches.shape[1]} patch tokens after {self.num_prefix_tokens} prefix and "
+                f"{num_prompts} prompt tokens do not form the {h}x{w} grid of the input; give images whose sides "
+                f"are multiples of the patch size {self.patch_size} at the backbone's input size."
+            )
+        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
     def attention_projections(self, index: int) -> AttentionProjections:
         """Block ``index``'s self-attention projections (q, k, v, o), for LoRA."""
         raise no_attention_seam(self)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -54,6 +55,9 @@ class LabelSpace:
     templates, for the mixture of prompt experts.
     """
 
+    # Which task a label space describes: "classification" here, "segmentation" in data/segmentation.py. Methods
+    # choose their head by it (methods/heads.py) and refuse task types they do not support.
+    task_type: ClassVar[str] = "classification"
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     template_groups: dict[str, list[str]] = field(default_factory=dict)
@@ -78,6 +82,16 @@ class LabelSpace:
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    def task_fields(self) -> dict:
+        """What a checkpoint must store besides names and templates to rebuild this label space (none here)."""
+        return {}
+
+    @property
+    def sampling_classes(self) -> int:
+        """How many values ``ImageDataset.labels`` takes: few-shot sampling draws k items of each. One per class
+        here; segmentation items carry no single class, so k-shot there means k images."""
+        return self.num_classes
+
     def subset(self, labels: Sequence[int]) -> LabelSpace:
         names = [self.raw_classnames[i] for i in labels]
         return LabelSpace(names, list(self.templates), dict(self.template_groups), self.cleaning)
@@ -92,8 +106,11 @@ class LabelSpace:
 class ImageDataset(Dataset):
     """A list of (image source, label) pairs; ``load`` turns a source into a PIL image.
 
-    ``labels`` is readable without decoding any image, so few-shot sampling stays cheap.
+    ``labels`` is readable without decoding any image, so few-shot sampling stays cheap. ``task_type`` says
+    which transforms and which evaluation apply (train/tasks.py); segmentation's subclass yields (image, mask).
     """
+
+    task_type: ClassVar[str] = "classification"
 
     def __init__(
         self,

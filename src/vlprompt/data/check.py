@@ -19,6 +19,7 @@ from PIL import Image
 
 from vlprompt.data.formats.catalog import FORMATS, parse_dataset
 from vlprompt.data.formats.common import ERROR, ParsedDataset, Problem, display_path, structural_problems
+from vlprompt.data.formats.seg_catalog import SEG_FORMATS, check_segmentation
 from vlprompt.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class CheckReport:
             source = f" ({display_path(info['file'], root)})" if info.get("file") else ""
             spread = (
                 f", {info['classes_present']} classes with images, {info['min_per_class']}-{info['max_per_class']} per class"
-                if info["images"]
+                if info["images"] and "classes_present" in info
                 else ""
             )
             lines.append(f"  {split}{role}{source}: {info['images']} images{spread}")
@@ -87,6 +88,8 @@ def check_dataset(
     Datasets that are not files on disk (the offline world) are loaded and summarised only.
     """
     options.pop("check_files", None)  # a check always looks for every file
+    if name in SEG_FORMATS:
+        return check_segmentation(name, root, decode=decode, **options)
     if name not in FORMATS:
         return _check_generated(name, root, **options)
     try:

@@ -89,8 +89,9 @@ def few_shot_indices(
 
 
 def few_shot_task(task: TaskData, shots: int, seed: int, index_dir: str | Path | None = None) -> TaskData:
-    """k shots per class for training and min(k, 4) for validation; test is left whole."""
-    n = task.labels.num_classes
+    """k shots per class for training and min(k, 4) for validation; test is left whole. (Segmentation: k
+    images, see ``LabelSpace.sampling_classes``.)"""
+    n = task.labels.sampling_classes
     index_dir = Path(index_dir) if index_dir is not None else None
     name = task.name.replace(":", "_").replace("/", "_")
 

@@ -10,7 +10,7 @@ from vlprompt.data.base import TaskData
 from vlprompt.registry import Registry
 
 # Modules whose import registers datasets; imported lazily so `import vlprompt` stays light.
-_PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.formats.catalog", "vlprompt.data.vtab_stages")
+_PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.world.segmentation", "vlprompt.data.formats.catalog", "vlprompt.data.formats.seg_catalog", "vlprompt.data.vtab_stages")
 
 
 def register_dataset(name: str):

@@ -23,6 +23,9 @@ from vlprompt.registry import Registry
 if TYPE_CHECKING:
     from vlprompt.data.base import ImageDataset, TaskData
 
+# Norm layers whose buffers (running mean / var) training changes.
+_RUNNING_STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 def _import_method_modules() -> None:
     from vlprompt.methods import import_all
@@ -77,6 +80,9 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
     # True when forward() can consume cached "features" instead of "image" (image tower frozen, no prompts in it):
     # the Trainer then trains from cached features and evaluation encodes each image once.
     uses_image_features: ClassVar[bool] = False
+    # The task types (LabelSpace.task_type) the method can be built for; image methods with a task head
+    # (methods/heads.py) add "segmentation".
+    task_types: ClassVar[tuple[str, ...]] = ("classification",)
     # Recommended TrainConfig fields for this method (lr, epochs, optimizer...); user settings override them.
     train_defaults: ClassVar[dict[str, Any]] = {}
     # How class names are cleaned before tokenising, as the method's official code does (data/base.py):
@@ -117,10 +123,20 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what was trained: the tensors a prompt checkpoint holds. Override when fitted, non-trained
-        tensors belong in the checkpoint too (Tip-Adapter's cache)."""
+        """Only what was trained: the tensors a prompt checkpoint holds, with the running statistics that training
+        updates in trained BatchNorm layers (a SETR segmentation head's: without them it predicts otherwise).
+        Override when fitted, non-trained tensors belong in the checkpoint too (Tip-Adapter's cache)."""
         names = {id(p) for p in self.trainable_parameters()}
-        return {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in names}
+        state = {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in names}
+        for prefix, module in self.named_modules():
+            if isinstance(module, _RUNNING_STAT_NORMS) and any(p.requires_grad for p in module.parameters()):
+                state.update({f"{prefix}.{n}": b.detach().clone() for n, b in module.named_buffers(recurse=False)})
+        return state
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """The live tensors under the names ``trainable_state_dict`` uses: where a checkpoint, a resume state or
+        the best validation copy is loaded back."""
+        return {**dict(self.named_buffers()), **dict(self.named_parameters())}
 
     def class_dependent_parameter_names(self) -> set[str]:
         """Trained tensors tied to this class list (a head, class-specific context): a checkpoint holding them
@@ -207,6 +223,14 @@ def create_method(name: str, backbone: Backbone, labels: LabelSpace, **overrides
 
     import_all()
     cls = METHODS.get(name)
+    if labels.task_type not in cls.task_types:
+        from vlprompt.errors import ConfigError
+
+        supported = sorted(n for n in METHODS.names() if labels.task_type in METHODS.get(n).task_types)
+        raise ConfigError(
+            f"Method '{name}' does not support {labels.task_type} tasks (it supports {', '.join(cls.task_types)}). "
+            f"For {labels.task_type}, use one of: {', '.join(supported)}."
+        )
     config = build_config(cls.config_class, overrides, where=f"method '{name}'")
     if cls.needs_text_tower and backbone.text is None:
         from vlprompt.errors import ConfigError

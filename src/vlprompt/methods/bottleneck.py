@@ -18,6 +18,7 @@ from torch import nn
 
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
+from vlprompt.methods.heads import HEAD_OPTION_HELP
 from vlprompt.methods.peft import TowerTuningMethod
 from vlprompt.prompts.adapters import ADAPTER_INITS, BRANCH_INPUTS, attach_adaptformer, attach_pfeiffer
 
@@ -25,6 +26,7 @@ from vlprompt.prompts.adapters import ADAPTER_INITS, BRANCH_INPUTS, attach_adapt
 @dataclass
 class AdapterConfig:
     """VPT's Adapter baseline (official ``MODEL.ADAPTER``)."""
+    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
     reduction_factor: int = field(
         default=8, metadata={"help": "bottleneck width = d / reduction_factor (official REDUCATION_FACTOR 8)",
@@ -57,6 +59,7 @@ class PfeifferAdapterTuning(TowerTuningMethod):
 @dataclass
 class AdaptFormerConfig:
     """AdaptFormer's options (official ``main_image.py`` values as defaults)."""
+    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
     bottleneck: int = field(default=64, metadata={"help": "bottleneck width of the parallel branch (official ffn_num 64)",
                                                   "range": (1, None)})

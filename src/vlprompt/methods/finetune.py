@@ -12,18 +12,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
 
 
 @dataclass
 class FinetuneConfig(ValidatedConfig):
-    """Full fine-tuning has no options of its own: every tower weight and the head train."""
+    """Full fine-tuning: every tower weight and the head train; its only option is the segmentation head."""
+
+    head: dict = option(help=HEAD_OPTION_HELP, default_factory=dict)
 
 
 @dataclass
@@ -31,16 +33,20 @@ class PartialConfig(ValidatedConfig):
     """Partial fine-tuning: the last k blocks and the head train; the blocks before them stay frozen."""
 
     k: int = option(1, help="how many of the last blocks train (with the head)", range=(1, None))
+    head: dict = option(help=HEAD_OPTION_HELP, default_factory=dict)
 
 
 class _TunedTower(PromptMethod):
-    """A Linear head on a trainable copy of the image tower; subclasses choose which blocks train."""
+    """A task head on a trainable copy of the image tower; subclasses choose which blocks train."""
+
+    task_types: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config, tuned_blocks: int | None) -> None:
         """``tuned_blocks`` None tunes the whole tower (embedding and final norm too), else the last k blocks."""
         super().__init__(backbone, labels, config)
         self.visual = copy.deepcopy(backbone.visual)
-        self.head = nn.Linear(self.visual.feature_dim, labels.num_classes)
+        self.head = task_head(self.visual, labels, config.head)
+        self.dense = labels.task_type == "segmentation"
         self.tune_all = tuned_blocks is None
         self.first_tuned = 0 if tuned_blocks is None else self.visual.num_blocks - tuned_blocks
         if self.tune_all:
@@ -49,18 +55,30 @@ class _TunedTower(PromptMethod):
             for block in list(self.visual.block_modules())[self.first_tuned :]:
                 block.requires_grad_(True)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        # The frozen part of the tower runs without autograd: no activations are kept for it.
+    def block_outputs(self, images: torch.Tensor, blocks: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """The tokens leaving each block in ``blocks``; the frozen part of the tower runs without autograd (no
+        activations are kept for it)."""
+        outputs = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.tune_all):
             tokens = self.visual.embed(images)
             for index in range(self.first_tuned):
                 tokens = self.visual.block(index, tokens)
+                outputs[index] = tokens
         for index in range(self.first_tuned, self.visual.num_blocks):
             tokens = self.visual.block(index, tokens)
-        return self.visual.finalize(tokens)
+            outputs[index] = tokens
+        return {b: outputs[b] for b in blocks}
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled image features (the classification readout's input)."""
+        last = self.visual.num_blocks - 1
+        return self.visual.finalize(self.block_outputs(images, (last,))[last])
 
     def forward(self, batch: dict) -> dict:
-        logits = self.head(self.encode(batch["image"]))
+        images = batch["image"]
+        if self.dense:
+            return dense_forward(self.head, self.visual, lambda blocks: self.block_outputs(images, blocks), 0, batch)
+        logits = self.head(self.encode(images))
         return {"loss": self.cross_entropy(logits, batch), "logits": logits}
 
     def train(self, mode: bool = True) -> _TunedTower:

@@ -18,7 +18,7 @@ Rows here: ``bias`` (BitFit; KMnP/vpt ``tinytl-bias``), ``ln-tune`` (LayerNorm a
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -27,9 +27,11 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import PromptMethod, register_method
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
 from vlprompt.prompts.adapters import tune_biases, tune_class_token, tune_layernorms
 from vlprompt.prompts.heads import VPTHead, frozen_statistics, mae_probe_head
 from vlprompt.prompts.lora import share_weights_copy
+from vlprompt.prompts.visual import prompted_block_outputs
 
 HEAD_KINDS = ("vpt", "timm", "mae-probe")
 
@@ -50,13 +52,16 @@ class TowerTuningMethod(PromptMethod, abc.ABC):
     """A head on a private, partly trainable copy of the image tower; subclasses say what ``attach`` changes."""
 
     head_kind: ClassVar[str] = "vpt"
+    task_types: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
     train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
         super().__init__(backbone, labels, config)
         self.visual = share_weights_copy(backbone.visual)
         self.mode_following: list[nn.Module] = self.attach(self.visual)
-        self.head = build_head(self.head_kind, self.visual.feature_dim, labels.num_classes)
+        self.head = task_head(self.visual, labels, config.head,
+                              lambda: build_head(self.head_kind, self.visual.feature_dim, labels.num_classes))
+        self.dense = labels.task_type == "segmentation"
 
     @abc.abstractmethod
     def attach(self, tower: nn.Module) -> list[nn.Module]:
@@ -71,6 +76,10 @@ class TowerTuningMethod(PromptMethod, abc.ABC):
         return {**super().trainable_state_dict(), **frozen_statistics(self.head, "head")}
 
     def forward(self, batch: dict) -> dict:
+        if self.dense:  # SETR on the adapted tower's patch grid (methods/heads.py)
+            images = batch["image"]
+            return dense_forward(self.head, self.visual,
+                                 lambda blocks: prompted_block_outputs(self.visual, None, images, blocks), 0, batch)
         logits = self.head(self.encode(batch["image"]))
         return {"loss": self.cross_entropy(logits, batch), "logits": logits}
 
@@ -85,6 +94,7 @@ class TowerTuningMethod(PromptMethod, abc.ABC):
 @dataclass
 class BiasConfig:
     """BitFit has no options: every bias of the image tower trains, with the head (official ``tinytl-bias``)."""
+    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
 
 @register_method("bias")
@@ -101,6 +111,7 @@ class BiasTuning(TowerTuningMethod):
 @dataclass
 class LayerNormTuningConfig:
     """LayerNorm tuning has no options: the weight and bias of every LayerNorm of the image tower train."""
+    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
 
 @register_method("ln-tune")
@@ -118,6 +129,7 @@ class LayerNormTuning(TowerTuningMethod):
 @dataclass
 class ClassTokenTuningConfig:
     """CLS-token tuning has no options: the class token and the head train (official transfer type ``cls``)."""
+    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
 
 @register_method("cls-tune")

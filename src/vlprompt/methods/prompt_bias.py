@@ -12,6 +12,7 @@ from typing import Any
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
+from vlprompt.methods.heads import task_head
 from vlprompt.methods.vpt import VisualPromptMethod, VPTConfig
 from vlprompt.prompts.adapters import tune_biases
 from vlprompt.prompts.heads import VPTHead
@@ -36,7 +37,8 @@ class PromptBias(VisualPromptMethod):
         super().__init__(backbone, labels, config)
         self.visual = share_weights_copy(backbone.visual)
         tune_biases(self.visual)
-        self.head = VPTHead(self.visual.feature_dim, labels.num_classes)
+        self.head = task_head(self.visual, labels, config.head,
+                              lambda: VPTHead(self.visual.feature_dim, labels.num_classes))
 
     def train(self, mode: bool = True) -> PromptBias:
         super().train(mode)

@@ -15,6 +15,7 @@ from torch import nn
 
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
+from vlprompt.methods.heads import HEAD_OPTION_HELP
 from vlprompt.methods.peft import TowerTuningMethod
 from vlprompt.prompts.lora import PROJECTIONS, RANK_SCALINGS, attach_lora, attach_lora_packed, set_merged
 
@@ -22,6 +23,7 @@ from vlprompt.prompts.lora import PROJECTIONS, RANK_SCALINGS, attach_lora, attac
 @dataclass
 class ViTLoRAConfig:
     """LoRA on the image tower's attention projections."""
+    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
     rank: int = field(default=8, metadata={"help": "LoRA rank r", "range": (1, None)})
     alpha: float = field(default=8.0, metadata={"help": "LoRA alpha (scaling alpha / r by default)", "range": (0.0, None)})

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.prompts.visual import VisualPrompts, prompted_forward
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
+from vlprompt.prompts.visual import VisualPrompts, prompted_block_outputs, prompted_forward
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,15 @@ class VPTConfig(ValidatedConfig):
               "of an attention-pooled (MAP, SigLIP) readout; CLS readouts ignore it"),
     )
 
+    head: dict = option(help=HEAD_OPTION_HELP, default_factory=dict)
+
 
 class VisualPromptMethod(PromptMethod):
     """Shared VPT/SPT model; subclasses fix ``deep``."""
 
     config_class: ClassVar[type] = VPTConfig
     deep: ClassVar[bool] = False
+    task_types: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
     train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
@@ -62,13 +65,20 @@ class VisualPromptMethod(PromptMethod):
             projection_dim=config.projection_dim,
             patch_size=visual.patch_size,
         )
-        self.head = nn.Linear(visual.feature_dim, labels.num_classes)
+        self.head = task_head(visual, labels, config.head)
+        self.dense = labels.task_type == "segmentation"
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled image features (the classification readout's input)."""
         return prompted_forward(self.visual, self.prompts, images, pool_prompts=self.config.pool_prompts)
 
     def forward(self, batch: dict) -> dict:
-        logits = self.head(self.encode(batch["image"]))
+        images = batch["image"]
+        if self.dense:
+            return dense_forward(self.head, self.visual,
+                                 lambda blocks: prompted_block_outputs(self.visual, self.prompts, images, blocks),
+                                 self.prompts.num_tokens, batch)
+        logits = self.head(self.encode(images))
         return {"loss": self.cross_entropy(logits, batch), "logits": logits}
 
 

@@ -131,3 +131,21 @@ def prompted_forward(
     tokens = prompted_tokens(visual, prompts, images, on_block_input)
     num_prompts = 0 if prompts is None else prompts.num_tokens
     return visual.finalize(tokens, num_prompts=num_prompts, pool_prompts=pool_prompts)
+
+
+def prompted_block_outputs(
+    visual: VisionTower, prompts: VisualPrompts | None, images: torch.Tensor, blocks: tuple[int, ...]
+) -> dict[int, torch.Tensor]:
+    """The token sequences leaving each block in ``blocks`` (0-based), prompts in the sequence, for heads that read
+    more than the last block (SETR's auxiliary heads). Under deep prompts a block's output is read before the next
+    block's prompts replace the prompt positions; the patch tokens are the same either way."""
+    wanted = set(blocks)
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(index: int, tokens: torch.Tensor) -> None:
+        if index - 1 in wanted:
+            outputs[index - 1] = tokens
+
+    final = prompted_tokens(visual, prompts, images, keep if len(wanted) > 1 else None)
+    outputs[visual.num_blocks - 1] = final
+    return {b: outputs[b] for b in blocks}

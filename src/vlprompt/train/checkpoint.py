@@ -78,6 +78,8 @@ def prompt_config(method, tensors: dict[str, torch.Tensor], extra: dict | None =
         "classnames": list(labels.classnames),
         "templates": list(labels.templates),
         "template_groups": {k: list(v) for k, v in labels.template_groups.items()},
+        "task_type": labels.task_type,
+        "task_fields": labels.task_fields(),
         "shapes": {name: list(t.shape) for name, t in tensors.items()},
         "class_dependent": sorted(method.class_dependent_parameter_names()),
         "tensors_sha256": tensors_checksum(tensors),
@@ -188,7 +190,7 @@ def load_prompts(method, path: str | Path) -> dict:
         )
     tensors = read_tensors(path, meta)
     method.resize_for_checkpoint({name: tuple(t.shape) for name, t in tensors.items()})
-    own = dict(method.named_parameters())
+    own = method.trained_tensors()
     class_dependent = set(meta.get("class_dependent", []))
     same_classes = list(meta.get("classnames", [])) == list(method.labels.classnames)
     for name, tensor in tensors.items():

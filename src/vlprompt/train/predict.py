@@ -47,9 +47,10 @@ def predict(method, dataset: ImageDataset, *, batch_size: int = 256, device: str
     return torch.cat(logits), labels
 
 
-def evaluate(method, dataset: ImageDataset, **kwargs) -> float:
-    """Top-1 accuracy in [0, 1], computed from the counts (correct / total as a Python float), so that results
-    read 0.845 for 169 of 200 rather than a float32 mean's 0.8450000286102295."""
+def top1_accuracy(method, dataset: ImageDataset, **kwargs) -> float:
+    """Top-1 accuracy in [0, 1] (classification's metric; train/tasks.py ``evaluate`` dispatches on the task),
+    computed from the counts (correct / total as a Python float), so that results read 0.845 for 169 of 200
+    rather than a float32 mean's 0.8450000286102295."""
     if len(dataset) == 0:
         raise VlpromptError(f"Dataset '{dataset.name}' has no images to evaluate on.")
     logits, labels = predict(method, dataset, **kwargs)

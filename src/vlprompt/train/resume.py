@@ -57,7 +57,7 @@ def restore(trainer, state: dict, optimizer) -> tuple[int, int, Any]:
             f"The resume state '{trainer.run_dir.resume}' holds non-finite parameters (written by an older "
             "version after the loss diverged). Rerun with --restart to start afresh."
         )
-    named = dict(trainer.method.named_parameters())
+    named = trainer.method.trained_tensors()
     with torch.no_grad():
         for name, tensor in state["trainable"].items():
             named[name].copy_(tensor)

@@ -36,9 +36,10 @@ from vlprompt.train import resume
 from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
 from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
 from vlprompt.train.config import TrainConfig
-from vlprompt.train.predict import evaluate, predict
+from vlprompt.train.predict import predict
 from vlprompt.train.schedule import build_optimizer, lr_at
 from vlprompt.train.sources import FeatureSource, ImageSource, cache_key
+from vlprompt.train.tasks import evaluate, task_type_of
 
 __all__ = ["FitResult", "Trainer", "evaluate", "predict"]
 
@@ -133,7 +134,8 @@ class Trainer:
             labels = torch.tensor(dataset.labels, dtype=torch.long)
             return FeatureSource(self.cached_features(dataset, train=True), labels, config.seed)
         batches_per_epoch = math.ceil(len(dataset) / (config.batch_size * self.world_size))
-        return ImageSource(dataset.with_transform(train_transform(preprocess, config.augment)), config.seed,
+        transform = task_type_of(dataset).train_transform(preprocess, config.augment)
+        return ImageSource(dataset.with_transform(transform), config.seed,
                             workers_for(config.resolved_num_workers(), batches_per_epoch),
                             pin_memory=self.device.type == "cuda")
 
@@ -151,7 +153,7 @@ class Trainer:
         started = time.perf_counter()
         preprocess = method.backbone.preprocess
         self._feature_memo = {}
-        method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+        method.setup(task.train.with_transform(task_type_of(task.train).eval_transform(preprocess)), self)
         self.callbacks.on_fit_start(self, task)
         method.prepare(task, self)
         params = [p for p in method.trainable_parameters()]
@@ -236,7 +238,7 @@ class Trainer:
 
         if config.select == "best_val" and best[1] is not None:
             with torch.no_grad():
-                named = dict(method.named_parameters())
+                named = method.trained_tensors()
                 for name, tensor in best[1].items():
                     named[name].copy_(tensor)
         method.on_fit_end(task, self)  # after training, before saving (Tip-Adapter's α/β search on val)

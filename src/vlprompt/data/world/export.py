@@ -1,4 +1,5 @@
-"""Write a world task to disk in a distributed dataset layout (ImageFolder, VTAB-1k txt or CoOp's split JSON).
+"""Write a world task to disk in a distributed dataset layout (ImageFolder, VTAB-1k txt, CoOp's split JSON or,
+for segmentation tasks, the segfolder image + mask layout).
 
 This makes every README workflow runnable offline as written: the files are real PNGs (or JPEGs) read back
 through the same format readers and validator as a user's own data. ``image_size`` resizes the world's small
@@ -18,7 +19,7 @@ from vlprompt.data.registry import load_dataset
 from vlprompt.errors import ConfigError
 from vlprompt.io_utils import atomic_write_text, check_writable_dir
 
-FORMATS = ("imagefolder", "vtab", "coop")
+FORMATS = ("imagefolder", "vtab", "coop", "segfolder")
 IMAGE_FORMATS = {"png": ".png", "jpeg": ".jpg"}
 
 
@@ -68,6 +69,8 @@ def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder",
             )
         shutil.rmtree(target)
     out = check_writable_dir(out, "export folder")
+    if fmt == "segfolder":
+        return _export_segfolder(name, out, per_class, seed, **images)
     if fmt == "imagefolder":
         task = load_dataset(name, train_per_class=per_class, val_per_class=max(per_class // 4, 1),
                             test_per_class=per_class, seed=seed)
@@ -92,6 +95,32 @@ def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder",
     for split, rows in lines.items():
         atomic_write_text(folder / f"{split}.txt", "".join(f"{path} {label}\n" for path, label in rows))
     atomic_write_text(folder / "classnames.txt", "".join(f"{c}\n" for c in task.labels.classnames))
+    return out
+
+
+def _export_segfolder(name: str, out: Path, images_per_split: int, seed: int, image_size: int | None,
+                      image_format: str) -> Path:
+    """A world segmentation task (``world-seg``, ``world-seg-<style>``) in the ``segfolder`` layout: images/<split>,
+    masks/<split> (PNG class indices; resized by nearest neighbour) and classes.txt; ``images_per_split`` images in
+    train and test, a quarter of that in val."""
+    if not name.startswith("world-seg"):
+        raise ConfigError(f"The segfolder layout holds segmentation tasks; '{name}' classifies. Export world-seg or "
+                          "world-seg-<style>, or use --format imagefolder / vtab for it.")
+    task = load_dataset(name, train_images=images_per_split, val_images=max(images_per_split // 4, 1),
+                        test_images=images_per_split, seed=seed)
+    suffix = IMAGE_FORMATS[image_format]
+    for split, data in (("train", task.train), ("val", task.val), ("test", task.test)):
+        for index in range(len(data)):
+            image, mask = data[index]
+            if image_size is not None:
+                image = image.resize((image_size, image_size), Image.BICUBIC)
+                mask = mask.resize((image_size, image_size), Image.NEAREST)
+            stem = data.ids[index].replace("/", "_")
+            for folder, picture, kind in (("images", image, suffix), ("masks", mask, ".png")):
+                target = out / folder / split / f"{stem}{kind}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                picture.save(target, **({"quality": 90} if kind == ".jpg" else {}))
+    atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in task.labels.classnames))
     return out
 
 

@@ -233,6 +233,24 @@ def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 def render(scene: Scene, size: int | None = None) -> np.ndarray:
     """The scene as uint8 RGB [size, size, 3]; deterministic in the scene."""
+    return render_with_objects(scene, size)[0]
+
+
+def _majority_downsample(owner: np.ndarray, factor: int, count: int) -> np.ndarray:
+    """Per output pixel, the owner (-1 background, else object index) covering most of its supersamples; ties go
+    to the object drawn last (on top), then to the background."""
+    h, w = owner.shape
+    blocks = owner.reshape(h // factor, factor, w // factor, factor)
+    votes = np.stack([(blocks == k).sum(axis=(1, 3)) for k in range(-1, count)], axis=-1)
+    # argmax over reversed candidates picks the last maximum: the top-most object wins ties
+    best = votes.shape[-1] - 1 - np.argmax(votes[..., ::-1], axis=-1)
+    return (best - 1).astype(np.int64)
+
+
+def render_with_objects(scene: Scene, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The image and, per pixel, which object of ``scene.objects`` is seen there ([size, size] int64, -1 for the
+    background): the exact shape masks the renderer draws with (painting's wobble included), later objects over
+    earlier ones, at the majority of each pixel's supersamples. The world's segmentation masks come from here."""
     size = size or VOCAB.image_size
     big = size * SUPERSAMPLE
     rng = np.random.default_rng(scene.seed)
@@ -254,11 +272,13 @@ def render(scene: Scene, size: int | None = None) -> np.ndarray:
     else:
         canvas = _background(scene.background, big, rng)
 
-    for obj in scene.objects:
+    owner = np.full((big, big), -1, dtype=np.int64)
+    for index, obj in enumerate(scene.objects):
         u, v = _local(obj, x + jitter_u, y + jitter_v)
         mask = SHAPES[obj.shape](u, v)
         if not mask.any():
             continue
+        owner[mask] = index
         colour = np.asarray(VOCAB.colours[obj.colour], dtype=np.float64) / 255.0
         colour = np.clip(colour * rng.uniform(0.9, 1.1) + rng.normal(0, 0.03, 3), 0, 1)
         pattern = _texture(obj.texture, u, v, rng)[..., None]
@@ -299,6 +319,7 @@ def render(scene: Scene, size: int | None = None) -> np.ndarray:
             raise KeyError(f"unknown style {style!r}")
 
     image = _downsample(np.clip(canvas, 0, 1), SUPERSAMPLE)
+    objects = _majority_downsample(owner, SUPERSAMPLE, len(scene.objects))
     if style == "pixel":  # blocky and colour-quantised
         small = _downsample(image, 2)
         image = np.repeat(np.repeat(np.round(small * 4) / 4, 2, axis=0), 2, axis=1)
@@ -308,4 +329,4 @@ def render(scene: Scene, size: int | None = None) -> np.ndarray:
         image = _box_blur(image, 1) * 0.6 + image * 0.4 + rng.normal(0, 0.015, image.shape)
     elif style == "sketch":
         image = image + rng.normal(0, 0.02, image.shape[:2])[..., None]
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), objects

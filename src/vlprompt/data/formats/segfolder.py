@@ -1,0 +1,95 @@
+"""A user's own segmentation data: an image + mask folder, or a CSV of (image, mask, split) rows.
+
+Folder layout (``segfolder``): ``<root>/images/<split>/*`` and ``<root>/masks/<split>/*.png`` with the same file
+stems, ``<split>`` among train, val, test; ``<root>/classes.txt`` names class i on line i + 1 (mask value i).
+CSV layout (``segcsv``): ``<root>/<csv>`` (default ``segmentation.csv``) with a header ``image,mask,split`` and
+paths relative to ``<root>``, plus ``classes.txt``. Masks are single-channel PNGs of class indices; pixels equal
+to ``ignore_index`` (default 255) are ignored; ``reduce_zero_label`` reads 0 as ignore and k as class k - 1
+(ADE20K's convention, for masks that reserve 0 for "unlabelled").
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlprompt.data.formats.parsed import Problem
+from vlprompt.data.formats.segmasks import (
+    MASK_SUFFIXES,
+    ParsedSegmentation,
+    SegPair,
+    list_files,
+    list_image_files,
+    pair_by_stem,
+)
+
+FOLDER_LAYOUT = "<root>/images/{train,val,test}/*, <root>/masks/{train,val,test}/*.png and <root>/classes.txt"
+CSV_LAYOUT = "<root>/segmentation.csv (columns image,mask,split; paths relative to <root>) and <root>/classes.txt"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SegFolderOptions:
+    """Options of the image + mask folder reader."""
+
+    ignore_index: int = field(default=255, metadata={"help": "mask value that marks unlabelled pixels",
+                                                     "range": (0, 255)})
+    reduce_zero_label: bool = field(default=False, metadata={
+        "help": "read 0 as ignore and k as class k-1 (ADE20K's convention)"})
+    classes_file: str = field(default="classes.txt", metadata={
+        "help": "class names, one per line, relative to the root"})
+
+
+@dataclass
+class SegCsvOptions(SegFolderOptions):
+    """Options of the CSV reader."""
+
+    csv: str = field(default="segmentation.csv", metadata={"help": "the CSV file, relative to the root"})
+
+
+def _classnames(root: Path, options: SegFolderOptions) -> tuple[list[str], list[Problem]]:
+    path = root / options.classes_file
+    if not path.is_file():
+        return [], [Problem(str(path), None, "the class-name file is missing (one class name per line, line i + 1 "
+                            "names mask value i)", "missing")]
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return names, []
+
+
+def parse_segfolder(root: Path, options: SegFolderOptions) -> ParsedSegmentation:
+    classnames, problems = _classnames(root, options)
+    splits = {}
+    for split in SPLITS:
+        images = list_image_files(root / "images" / split)
+        masks = list_files(root / "masks" / split, MASK_SUFFIXES)
+        if images or masks:
+            splits[split], found = pair_by_stem(images, masks, root, split)
+            problems += found
+    return ParsedSegmentation("segfolder", "segfolder", root, classnames, splits, options.ignore_index,
+                              options.reduce_zero_label, problems)
+
+
+def parse_segcsv(root: Path, options: SegCsvOptions) -> ParsedSegmentation:
+    classnames, problems = _classnames(root, options)
+    source = root / options.csv
+    splits: dict[str, list[SegPair]] = {}
+    if not source.is_file():
+        problems.append(Problem(str(source), None, "the CSV file is missing (columns image,mask,split)", "missing"))
+    else:
+        with open(source, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in reader.fieldnames or []]
+            if not {"image", "mask", "split"} <= set(header):
+                problems.append(Problem(str(source), 1, f"the header is {header}; it needs image, mask, split",
+                                        "format"))
+            else:
+                for line, row in enumerate(reader, start=2):
+                    split = (row["split"] or "").strip()
+                    if split not in SPLITS:
+                        problems.append(Problem(str(source), line, f"split {split!r} is not one of {SPLITS}",
+                                                "format"))
+                        continue
+                    pair = SegPair(row["image"].strip(), row["mask"].strip(), line)
+                    splits.setdefault(split, []).append(pair)
+    return ParsedSegmentation("segcsv", "segcsv", root, classnames, splits, options.ignore_index,
+                              options.reduce_zero_label, problems, source=source)
