@@ -108,6 +108,38 @@ def no_attention_seam(tower: nn.Module) -> VlpromptError:
     )
 
 
+# VPT's prompt locations, named as the official config (MODEL.PROMPT.LOCATION) names them.
+PROMPT_LOCATIONS = ("prepend", "add", "add-1", "below", "pad", "prepend-pixel")
+# VPT's readouts (MODEL.PROMPT.VIT_POOL_TYPE): the backbone's own pooling, or the mean of the final patch tokens,
+# of the final prompt tokens, or of both (everything but the prefix).
+PROMPT_READOUTS = ("original", "img_pool", "prompt_pool", "imgprompt_pool")
+
+
+@dataclass(frozen=True)
+class PromptSupport:
+    """Which visual prompting a tower's seams carry, declared by its adapter; VPT and SPT read this instead of
+    checking adapter classes.
+
+    ``kind`` says how prompts travel: ``"sequence"`` (a plain ViT: prompt tokens ride the token sequence after the
+    prefix tokens through embed -> block(i) -> finalize), ``"windows"`` (Swin: prompt tokens join every attention
+    window of every block and are widened by each patch merging; ``block_widths`` differ per stage) or
+    ``"pixels"`` (a ConvNet: only the image itself can be prompted). ``locations`` are the official location names
+    the tower supports, ``deep_locations`` those that also work with a fresh set per block, ``readouts`` the
+    official readouts it supports; ``refusals`` says, per unsupported location or readout, why not.
+    """
+
+    kind: str
+    block_widths: tuple[int, ...]
+    locations: tuple[str, ...]
+    deep_locations: tuple[str, ...] = ()
+    readouts: tuple[str, ...] = ("original",)
+    refusals: dict[str, str] = field(default_factory=dict)
+
+    def refuse(self, option: str, value: str, where: str) -> VlpromptError:
+        reason = self.refusals.get(value, "the adapter's seams do not carry it")
+        return VlpromptError(f"{where}: {option} '{value}' does not apply to this backbone: {reason}")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How images must be prepared for a backbone (read from the backbone library's own config)."""
@@ -163,6 +195,54 @@ class VisionTower(nn.Module, abc.ABC):
         says whether they enter the mean (VPT's MAE readout includes them); CLS pooling ignores both.
         """
         ...
+
+    def prompt_support(self) -> PromptSupport:
+        """What visual prompting this tower carries. Default: a plain ViT token pipeline, where prompt tokens
+        may be prepended after the prefix or added to every token, shallow or deep; pixel locations need the
+        patch-embedding seam (``patch_tokens``), which an adapter opts into by overriding this."""
+        pixel = (
+            f"it needs the patch-embedding seam (patch_tokens), which the {type(self).__name__} adapter does not "
+            "expose; use a timm ViT"
+        )
+        return PromptSupport(
+            kind="sequence",
+            block_widths=(self.width,) * self.num_blocks,
+            locations=("prepend", "add", "add-1"),
+            deep_locations=("prepend", "add", "add-1"),
+            refusals={
+                "prepend-pixel": pixel,
+                "below": pixel,
+                "pad": pixel,
+                **dict.fromkeys(PROMPT_READOUTS[1:], "it needs the mean-readout seam (mean_readout)"),
+            },
+        )
+
+    def transition(self, index: int, tokens: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """What happens to the tokens between block ``index - 1`` and block ``index`` when ``num_prompts`` prompt
+        tokens follow the prefix. Identity for ViTs; Swin merges patches (and widens the prompts) at a stage start.
+        Towers that override it include it in ``block`` so the plain pipeline stays embed -> block(i) -> finalize."""
+        return tokens
+
+    def prompted_block(self, index: int, tokens: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """Block ``index`` on tokens holding ``num_prompts`` prompt tokens after the prefix (without the
+        ``transition``). For a ViT prompts are ordinary tokens of the sequence; Swin shows them to every window."""
+        return self.block(index, tokens)
+
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, P, k*P] -> k tokens [B, k, width] through the frozen patch embedding, without position
+        embedding (VPT's ``prepend-pixel`` prompts)."""
+        raise VlpromptError(
+            f"The {type(self).__name__} adapter does not expose its patch embedding, so pixel prompts "
+            "(prepend-pixel) cannot enter it."
+        )
+
+    def mean_readout(self, tokens: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+        """Features from the mean of final tokens ``start:stop`` (after the tower's per-token final norm, then its
+        pooled norm): VPT's img_pool / prompt_pool / imgprompt_pool readouts."""
+        raise VlpromptError(
+            f"The {type(self).__name__} adapter does not expose its final norms, so VPT's pooled readouts "
+            "(img_pool, prompt_pool, imgprompt_pool) cannot be computed; use readout=original."
+        )
 
     def attention_projections(self, index: int) -> AttentionProjections:
         """Block ``index``'s self-attention projections (q, k, v, o), for LoRA."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
+from vlprompt.backbones.base import Backbone, PreprocessConfig, PromptSupport, VisionTower
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
 from vlprompt.errors import VlpromptError
@@ -103,6 +103,32 @@ class TimmVisionTower(VisionTower):
         )
         return self.model.fc_norm(pooled)
 
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        embed = self.model.patch_embed
+        return embed.norm(embed.proj(pixels).flatten(2).transpose(1, 2))
+
+    def mean_readout(self, tokens: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+        return self.model.fc_norm(self.model.norm(tokens)[:, start:stop].mean(dim=1))
+
+    def prompt_support(self) -> PromptSupport:
+        """Token prompts and VPT's readouts, plus pixel-token prompts through the patch embedding."""
+        base = super().prompt_support()
+        refusals = {
+            "below": "vlprompt does not implement it for ViTs: the official 'below' retrains the whole patch "
+            "embedding (3 + k input channels), which is backbone fine-tuning rather than a prompt; use prepend",
+            "pad": "vlprompt does not implement it for ViTs: the official ViT 'pad' rebuilds the model at S + 2p and "
+            "resamples its position embeddings at load, changing the frozen backbone; use prepend (or pad on a "
+            "ResNet / ConvNeXt)",
+        }
+        return PromptSupport(
+            kind="sequence",
+            block_widths=base.block_widths,
+            locations=(*base.locations, "prepend-pixel"),
+            deep_locations=base.deep_locations,
+            readouts=("original", "img_pool", "prompt_pool", "imgprompt_pool"),
+            refusals=refusals,
+        )
+
 
 def timm_preprocess(model: nn.Module) -> PreprocessConfig:
     """Image preparation from timm's own pretrained config (resolve_data_config)."""
@@ -145,10 +171,22 @@ def wrap_timm_vit(model: nn.Module, backbone_id: str, kind: str = "vit") -> Back
 # ----- loading by name (timm:<arch>[.<tag>]) -----
 def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
     """``timm:<arch>[.<tag>]``: weights from ``weights=PATH``, the local HF / torch-hub cache, or the hub when
-    reachable; ``pretrained=False`` or ``random_init=True`` for random init."""
+    reachable; ``pretrained=False`` or ``random_init=True`` for random init. ViTs, Swin, ResNet and ConvNeXt
+    models each get their adapter (timm_models.py). ``checkpoint_format=mae|moco_v3`` (or detected) reads the
+    official self-supervised files (ssl_checkpoints.py); MAE defaults to its mean readout (global_pool='avg')."""
     import timm
 
+    from vlprompt.backbones.timm_models import wrap_timm_model
+
     weights = kwargs.pop("weights", None)
+    checkpoint_format = kwargs.pop("checkpoint_format", None)
+    if checkpoint_format is not None and weights is None:
+        raise VlpromptError(
+            f"Backbone '{name}': checkpoint_format={checkpoint_format} describes a weights file; pass weights=PATH."
+        )
+    if checkpoint_format == "mae":
+        kwargs.setdefault("kind", "mae")
+        kwargs.setdefault("global_pool", "avg")
     random_init = as_bool(kwargs.pop("random_init", False), "random_init")
     pretrained = as_bool(kwargs.pop("pretrained", True), "pretrained") and not random_init
     arch, _, tag = spec.partition(".")
@@ -167,7 +205,7 @@ def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
     kwargs.setdefault("num_classes", 0)
     if not pretrained and weights is None:
         model = timm.create_model(spec, pretrained=False, **kwargs)
-        return wrap_timm_vit(model.eval(), backbone_id=f"{name}#random", kind=kind)
+        return wrap_timm_model(model.eval(), backbone_id=f"{name}#random", kind=kind)
     if weights is None:
         weights = _find_timm_weights(spec)
     if weights is not None:
@@ -176,7 +214,7 @@ def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
             raise VlpromptError(
                 f"Backbone '{name}': weights file '{weights}' does not exist; pass an existing file."
             )
-        model = _load_timm_file(spec, name, weights, kwargs)
+        model = _load_timm_file(spec, name, weights, kwargs, checkpoint_format)
     else:
         if not hub_reachable():
             raise missing_weights(
@@ -192,18 +230,25 @@ def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
                 "a local file with weights=PATH (.safetensors / .pth / .npz)",
                 "pretrained=false or random_init=true",
             ) from error
-    return wrap_timm_vit(model.eval(), backbone_id=name, kind=kind)
+    return wrap_timm_model(model.eval(), backbone_id=name, kind=kind)
 
 
-def _load_timm_file(spec: str, name: str, weights: str, kwargs: dict) -> Any:
+def _load_timm_file(
+    spec: str, name: str, weights: str, kwargs: dict, checkpoint_format: str | None = None
+) -> Any:
     """Build the architecture, then load the file through timm (its checkpoint filter resizes position
     embeddings and converts layouts) and refuse any file that leaves a non-classifier weight unloaded: timm
     itself loads non-strictly whenever the classifier size differs, which would silently keep random weights."""
     import timm
     from timm.models import load_pretrained
-    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from vlprompt.backbones.ssl_checkpoints import load_ssl_checkpoint
+    from vlprompt.backbones.timm_models import timm_family
 
     model = timm.create_model(spec, pretrained=False, **kwargs)
+    _, checkpoint_filter_fn = timm_family(model, name)
+    if load_ssl_checkpoint(model, name, weights, checkpoint_format, checkpoint_filter_fn):
+        return model
     classifier = model.pretrained_cfg.get("classifier", "head")
     classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     report: dict[str, list[str]] = {}

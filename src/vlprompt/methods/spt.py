@@ -71,6 +71,12 @@ class SPTConfig(VPTConfig):
                 f"{where}.token_budget = {self.token_budget} is smaller than num_tokens = {self.num_tokens}: "
                 "prototypes need at least as many tokens as prompts. Raise token_budget (thousands is typical)."
             )
+        if self.location != "prepend" or self.num_deep_layers is not None or self.reverse_deep or self.deep_shared:
+            raise ConfigError(
+                f"{where}: SPT initialises prepended prompts for the input (shallow) or every block (deep) from the "
+                "tokens entering them; location, num_deep_layers, reverse_deep and deep_shared are VPT ablations. "
+                "Use vpt-shallow / vpt-deep for them."
+            )
         check_range(where, "init_batch_size", self.init_batch_size, 1)
         check_range(where, "kmeans_iterations", self.kmeans_iterations, 0)
         check_range(where, "kmeans_batch_size", self.kmeans_batch_size, 1)
@@ -79,6 +85,15 @@ class SPTConfig(VPTConfig):
 
 class SelfPromptMethod(VisualPromptMethod):
     config_class = SPTConfig
+
+    def __init__(self, backbone: Any, labels: Any, config: SPTConfig) -> None:
+        super().__init__(backbone, labels, config)
+        if self.support.kind != "sequence":
+            raise ConfigError(
+                f"Method '{self.method_name}' on '{backbone.backbone_id}': SPT prototypes are tokens of one width "
+                f"collected from a ViT token pipeline; this backbone's prompts are of kind '{self.support.kind}' "
+                "(Swin stages or ConvNet pixels). Use vpt-shallow / vpt-deep on it."
+            )
 
     def initialize_prompts(
         self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0
