@@ -334,6 +334,6 @@ class Backbone:
             for module in self.modules():
                 for name, tensor in sorted(module.state_dict().items()):
                     digest.update(name.encode())
-                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             cached = self.extra["_weights_hash"] = digest.hexdigest()[:16]
         return cached
