@@ -178,6 +178,13 @@ class VisualPromptMethod(PromptMethod):
     def _check_options(self, config: Any) -> None:
         """Refuse, with the reason, every option this backbone's tower cannot carry."""
         support, where = self.support, f"method '{self.method_name}' on '{self.backbone.backbone_id}'"
+        for option, value, known in (
+            ("location", config.location, PROMPT_LOCATIONS),
+            ("readout", config.readout, PROMPT_READOUTS),
+            ("initiation", config.initiation, INITIATIONS),
+        ):
+            if value not in known:
+                raise ConfigError(f"{where}: {option} = {value!r} is not an official VPT option; use one of {known}.")
         if config.location not in support.locations:
             raise support.refuse("location", config.location, where)
         if config.readout not in support.readouts:
