@@ -52,7 +52,8 @@ def _sample_keys(mapping: Mapping, count: int = 8) -> str:
 
 def detect_format(checkpoint: Any) -> str:
     """'mae' (a ``model`` dict), 'moco_v3' (a ``state_dict`` dict under ``module.``) or 'timm' (a flat dict of
-    tensors with timm's names); anything else is an unknown layout, named by the keys it has."""
+    tensors with timm's names, or a timm training checkpoint); anything else is an unknown layout, named by the
+    keys it has. A DeiT file ({'model': ...}) reads as 'mae': the same mapping timm applies to it."""
     if not isinstance(checkpoint, Mapping):
         raise VlpromptError(f"The checkpoint holds a {type(checkpoint).__name__}, not a dict of tensors.")
     if isinstance(checkpoint.get("model"), Mapping):
@@ -62,6 +63,8 @@ def detect_format(checkpoint: Any) -> str:
         return "moco_v3"
     if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         return "timm"
+    if any(isinstance(checkpoint.get(key), Mapping) for key in ("state_dict", "state_dict_ema", "model_ema")):
+        return "timm"  # a timm training checkpoint: timm's own loader reads these entries
     raise VlpromptError(
         f"Unknown checkpoint layout: top-level keys {_sample_keys(checkpoint)}. vlprompt reads MAE files "
         "({'model': {...}}), MoCo v3 files ({'state_dict': {'module.base_encoder.…': …}}) and flat timm state "
