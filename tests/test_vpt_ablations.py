@@ -178,7 +178,7 @@ def test_only_plain_prompts_share_the_serving_pass():
     ("name", "options", "error", "reason"),
     [
         ("vpt-shallow", {"location": "pad"}, VlpromptError, "position embeddings"),
-        ("vpt-shallow", {"location": "below"}, VlpromptError, "patch embedding"),
+        ("vpt-deep", {"location": "below"}, ConfigError, "deep prompts at location 'below'"),
         ("vpt-shallow", {"location": "nowhere"}, ConfigError, "not an official VPT option"),
         ("vpt-shallow", {"location": "add", "readout": "img_pool"}, ConfigError, "needs location=prepend"),
         ("vpt-deep", {"reverse_deep": True}, ConfigError, "needs num_deep_layers"),
@@ -193,3 +193,15 @@ def test_only_plain_prompts_share_the_serving_pass():
 def test_options_that_do_not_apply_are_refused_with_the_reason(name, options, error, reason):
     with pytest.raises(error, match=reason):
         create_method(name, _backbone(), LABELS, **options)
+
+
+def test_clip_towers_take_token_prompts_but_refuse_pixel_locations():
+    from vlprompt.backbones.tiny import tiny_open_clip
+
+    backbone = tiny_open_clip()
+    create_method("vpt-deep", backbone, LABELS, location="add-1")
+    for location in ("prepend-pixel", "below", "pad"):
+        with pytest.raises(VlpromptError, match="patch-embedding seam"):
+            create_method("vpt-shallow", backbone, LABELS, location=location)
+    with pytest.raises(VlpromptError, match="mean-readout seam"):
+        create_method("vpt-shallow", backbone, LABELS, readout="img_pool")

@@ -141,6 +141,17 @@ class PromptSupport:
 
 
 @dataclass(frozen=True)
+class InputStem:
+    """A tower's first convolution on the pixels, for VPT's ``below`` prompts (extra input channels through a
+    retrained copy of it). ``norm`` is the normalisation the official code retrains with it (a ResNet's stem
+    BatchNorm), ``style`` the official file whose init applies: "vit" (vit_ablations.py) or "resnet" (resnet.py)."""
+
+    conv: nn.Conv2d
+    norm: nn.Module | None
+    style: str
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     """How images must be prepared for a backbone (read from the backbone library's own config)."""
 
@@ -235,6 +246,17 @@ class VisionTower(nn.Module, abc.ABC):
             f"The {type(self).__name__} adapter does not expose its patch embedding, so pixel prompts "
             "(prepend-pixel) cannot enter it."
         )
+
+    def input_stem(self) -> InputStem:
+        """The first convolution on the pixels (and the norm the official ``below`` retrains with it)."""
+        raise VlpromptError(
+            f"The {type(self).__name__} adapter does not expose its input convolution, so 'below' prompts (extra "
+            "input channels) cannot enter it."
+        )
+
+    def embed_after_stem(self, features: torch.Tensor) -> torch.Tensor:
+        """``embed`` from the output of ``input_stem`` (conv, and its norm when it has one) on."""
+        raise VlpromptError(f"The {type(self).__name__} adapter does not expose the rest of its embedding.")
 
     def mean_readout(self, tokens: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
         """Features from the mean of final tokens ``start:stop`` (after the tower's per-token final norm, then its

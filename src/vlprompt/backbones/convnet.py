@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import PROMPT_READOUTS, Backbone, BlockSites, PromptSupport, VisionTower
+from vlprompt.backbones.base import PROMPT_READOUTS, Backbone, BlockSites, InputStem, PromptSupport, VisionTower
 from vlprompt.backbones.timm_vit import timm_preprocess
 from vlprompt.errors import VlpromptError
 
@@ -73,14 +73,20 @@ class ConvNetVisionTower(VisionTower):
     def prompt_support(self) -> PromptSupport:
         tokens = "a ConvNet has no token sequence; the official code prompts ResNets and ConvNeXts in pixel space only"
         refusals = dict.fromkeys(("prepend", "add", "add-1", "prepend-pixel"), tokens)
-        refusals["below"] = (
-            "this adapter does not implement it: the official ResNet 'below' retrains the stem convolution and its "
-            "BatchNorm in training mode (batch statistics), which a frozen backbone cannot carry; use pad"
-            if self.family == "resnet"
-            else "the official ConvNeXt code refuses it ('Not support prompt-below'); use pad"
-        )
+        refusals["below"] = "the official ConvNeXt code refuses it ('Not support prompt-below'); use pad"
         refusals.update(dict.fromkeys(PROMPT_READOUTS[1:], "a ConvNet has no prompt tokens to pool"))
-        return PromptSupport(kind="pixels", block_widths=(), locations=("pad",), refusals=refusals)
+        locations = ("pad", "below") if self.family == "resnet" else ("pad",)
+        return PromptSupport(kind="pixels", block_widths=(), locations=locations, refusals=refusals)
+
+    def input_stem(self) -> InputStem:
+        if self.family != "resnet":
+            return super().input_stem()
+        return InputStem(conv=self.model.conv1, norm=self.model.bn1, style="resnet")
+
+    def embed_after_stem(self, features: torch.Tensor) -> torch.Tensor:
+        if self.family != "resnet":
+            return super().embed_after_stem(features)
+        return self.model.maxpool(self.model.act1(features))
 
 
 def wrap_timm_convnet(model: nn.Module, backbone_id: str) -> Backbone:

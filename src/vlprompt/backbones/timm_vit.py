@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone, PreprocessConfig, PromptSupport, VisionTower
+from vlprompt.backbones.base import Backbone, InputStem, PreprocessConfig, PromptSupport, VisionTower
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
 from vlprompt.errors import VlpromptError
@@ -110,12 +110,18 @@ class TimmVisionTower(VisionTower):
     def mean_readout(self, tokens: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
         return self.model.fc_norm(self.model.norm(tokens)[:, start:stop].mean(dim=1))
 
+    def input_stem(self) -> InputStem:
+        return InputStem(conv=self.model.patch_embed.proj, norm=None, style="vit")
+
+    def embed_after_stem(self, features: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        tokens = model.patch_embed.norm(features.flatten(2).transpose(1, 2))
+        return model.norm_pre(model.patch_drop(model._pos_embed(tokens)))
+
     def prompt_support(self) -> PromptSupport:
         """Token prompts and VPT's readouts, plus pixel-token prompts through the patch embedding."""
         base = super().prompt_support()
         refusals = {
-            "below": "vlprompt does not implement it for ViTs: the official 'below' retrains the whole patch "
-            "embedding (3 + k input channels), which is backbone fine-tuning rather than a prompt; use prepend",
             "pad": "vlprompt does not implement it for ViTs: the official ViT 'pad' rebuilds the model at S + 2p and "
             "resamples its position embeddings at load, changing the frozen backbone; use prepend (or pad on a "
             "ResNet / ConvNeXt)",
@@ -123,7 +129,7 @@ class TimmVisionTower(VisionTower):
         return PromptSupport(
             kind="sequence",
             block_widths=base.block_widths,
-            locations=(*base.locations, "prepend-pixel"),
+            locations=(*base.locations, "prepend-pixel", "below"),
             deep_locations=base.deep_locations,
             readouts=("original", "img_pool", "prompt_pool", "imgprompt_pool"),
             refusals=refusals,

@@ -24,6 +24,7 @@ from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
+from vlprompt.prompts.below import BelowPrompts
 from vlprompt.prompts.pixel import PadPrompts, PixelTokenPrompts
 from vlprompt.prompts.visual import DeepPlan, VisualPrompts, prompted_forward, prompted_sequence, read_out
 
@@ -163,8 +164,14 @@ class VisualPromptMethod(PromptMethod):
         self.prompts: VisualPrompts | None = None
         self.pad: PadPrompts | None = None
         self.pixel_prompts: PixelTokenPrompts | None = None
+        self.below: BelowPrompts | None = None
         location = config.location
-        if location == "pad":
+        if location == "below":
+            stem = visual.input_stem()
+            self.below = BelowPrompts(
+                config.num_tokens, backbone.preprocess.image_size, stem.conv, stem.norm, stem.style
+            )
+        elif location == "pad":
             preprocess = backbone.preprocess
             self.pad = PadPrompts(
                 config.num_tokens, preprocess.image_size, preprocess.mean, preprocess.std, config.initiation
@@ -244,6 +251,14 @@ class VisualPromptMethod(PromptMethod):
             widths=widths,
         )
 
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What trained, plus the running statistics of a ``below`` ResNet stem (they change in training)."""
+        state = super().trainable_state_dict()
+        if self.below is not None:
+            for name in self.below.statistics_names():
+                state[f"below.{name}"] = getattr(self.below, name).detach().clone()
+        return state
+
     def shares_token_pass(self) -> bool:
         """True when these prompts are plain VPT ones (prepend, shallow or every block, the backbone's own
         readout, on a ViT token pipeline), which multi-task serving batches in one shared pass."""
@@ -262,6 +277,11 @@ class VisualPromptMethod(PromptMethod):
         config = self.config
         if self.pad is not None:
             return self.visual(self.pad(images))
+        if self.below is not None:
+            tokens = self.visual.embed_after_stem(self.below(images))
+            for index in range(self.visual.num_blocks):
+                tokens = self.visual.block(index, tokens)
+            return self.visual.finalize(tokens, num_prompts=0, pool_prompts=config.pool_prompts)
         if self.pixel_prompts is not None:
             tokens, present = prompted_sequence(
                 self.visual, None, images, first_tokens=lambda t: self.pixel_prompts.insert(self.visual, t)
