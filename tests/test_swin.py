@@ -221,3 +221,19 @@ def test_swin_block_sites_reach_the_prompted_pass():
         method.encode(_images(1))
     # stage 1 (8x8 grid, window 4): 4 windows of 2 prompts + 16 patches; fc2 sees 2 + 64 tokens at hidden width 64
     assert calls == [(4, 18, 32), (1, 66, 64)]
+
+
+def test_nmi_per_block_on_swin_prompts():
+    from vlprompt.analysis.nmi import method_nmi, normalized_mutual_information
+
+    backbone = tiny_timm_swin(seed=7)
+    method = create_method("vpt-deep", backbone, LABELS, num_tokens=2)
+    images = _images(2)
+    values = method_nmi(method, images)
+    assert len(values) == 6
+    # block 0 sees the input prompts beside the patch embedding; stage 1's first block its own (width-32) set
+    with torch.no_grad():
+        patches = backbone.visual.embed(images)
+        prompts = method.prompts.raw(0).unsqueeze(0).expand(2, -1, -1)
+        expected = float(normalized_mutual_information(prompts, patches).mean())
+    assert values[0] == pytest.approx(expected, rel=1e-9)
