@@ -231,7 +231,7 @@ def test_nmi_per_block_on_swin_prompts():
     images = _images(2)
     values = method_nmi(method, images)
     assert len(values) == 6
-    # block 0 sees the input prompts beside the patch embedding; stage 1's first block its own (width-32) set
+    # block 0 sees the input prompts beside the patch embedding
     with torch.no_grad():
         patches = backbone.visual.embed(images)
         prompts = method.prompts.raw(0).unsqueeze(0).expand(2, -1, -1)
