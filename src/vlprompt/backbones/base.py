@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vlprompt.backbones.prompt_support import PROMPT_READOUTS, InputStem, PromptSupport
 from vlprompt.errors import VlpromptError
 
 
@@ -106,49 +107,6 @@ def no_attention_seam(tower: nn.Module) -> VlpromptError:
         f"The {type(tower).__name__} adapter does not expose its attention projections, so LoRA cannot attach to "
         "it. LoRA supports open_clip (CLIP, CustomTextCLIP) and transformers CLIPModel towers."
     )
-
-
-# VPT's prompt locations, named as the official config (MODEL.PROMPT.LOCATION) names them.
-PROMPT_LOCATIONS = ("prepend", "add", "add-1", "below", "pad", "prepend-pixel")
-# VPT's readouts (MODEL.PROMPT.VIT_POOL_TYPE): the backbone's own pooling, or the mean of the final patch tokens,
-# of the final prompt tokens, or of both (everything but the prefix).
-PROMPT_READOUTS = ("original", "img_pool", "prompt_pool", "imgprompt_pool")
-
-
-@dataclass(frozen=True)
-class PromptSupport:
-    """Which visual prompting a tower's seams carry, declared by its adapter; VPT and SPT read this instead of
-    checking adapter classes.
-
-    ``kind`` says how prompts travel: ``"sequence"`` (a plain ViT: prompt tokens ride the token sequence after the
-    prefix tokens through embed -> block(i) -> finalize), ``"windows"`` (Swin: prompt tokens join every attention
-    window of every block and are widened by each patch merging; ``block_widths`` differ per stage) or
-    ``"pixels"`` (a ConvNet: only the image itself can be prompted). ``locations`` are the official location names
-    the tower supports, ``deep_locations`` those that also work with a fresh set per block, ``readouts`` the
-    official readouts it supports; ``refusals`` says, per unsupported location or readout, why not.
-    """
-
-    kind: str
-    block_widths: tuple[int, ...]
-    locations: tuple[str, ...]
-    deep_locations: tuple[str, ...] = ()
-    readouts: tuple[str, ...] = ("original",)
-    refusals: dict[str, str] = field(default_factory=dict)
-
-    def refuse(self, option: str, value: str, where: str) -> VlpromptError:
-        reason = self.refusals.get(value, "the adapter's seams do not carry it")
-        return VlpromptError(f"{where}: {option} '{value}' does not apply to this backbone: {reason}")
-
-
-@dataclass(frozen=True)
-class InputStem:
-    """A tower's first convolution on the pixels, for VPT's ``below`` prompts (extra input channels through a
-    retrained copy of it). ``norm`` is the normalisation the official code retrains with it (a ResNet's stem
-    BatchNorm), ``style`` the official file whose init applies: "vit" (vit_ablations.py) or "resnet" (resnet.py)."""
-
-    conv: nn.Conv2d
-    norm: nn.Module | None
-    style: str
 
 
 @dataclass(frozen=True)

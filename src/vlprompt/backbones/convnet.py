@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import PROMPT_READOUTS, Backbone, BlockSites, InputStem, PromptSupport, VisionTower
+from vlprompt.backbones.base import Backbone, BlockSites, VisionTower
+from vlprompt.backbones.prompt_support import PROMPT_READOUTS, InputStem, PromptSupport
 from vlprompt.backbones.timm_vit import timm_preprocess
 from vlprompt.errors import VlpromptError
 

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone, BlockSites, PromptSupport, VisionTower
+from vlprompt.backbones.base import Backbone, BlockSites, VisionTower
+from vlprompt.backbones.prompt_support import PromptSupport
 from vlprompt.backbones.timm_vit import pool_tokens, timm_preprocess
 from vlprompt.errors import VlpromptError
 

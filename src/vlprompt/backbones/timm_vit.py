@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone, InputStem, PreprocessConfig, PromptSupport, VisionTower
+from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
+from vlprompt.backbones.prompt_support import InputStem, PromptSupport
 from vlprompt.errors import VlpromptError
 
 _TIMM_POOLS = {"token": "cls", "avg": "mean"}

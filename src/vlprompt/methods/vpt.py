@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import PROMPT_LOCATIONS, PROMPT_READOUTS, Backbone
+from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.prompt_support import PROMPT_LOCATIONS, PROMPT_READOUTS
 from vlprompt.config_utils import check_range
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
