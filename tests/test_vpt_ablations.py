@@ -177,7 +177,7 @@ def test_only_plain_prompts_share_the_serving_pass():
 @pytest.mark.parametrize(
     ("name", "options", "error", "reason"),
     [
-        ("vpt-shallow", {"location": "pad"}, VlpromptError, "position embeddings"),
+        ("vpt-deep", {"location": "pad"}, ConfigError, "deep prompts at location 'pad'"),
         ("vpt-deep", {"location": "below"}, ConfigError, "deep prompts at location 'below'"),
         ("vpt-shallow", {"location": "nowhere"}, ConfigError, "not an official VPT option"),
         ("vpt-shallow", {"location": "add", "readout": "img_pool"}, ConfigError, "needs location=prepend"),

@@ -170,8 +170,8 @@ class VisionTower(nn.Module, abc.ABC):
         may be prepended after the prefix or added to every token, shallow or deep; pixel locations need the
         patch-embedding seam (``patch_tokens``), which an adapter opts into by overriding this."""
         pixel = (
-            f"it needs the patch-embedding seam (patch_tokens), which the {type(self).__name__} adapter does not "
-            "expose; use a timm ViT"
+            f"it needs the patch-embedding seams (patch_tokens, input_stem, embed_any_size), which the "
+            f"{type(self).__name__} adapter does not expose; use a timm ViT"
         )
         return PromptSupport(
             kind="sequence",
@@ -203,6 +203,13 @@ class VisionTower(nn.Module, abc.ABC):
         raise VlpromptError(
             f"The {type(self).__name__} adapter does not expose its patch embedding, so pixel prompts "
             "(prepend-pixel) cannot enter it."
+        )
+
+    def embed_any_size(self, images: torch.Tensor) -> torch.Tensor:
+        """``embed`` for images of another size than the tower's (VPT ``pad`` enlarges them by the frame)."""
+        raise VlpromptError(
+            f"The {type(self).__name__} adapter embeds only images of its own size, so 'pad' prompts (a pixel "
+            "frame that enlarges the image) cannot enter it."
         )
 
     def input_stem(self) -> InputStem:

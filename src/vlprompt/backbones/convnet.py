@@ -53,6 +53,9 @@ class ConvNetVisionTower(VisionTower):
             return model.maxpool(model.act1(model.bn1(model.conv1(images))))
         return model.stem(images)
 
+    def embed_any_size(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)  # convolutions and global pooling take any size
+
     def block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         return self._stages[index](tokens)
 

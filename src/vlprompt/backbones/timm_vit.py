@@ -111,6 +111,29 @@ class TimmVisionTower(VisionTower):
     def mean_readout(self, tokens: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
         return self.model.fc_norm(self.model.norm(tokens)[:, start:stop].mean(dim=1))
 
+    def embed_any_size(self, images: torch.Tensor) -> torch.Tensor:
+        """As ``embed``, with the position embeddings' patch grid resampled to the images' grid the way the
+        official VPT loads them for a larger model (scipy ``ndimage.zoom`` order 1: bilinear, corners aligned)."""
+        model = self.model
+        embed = model.patch_embed
+        features = embed.proj(images)
+        grid = tuple(features.shape[-2:])
+        tokens = embed.norm(features.flatten(2).transpose(1, 2))
+        pos = model.pos_embed
+        if pos is not None and grid != tuple(embed.grid_size):
+            prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+            old = embed.grid_size
+            table = pos[:, prefix:].reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2)
+            table = nn.functional.interpolate(table, size=grid, mode="bilinear", align_corners=True)
+            pos = torch.cat([pos[:, :prefix], table.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])], dim=1)
+        prefix_tokens = [t.expand(tokens.shape[0], -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
+        if pos is not None and model.no_embed_class:
+            tokens = tokens + pos
+        tokens = torch.cat([*prefix_tokens, tokens], dim=1)
+        if pos is not None and not model.no_embed_class:
+            tokens = tokens + pos
+        return model.norm_pre(model.patch_drop(model.pos_drop(tokens)))
+
     def input_stem(self) -> InputStem:
         return InputStem(conv=self.model.patch_embed.proj, norm=None, style="vit")
 
@@ -120,17 +143,13 @@ class TimmVisionTower(VisionTower):
         return model.norm_pre(model.patch_drop(model._pos_embed(tokens)))
 
     def prompt_support(self) -> PromptSupport:
-        """Token prompts and VPT's readouts, plus pixel-token prompts through the patch embedding."""
+        """Token prompts and VPT's readouts, plus the pixel locations through the patch-embedding seams."""
         base = super().prompt_support()
-        refusals = {
-            "pad": "vlprompt does not implement it for ViTs: the official ViT 'pad' rebuilds the model at S + 2p and "
-            "resamples its position embeddings at load, changing the frozen backbone; use prepend (or pad on a "
-            "ResNet / ConvNeXt)",
-        }
+        refusals: dict[str, str] = {}
         return PromptSupport(
             kind="sequence",
             block_widths=base.block_widths,
-            locations=(*base.locations, "prepend-pixel", "below"),
+            locations=(*base.locations, "prepend-pixel", "below", "pad"),
             deep_locations=base.deep_locations,
             readouts=("original", "img_pool", "prompt_pool", "imgprompt_pool"),
             refusals=refusals,

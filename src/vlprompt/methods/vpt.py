@@ -276,10 +276,11 @@ class VisualPromptMethod(PromptMethod):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         config = self.config
-        if self.pad is not None:
-            return self.visual(self.pad(images))
-        if self.below is not None:
-            tokens = self.visual.embed_after_stem(self.below(images))
+        if self.pad is not None or self.below is not None:
+            if self.pad is not None:
+                tokens = self.visual.embed_any_size(self.pad(images))
+            else:
+                tokens = self.visual.embed_after_stem(self.below(images))
             for index in range(self.visual.num_blocks):
                 tokens = self.visual.block(index, tokens)
             return self.visual.finalize(tokens, num_prompts=0, pool_prompts=config.pool_prompts)
