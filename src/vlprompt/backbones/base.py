@@ -295,7 +295,7 @@ class Backbone:
     preprocess: PreprocessConfig
     text: TextTower | None = None
     logit_scale: float = 100.0  # exp(logit_scale) of a CLIP model, already exponentiated
-    kind: str = "vit"  # "vit" (supervised), "mae" (self-supervised) or "clip"
+    kind: str = "vit"  # "vit" (supervised), "mae" (self-supervised), "clip", "swin" or "convnet"
     extra: dict = field(default_factory=dict)
 
     def modules(self) -> list[nn.Module]:
