@@ -109,6 +109,23 @@ def test_reversed_partial_deep_overwrites_patches_at_its_first_block_as_the_offi
     _check(method, backbone, expected)
 
 
+def test_noexpand_removes_the_prompts_after_the_last_prompted_block():
+    backbone = _backbone(seed=8)
+    method = create_method("vpt-deep", backbone, LABELS, num_tokens=P, num_deep_layers=2, deep_noexpand=True)
+
+    def before(i, t):
+        if i == 0:
+            return _insert(t, _set(method, 0))
+        if i == 1:
+            return _replace(t, _set(method, 1))
+        return torch.cat([t[:, :1], t[:, 1 + P :]], dim=1) if i == 2 else t
+
+    with torch.no_grad():
+        expected = _reference(backbone.extra["model"], _images(), before)
+    assert expected.shape[1] == 17  # CLS + 16 patches: back to the unprompted length
+    _check(method, backbone, expected)
+
+
 def test_shared_deep_reuses_the_input_set_at_every_block():
     backbone = _backbone(seed=4)
     method = create_method("vpt-deep", backbone, LABELS, num_tokens=P, deep_shared=True)
@@ -188,6 +205,9 @@ def test_only_plain_prompts_share_the_serving_pass():
         ("vpt-shallow", {"location": "pad", "projection_dim": 4}, ConfigError, "token prompts"),
         ("vpt-shallow", {"initiation": "gaussian"}, ConfigError, "pad prompts only"),
         ("spt-deep", {"num_deep_layers": 2}, ConfigError, "VPT ablations"),
+        ("vpt-deep", {"num_deep_layers": 2, "deep_noexpand": True, "readout": "img_pool"}, ConfigError,
+         "no prompt span"),
+        ("vpt-deep", {"deep_noexpand": True, "location": "add"}, ConfigError, "forward partial depth"),
     ],
 )
 def test_options_that_do_not_apply_are_refused_with_the_reason(name, options, error, reason):

@@ -71,10 +71,14 @@ class SPTConfig(VPTConfig):
                 f"{where}.token_budget = {self.token_budget} is smaller than num_tokens = {self.num_tokens}: "
                 "prototypes need at least as many tokens as prompts. Raise token_budget (thousands is typical)."
             )
-        if self.location != "prepend" or self.num_deep_layers is not None or self.reverse_deep or self.deep_shared:
+        if (
+            self.location != "prepend" or self.num_deep_layers is not None or self.reverse_deep or self.deep_shared
+            or self.deep_noexpand
+        ):
             raise ConfigError(
                 f"{where}: SPT initialises prepended prompts for the input (shallow) or every block (deep) from the "
-                "tokens entering them; location, num_deep_layers, reverse_deep and deep_shared are VPT ablations. "
+                "tokens entering them; location, num_deep_layers, reverse_deep, deep_shared and deep_noexpand are VPT "
+                "ablations. "
                 "Use vpt-shallow / vpt-deep for them."
             )
         check_range(where, "init_batch_size", self.init_batch_size, 1)

@@ -5,7 +5,7 @@ SPT (methods/spt.py) is this same model with prompts initialised from the data's
 
 The official ablations (KMnP/vpt ``src/configs/config.py`` MODEL.PROMPT.*) are options here under the official
 names: ``location`` (LOCATION), ``readout`` (VIT_POOL_TYPE), ``num_deep_layers`` / ``reverse_deep`` /
-``deep_shared``, ``projection_dim`` (PROJECT), ``dropout`` (DROPOUT), ``initiation`` (INITIATION). What a backbone
+``deep_shared`` / ``deep_noexpand`` (FORWARD_DEEP_NOEXPAND), ``projection_dim`` (PROJECT), ``dropout`` (DROPOUT), ``initiation`` (INITIATION). What a backbone
 supports is declared by its tower (``VisionTower.prompt_support``: token prompts on ViTs, per-stage prompts on
 Swin, pixel prompts on ConvNets); an option it cannot carry is refused with the reason.
 """
@@ -102,6 +102,12 @@ class VPTConfig:
         default=False,
         metadata={"help": "one prompt set shared by every deep block (official DEEP_SHARED)"},
     )
+    deep_noexpand: bool = field(
+        default=False,
+        metadata={"help": "with num_deep_layers: remove the prompt tokens after the last prompted block, so the "
+                          "remaining blocks and the readout see the unprompted sequence (official "
+                          "FORWARD_DEEP_NOEXPAND; location prepend)"},
+    )
     initiation: str = field(
         default="random",
         metadata={
@@ -132,6 +138,17 @@ class VPTConfig:
             raise ConfigError(
                 f"{where}: reverse_deep and deep_shared together are not an official option (its reversed pass "
                 "never reads DEEP_SHARED); pick one."
+            )
+        if self.deep_noexpand and self.readout != "original":
+            raise ConfigError(
+                f"{where}: deep_noexpand removes the prompt tokens before the readout, so readout={self.readout} "
+                "has no prompt span to pool; use readout=original."
+            )
+        if self.deep_noexpand and (self.location != "prepend" or self.reverse_deep):
+            raise ConfigError(
+                f"{where}.deep_noexpand applies to prepended prompts in a forward partial depth (the official "
+                f"FORWARD_DEEP_NOEXPAND path); with location={self.location}, reverse_deep={self.reverse_deep} "
+                "leave it false."
             )
         if self.initiation == "gaussian" and self.location != "pad":
             raise ConfigError(
@@ -203,10 +220,13 @@ class VisualPromptMethod(PromptMethod):
                 f"prompts work at {', '.join(support.deep_locations) or 'no location'} on this backbone); use "
                 "the shallow method or another location."
             )
-        partial = config.num_deep_layers is not None or config.reverse_deep or config.deep_shared
+        partial = (
+            config.num_deep_layers is not None or config.reverse_deep or config.deep_shared or config.deep_noexpand
+        )
         if partial and not self.deep:
             raise ConfigError(
-                f"{where}: num_deep_layers / reverse_deep / deep_shared shape deep prompts; use the deep method."
+                f"{where}: num_deep_layers / reverse_deep / deep_shared / deep_noexpand shape deep prompts; use the "
+                "deep method."
             )
         if partial and support.kind != "sequence":
             raise support.refuse("partial depth", "partial-depth", where)
@@ -229,6 +249,7 @@ class VisualPromptMethod(PromptMethod):
             num_deep_layers=config.num_deep_layers,
             reverse=config.reverse_deep,
             shared=config.deep_shared,
+            noexpand=config.deep_noexpand,
         )
         count = config.num_tokens
         if config.location == "add-1":
@@ -272,6 +293,7 @@ class VisualPromptMethod(PromptMethod):
             and prompts.plan.num_sets in (1, self.visual.num_blocks)
             and not prompts.plan.shared
             and not prompts.plan.reverse
+            and not prompts.plan.noexpand
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ The official ablations (KMnP/vpt ``vit_prompt/vit_ablations.py``) are options of
 - location ``add`` adds a prompt to every token (one per position, CLS included; the count is the sequence
   length), ``add-1`` adds one prompt to every token; deep variants add a fresh set at each deep block;
 - partial depth (``DeepPlan``): fresh sets only at the first ``num_deep_layers`` blocks, or (``reverse``) only at
-  the last ones, or one set ``shared`` by every deep block.
+  the last ones, or one set ``shared`` by every deep block; ``noexpand`` removes the prompts after the last
+  prompted block.
 Swin towers (kind ``windows``) take the same prompts with one width per block (``widths``); their windows and
 patch merging are the adapter's business (backbones/swin.py).
 """
@@ -50,6 +51,7 @@ class DeepPlan:
     num_deep_layers: int | None = None
     reverse: bool = False
     shared: bool = False
+    noexpand: bool = False  # drop the prompt tokens at the first block past the deep ones (FORWARD_DEEP_NOEXPAND)
 
     @property
     def layers(self) -> int:
@@ -65,6 +67,11 @@ class DeepPlan:
     @property
     def first_block(self) -> int:
         return self.num_blocks - self.layers if self.reverse else 0
+
+    def drops_prompts_at(self, block: int) -> bool:
+        """Whether the prompt tokens leave the sequence before ``block`` (the official FORWARD_DEEP_NOEXPAND:
+        from the first block past the deep ones on, the sequence is back to its unprompted length)."""
+        return self.noexpand and self.deep and not self.reverse and block == self.layers
 
     def set_index(self, block: int) -> int | None:
         """The stored set entering ``block``, or None where no fresh set enters."""
@@ -197,6 +204,8 @@ class VisualPrompts(nn.Module):
         official code overwrites the first ``p`` patch tokens (it replaces where nothing was inserted); so does
         this, since that is what produced the paper's reversed partial-depth results.
         """
+        if present and self.plan.drops_prompts_at(block):
+            return torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix + present :]], dim=1), 0
         index = self.plan.set_index(block)
         if index is None:
             return tokens, present
