@@ -90,14 +90,7 @@ class SPTConfig(VPTConfig):
 class SelfPromptMethod(VisualPromptMethod):
     config_class = SPTConfig
 
-    def __init__(self, backbone: Any, labels: Any, config: SPTConfig) -> None:
-        super().__init__(backbone, labels, config)
-        if self.support.kind != "sequence":
-            raise ConfigError(
-                f"Method '{self.method_name}' on '{backbone.backbone_id}': SPT prototypes are tokens of one width "
-                f"collected from a ViT token pipeline; this backbone's prompts are of kind '{self.support.kind}' "
-                "(Swin stages or ConvNet pixels). Use vpt-shallow / vpt-deep on it."
-            )
+    sequence_only = True  # prototypes are tokens of one width collected from a ViT token pipeline
 
     def initialize_prompts(
         self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0

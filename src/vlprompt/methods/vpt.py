@@ -172,6 +172,8 @@ class VisualPromptMethod(PromptMethod):
 
     config_class: ClassVar[type] = VPTConfig
     deep: ClassVar[bool] = False
+    # True for variants whose prompts only make sense as tokens of one width in a ViT pipeline (SPT prototypes)
+    sequence_only: ClassVar[bool] = False
     train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4}
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
@@ -203,6 +205,12 @@ class VisualPromptMethod(PromptMethod):
     def _check_options(self, config: Any) -> None:
         """Refuse, with the reason, every option this backbone's tower cannot carry."""
         support, where = self.support, f"method '{self.method_name}' on '{self.backbone.backbone_id}'"
+        if self.sequence_only and support.kind != "sequence":
+            raise ConfigError(
+                f"{where}: SPT prototypes are tokens of one width collected from a ViT token pipeline; this "
+                f"backbone's prompts are of kind '{support.kind}' (Swin stages or ConvNet pixels). Use vpt-shallow "
+                "/ vpt-deep on it."
+            )
         for option, value, known in (
             ("location", config.location, PROMPT_LOCATIONS),
             ("readout", config.readout, PROMPT_READOUTS),
