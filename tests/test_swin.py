@@ -18,6 +18,7 @@ from vlprompt.backbones.tiny import tiny_timm_swin
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import VlpromptError
 from vlprompt.methods.base import create_method
+from vlprompt.prompts.adapters import ScaleShift
 from vlprompt.prompts.visual import VisualPrompts, prompted_forward
 
 LABELS = LabelSpace(["a", "b", "c"])
@@ -237,3 +238,34 @@ def test_nmi_per_block_on_swin_prompts():
         prompts = method.prompts.raw(0).unsqueeze(0).expand(2, -1, -1)
         expected = float(normalized_mutual_information(prompts, patches).mean())
     assert values[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_swin_tower_sites_carry_ssf_and_layernorm_tuning():
+    """Swin's tower sites are timm's own patch projection and final norm (no class token), so SSF (at every stage's
+    width) and LayerNorm tuning attach; SSF at its identity start equals the frozen tower, and merging keeps it."""
+    backbone = tiny_timm_swin(seed=7)
+    sites = backbone.visual.tower_sites()
+    assert sites.get("patch_proj") is backbone.visual.model.patch_embed.proj
+    assert sites.get("norm_final") is backbone.visual.model.norm
+    assert not sites.has("class_token")
+    images = _images(2, seed=7)
+    with torch.no_grad():
+        reference = backbone.visual(images)
+    ssf = create_method("ssf", backbone, LABELS)
+    with torch.no_grad():
+        for module in ssf.visual.modules():
+            if isinstance(module, ScaleShift):
+                module.scale.fill_(1.0)
+                module.shift.zero_()
+        torch.testing.assert_close(ssf.visual(images), reference)
+        for module in ssf.visual.modules():
+            if isinstance(module, ScaleShift):
+                module.scale.normal_(1.0, 0.1)
+                module.shift.normal_(0.0, 0.1)
+        torch.testing.assert_close(ssf.merged_tower()(images), ssf.visual(images), atol=1e-5, rtol=1e-5)
+    assert ssf({"image": images, "label": torch.tensor([0, 1])})["logits"].shape == (2, 3)
+    ln = create_method("ln-tune", backbone, LABELS)
+    trainable = [name for name, p in ln.named_parameters() if p.requires_grad and not name.startswith("head")]
+    assert any("layers.2" in name for name in trainable) and all("norm" in name for name in trainable)
+    with pytest.raises(VlpromptError, match="class_token"):
+        create_method("cls-tune", backbone, LABELS)

@@ -196,7 +196,7 @@ def test_only_plain_prompts_share_the_serving_pass():
     [
         ("vpt-deep", {"location": "pad"}, ConfigError, "deep prompts at location 'pad'"),
         ("vpt-deep", {"location": "below"}, ConfigError, "deep prompts at location 'below'"),
-        ("vpt-shallow", {"location": "nowhere"}, ConfigError, "not an official VPT option"),
+        ("vpt-shallow", {"location": "nowhere"}, ConfigError, "location = .nowhere. is not allowed; choose one of"),
         ("vpt-shallow", {"location": "add", "readout": "img_pool"}, ConfigError, "needs location=prepend"),
         ("vpt-deep", {"reverse_deep": True}, ConfigError, "needs num_deep_layers"),
         ("vpt-deep", {"num_deep_layers": 9}, ConfigError, "exceeds the backbone's 4 blocks"),

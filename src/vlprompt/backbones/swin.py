@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone, BlockSites, VisionTower
+from vlprompt.backbones.base import TOWER_SITES, Backbone, BlockSites, VisionTower
 from vlprompt.backbones.prompt_support import PromptSupport
 from vlprompt.backbones.timm_vit import pool_tokens, timm_preprocess
 from vlprompt.errors import VlpromptError
@@ -213,6 +213,12 @@ class SwinVisionTower(VisionTower):
                 "mlp_out": (block.mlp, "fc2"),
             }
         )
+
+    def tower_sites(self) -> BlockSites:
+        """The patch projection (C channels) and the final norm (the last stage's width); Swin has no class token,
+        so CLS-token tuning is refused by the site lookup."""
+        model = self.model
+        return BlockSites({"patch_proj": (model.patch_embed, "proj"), "norm_final": (model, "norm")}, known=TOWER_SITES)
 
 
 def wrap_timm_swin(model: nn.Module, backbone_id: str) -> Backbone:

@@ -13,7 +13,7 @@ Swin, pixel prompts on ConvNets); an option it cannot carry is refused with the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.prompt_support import PROMPT_LOCATIONS, PROMPT_READOUTS
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
@@ -34,102 +34,73 @@ INITIATIONS = ("random", "gaussian")
 
 
 @dataclass
-class VPTConfig:
+class VPTConfig(ValidatedConfig):
     """VPT's options; each field's help says what it does (``vlprompt list methods --options vpt-deep``).
-    Per-block NMI during training is a trainer callback (analysis/nmi.py NMICallback), not a method option; a
-    run config builds it from ``method_options.nmi_every`` / ``nmi_images`` / ``nmi_normalization``."""
+    Per-block NMI during training is a trainer callback (analysis/nmi.py NMICallback) set by the run config's
+    ``nmi`` section, not a method option."""
 
-    num_tokens: int = field(
-        default=10,
-        metadata={
-            "help": "prompt tokens p per insertion point (pad: the frame's width in pixels; add: unused, one prompt "
-            "per token)",
-            "range": (1, None),
-        },
+    num_tokens: int = option(
+        10,
+        help="prompt tokens p per insertion point (VPT uses 1-200; pad: the frame's width in pixels; add: unused, "
+        "one prompt per token)",
+        range=(1, None),
     )
-    dropout: float | None = field(
-        default=None,
-        metadata={"help": "dropout on the prompts; unset means VPT's defaults (0.1 deep, 0 shallow)", "range": (0.0, 0.99)},
+    dropout: float | None = option(
+        None, help="dropout on the prompts; unset means VPT's defaults (0.1 deep, 0 shallow)", range=(0.0, 0.99)
     )
-    projection_dim: int | None = field(
-        default=None,
-        metadata={
-            "help": "learn prompts at width k, mapped to the backbone's width d by a Linear (official PROJECT; "
-            "prepend / add / add-1 on ViTs; unset: at d)",
-            "range": (1, None),
-        },
+    projection_dim: int | None = option(
+        None,
+        help="learn prompts at width k, mapped to the backbone's width d by a Linear (official PROJECT; "
+        "prepend / add / add-1 on ViTs; unset: at d)",
+        range=(1, None),
     )
-    pool_prompts: bool = field(
-        default=True,
-        metadata={"help": (
-            "whether prompt tokens enter a mean-pooled readout (MAE backbones and Swin; VPT includes them; CLS "
-            "readouts ignore it)"
-        )},
+    pool_prompts: bool = option(
+        True,
+        help=("whether prompt tokens enter a mean-pooled readout (MAE backbones and Swin; VPT includes them; CLS "
+              "readouts ignore it)"),
     )
-    location: str = field(
-        default="prepend",
-        metadata={
-            "help": "where prompts enter (official LOCATION): prepend (tokens after the prefix), add (added to every "
-            "token), add-1 (one prompt added to every token), prepend-pixel (pixel patches through the patch "
-            "embedding), pad (learnable pixels around the image), below (extra input channels); the backbone "
-            "declares which it supports",
-            "choices": PROMPT_LOCATIONS,
-        },
+    location: str = option(
+        "prepend",
+        help="where prompts enter (official LOCATION): prepend (tokens after the prefix), add (added to every "
+        "token), add-1 (one prompt added to every token), prepend-pixel (pixel patches through the patch "
+        "embedding), pad (learnable pixels around the image), below (extra input channels); the backbone "
+        "declares which it supports",
+        choices=PROMPT_LOCATIONS,
     )
-    readout: str = field(
-        default="original",
-        metadata={
-            "help": "features for the head (official VIT_POOL_TYPE): original (the backbone's own pooling), "
-            "img_pool / prompt_pool / imgprompt_pool (mean of the final patch / prompt / both tokens; ViTs, "
-            "location prepend)",
-            "choices": PROMPT_READOUTS,
-        },
+    readout: str = option(
+        "original",
+        help="features for the head (official VIT_POOL_TYPE): original (the backbone's own pooling), "
+        "img_pool / prompt_pool / imgprompt_pool (mean of the final patch / prompt / both tokens; ViTs, "
+        "location prepend)",
+        choices=PROMPT_READOUTS,
     )
-    num_deep_layers: int | None = field(
-        default=None,
-        metadata={
-            "help": "deep prompts at the first n blocks only (official NUM_DEEP_LAYERS; vpt-deep on ViTs; unset: "
-            "every block)",
-            "range": (1, None),
-        },
+    num_deep_layers: int | None = option(
+        None,
+        help="deep prompts at the first n blocks only (official NUM_DEEP_LAYERS; vpt-deep on ViTs; unset: "
+        "every block)",
+        range=(1, None),
     )
-    reverse_deep: bool = field(
-        default=False,
-        metadata={"help": "with num_deep_layers: prompt the last n blocks instead of the first (official "
-                          "REVERSE_DEEP; like the official, the first prompted block overwrites p patch tokens)"},
+    reverse_deep: bool = option(
+        False,
+        help="with num_deep_layers: prompt the last n blocks instead of the first (official REVERSE_DEEP; like the "
+        "official, the first prompted block overwrites p patch tokens)",
     )
-    deep_shared: bool = field(
-        default=False,
-        metadata={"help": "one prompt set shared by every deep block (official DEEP_SHARED)"},
+    deep_shared: bool = option(False, help="one prompt set shared by every deep block (official DEEP_SHARED)")
+    deep_noexpand: bool = option(
+        False,
+        help="with num_deep_layers: remove the prompt tokens after the last prompted block, so the remaining "
+        "blocks and the readout see the unprompted sequence (official FORWARD_DEEP_NOEXPAND; location prepend)",
     )
-    deep_noexpand: bool = field(
-        default=False,
-        metadata={"help": "with num_deep_layers: remove the prompt tokens after the last prompted block, so the "
-                          "remaining blocks and the readout see the unprompted sequence (official "
-                          "FORWARD_DEEP_NOEXPAND; location prepend)"},
-    )
-    initiation: str = field(
-        default="random",
-        metadata={
-            "help": "prompt init (official INITIATION): random (VPT's uniform bound; pixel frames uniform in "
-            "[0, 1] pixel space, normalised) or gaussian (pad only: N(0, 1) pixels, not normalised)",
-            "choices": INITIATIONS,
-        },
+    initiation: str = option(
+        "random",
+        help="prompt init (official INITIATION): random (VPT's uniform bound; pixel frames uniform in [0, 1] "
+        "pixel space, normalised) or gaussian (pad only: N(0, 1) pixels, not normalised)",
+        choices=INITIATIONS,
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         where = type(self).__name__
-        if self.num_tokens < 1:
-            raise ConfigError(
-                f"{where}.num_tokens = {self.num_tokens}: a visual prompt needs at least 1 token; VPT uses 1-200 "
-                "(try 10)."
-            )
-        if self.dropout is not None:
-            check_range(where, "dropout", self.dropout, 0.0, 0.99)
-        if self.projection_dim is not None and self.projection_dim < 1:
-            raise ConfigError(
-                f"{where}.projection_dim = {self.projection_dim}: use a positive width or leave it unset."
-            )
         if self.reverse_deep and self.num_deep_layers is None:
             raise ConfigError(
                 f"{where}.reverse_deep needs num_deep_layers (how many of the last blocks take prompts); set it."
@@ -211,13 +182,6 @@ class VisualPromptMethod(PromptMethod):
                 f"backbone's prompts are of kind '{support.kind}' (Swin stages or ConvNet pixels). Use vpt-shallow "
                 "/ vpt-deep on it."
             )
-        for option, value, known in (
-            ("location", config.location, PROMPT_LOCATIONS),
-            ("readout", config.readout, PROMPT_READOUTS),
-            ("initiation", config.initiation, INITIATIONS),
-        ):
-            if value not in known:
-                raise ConfigError(f"{where}: {option} = {value!r} is not an official VPT option; use one of {known}.")
         if config.location not in support.locations:
             raise support.refuse("location", config.location, where)
         if config.readout not in support.readouts:

@@ -1,4 +1,5 @@
-"""The one training loop. Methods plug in through optional hooks; there is no trainer subclass per method.
+"""The one training loop. Methods plug in through the hooks PromptMethod declares (methods/base.py, each with a
+default); there is no trainer subclass per method.
 
 Determinism: the order of an epoch is a permutation drawn from a generator seeded by (seed, epoch); an
 image's augmentation is drawn from a generator seeded by (seed, epoch, index) in whichever DataLoader worker
@@ -128,7 +129,7 @@ class Trainer:
     def _train_source(self, dataset: ImageDataset):
         config = self.config
         preprocess = self.method.backbone.preprocess
-        if getattr(self.method, "uses_image_features", False):
+        if self.method.uses_image_features:
             labels = torch.tensor(dataset.labels, dtype=torch.long)
             return FeatureSource(self.cached_features(dataset, train=True), labels, config.seed)
         batches_per_epoch = math.ceil(len(dataset) / (config.batch_size * self.world_size))
@@ -150,18 +151,15 @@ class Trainer:
         started = time.perf_counter()
         preprocess = method.backbone.preprocess
         self._feature_memo = {}
-        if hasattr(method, "setup"):
-            method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+        method.setup(task.train.with_transform(eval_transform(preprocess)), self)
         self.callbacks.on_fit_start(self, task)
-        if hasattr(method, "prepare"):  # built from the task's cached features (Tip-Adapter's cache, CLAP's λ)
-            method.prepare(task, self)
+        method.prepare(task, self)
         params = [p for p in method.trainable_parameters()]
         if not params or config.epochs == 0:
             # Nothing to train (zero-shot, training-free Tip-Adapter) or nothing asked (epochs=0): the checkpoint
             # holds what exists (no tensors, the initial values, or a fitted cache), so the folder evaluates like
             # any other.
-            if hasattr(method, "on_fit_end"):
-                method.on_fit_end(task, self)
+            method.on_fit_end(task, self)
             val = self.evaluate(task.val) if task.val is not None else None
             self._save_final(val)
             result = FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
@@ -215,8 +213,7 @@ class Trainer:
                 accum_count = 0
                 self._optimizer_step(optimizer, params, base_lr, total_steps, warmup_steps)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-                if hasattr(method, "on_step_end"):
-                    method.on_step_end(self.step, self)
+                method.on_step_end(self.step, self)
                 self.callbacks.on_step_end(self, self.step)
                 if self.step % config.log_every == 0:
                     loss_mean = distributed.sum_scalar(loss_value) / self.world_size
@@ -242,8 +239,7 @@ class Trainer:
                 named = dict(method.named_parameters())
                 for name, tensor in best[1].items():
                     named[name].copy_(tensor)
-        if hasattr(method, "on_fit_end"):  # after training, before saving (Tip-Adapter's α/β search on val)
-            method.on_fit_end(task, self)
+        method.on_fit_end(task, self)  # after training, before saving (Tip-Adapter's α/β search on val)
         method.eval()
         seconds = time.perf_counter() - started
         val = best[0] if config.select == "best_val" and best[1] is not None else None
@@ -273,10 +269,7 @@ class Trainer:
         loss = outputs["loss"]
         if loss is None or not torch.isfinite(loss.detach()).all():
             raise resume.diverged_error(self, f"The training loss became {None if loss is None else loss.item()}")
-        if hasattr(self.method, "grad_parts"):
-            parts = self.method.grad_parts(outputs, params)
-        else:
-            parts = [torch.autograd.grad(loss, params, allow_unused=True)]
+        parts = self.method.grad_parts(outputs, params)
         # Ranks' gradients are summed then divided by world_size in _optimizer_step.
         weight = local_n / step_total * self.world_size
         if self._grad_sums is None:
@@ -296,7 +289,7 @@ class Trainer:
             distributed.all_reduce_sum_(flat)
             for g in flat:
                 g.div_(self.world_size)
-        grads = self.method.combine_grads(sums) if hasattr(self.method, "combine_grads") else sums[0]
+        grads = self.method.combine_grads(sums)
         for param, grad in zip(params, grads):
             param.grad = grad
         if self.config.max_grad_norm is not None:
