@@ -148,7 +148,7 @@ def test_sweep_configs_keep_their_nmi_keys():
 
 
 def test_nmi_callback_needs_visual_prompts():
-    with pytest.raises(ConfigError, match="method 'linear' has no visual prompts"):
+    with pytest.raises(ConfigError, match="method 'linear' has no visual prompt tokens"):
         _fit([NMICallback(every=1)])
     with pytest.raises(ConfigError, match="NMICallback.every"):
         NMICallback(every=0)

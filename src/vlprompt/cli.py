@@ -76,7 +76,7 @@ def format_method_options(name: str) -> str:
         default = "(required)" if option.default is dataclasses.MISSING else f"= {option.default!r}"
         lines.append(f"\n  {option.name}: {option.type} {default}")
         text = option.help + (f" ({option.constraint()})" if option.constraint() else "")
-        lines += textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        lines += textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6, break_on_hyphens=False)
     if cls.train_defaults:
         settings = ", ".join(f"{key}={value!r}" for key, value in sorted(cls.train_defaults.items()))
         lines.append(f"\nRecommended training settings (train.NAME=VALUE overrides them): {settings}")

@@ -26,7 +26,6 @@ import torch
 
 from vlprompt.errors import CheckpointError, VlpromptError
 from vlprompt.inference import image_batches, topk_records
-from vlprompt.prompts.visual import VisualPrompts
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ def _kind(method) -> str:
     """'visual' (per-sample prompts in the image tower), 'features' (head on frozen features) or 'alone'."""
     from vlprompt.methods.vpt import VisualPromptMethod
 
-    if isinstance(method, VisualPromptMethod) and isinstance(method.prompts, VisualPrompts):
+    if isinstance(method, VisualPromptMethod) and method.shares_token_pass():
         return "visual"
     from vlprompt.methods.base import PromptMethod
 

@@ -84,7 +84,7 @@ def block_nmi(
 
 def method_nmi(method, images: torch.Tensor, normalization: str = "min") -> list[float]:
     """Per-block NMI of a visual-prompt method (anything with ``visual`` and ``prompts``) on a batch of images."""
-    device = method.prompts.tokens.device
+    device = method.prompts.raw(0).device
     return block_nmi(method.visual, method.prompts, images.to(device), normalization)
 
 
@@ -132,11 +132,13 @@ class NMICallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, task: TaskData) -> None:
         method = trainer.method
-        if not isinstance(getattr(method, "prompts", None), VisualPrompts):
+        prompts = getattr(method, "prompts", None)
+        if not isinstance(prompts, VisualPrompts) or prompts.location != "prepend":
             raise ConfigError(
                 "NMI logging (nmi.every) measures visual prompt tokens against "
-                f"patch tokens, and method '{method.method_name}' has no visual prompts. Use it with vpt-* or "
-                "spt-*, or remove the option."
+                f"patch tokens, and method '{method.method_name}' has no visual prompt tokens in the sequence "
+                "(pixel prompts or prompts added to the tokens have none). Use it with vpt-* or spt-* at "
+                "location=prepend, or remove the option."
             )
         dataset = task.train.with_transform(eval_transform(method.backbone.preprocess))
         count = min(self.options.images, len(dataset))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vlprompt.backbones.prompt_support import PROMPT_READOUTS, InputStem, PromptSupport
 from vlprompt.errors import VlpromptError
 
 
@@ -196,6 +197,71 @@ class VisionTower(nn.Module, abc.ABC):
                 f"are multiples of the patch size {self.patch_size} at the backbone's input size."
             )
         return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+    def prompt_support(self) -> PromptSupport:
+        """What visual prompting this tower carries. Default: a plain ViT token pipeline, where prompt tokens
+        may be prepended after the prefix or added to every token, shallow or deep; pixel locations need the
+        patch-embedding seam (``patch_tokens``), which an adapter opts into by overriding this."""
+        pixel = (
+            f"it needs the patch-embedding seams (patch_tokens, input_stem, embed_any_size), which the "
+            f"{type(self).__name__} adapter does not expose; use a timm ViT"
+        )
+        return PromptSupport(
+            kind="sequence",
+            block_widths=(self.width,) * self.num_blocks,
+            locations=("prepend", "add", "add-1"),
+            deep_locations=("prepend", "add", "add-1"),
+            refusals={
+                "prepend-pixel": pixel,
+                "below": pixel,
+                "pad": pixel,
+                **dict.fromkeys(PROMPT_READOUTS[1:], "it needs the mean-readout seam (mean_readout)"),
+            },
+        )
+
+    def transition(self, index: int, tokens: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """What happens to the tokens between block ``index - 1`` and block ``index`` when ``num_prompts`` prompt
+        tokens follow the prefix. Identity for ViTs; Swin merges patches (and widens the prompts) at a stage start.
+        Towers that override it include it in ``block`` so the plain pipeline stays embed -> block(i) -> finalize."""
+        return tokens
+
+    def prompted_block(self, index: int, tokens: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """Block ``index`` on tokens holding ``num_prompts`` prompt tokens after the prefix (without the
+        ``transition``). For a ViT prompts are ordinary tokens of the sequence; Swin shows them to every window."""
+        return self.block(index, tokens)
+
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, P, k*P] -> k tokens [B, k, width] through the frozen patch embedding, without position
+        embedding (VPT's ``prepend-pixel`` prompts)."""
+        raise VlpromptError(
+            f"The {type(self).__name__} adapter does not expose its patch embedding, so pixel prompts "
+            "(prepend-pixel) cannot enter it."
+        )
+
+    def embed_any_size(self, images: torch.Tensor) -> torch.Tensor:
+        """``embed`` for images of another size than the tower's (VPT ``pad`` enlarges them by the frame)."""
+        raise VlpromptError(
+            f"The {type(self).__name__} adapter embeds only images of its own size, so 'pad' prompts (a pixel "
+            "frame that enlarges the image) cannot enter it."
+        )
+
+    def input_stem(self) -> InputStem:
+        """The first convolution on the pixels (and the norm the official ``below`` retrains with it)."""
+        raise VlpromptError(
+            f"The {type(self).__name__} adapter does not expose its input convolution, so 'below' prompts (extra "
+            "input channels) cannot enter it."
+        )
+
+    def embed_after_stem(self, features: torch.Tensor) -> torch.Tensor:
+        """``embed`` from the output of ``input_stem`` (conv, and its norm when it has one) on."""
+        raise VlpromptError(f"The {type(self).__name__} adapter does not expose the rest of its embedding.")
+
+    def mean_readout(self, tokens: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+        """Features from the mean of final tokens ``start:stop`` (after the tower's per-token final norm, then its
+        pooled norm): VPT's img_pool / prompt_pool / imgprompt_pool readouts."""
+        raise VlpromptError(
+            f"The {type(self).__name__} adapter does not expose its final norms, so VPT's pooled readouts "
+            "(img_pool, prompt_pool, imgprompt_pool) cannot be computed; use readout=original."
+        )
 
     def attention_projections(self, index: int) -> AttentionProjections:
         """Block ``index``'s self-attention projections (q, k, v, o), for LoRA."""
@@ -279,7 +345,7 @@ class Backbone:
     # the model's logit bias b (SigLIP: logits = s·cos + b; 0 for CLIP). Softmax-based losses and teachers (CE,
     # ProGrad's KL, zero-shot argmax) are invariant to it; per-class sigmoid probabilities and the SigLIP loss are not
     logit_bias: float = 0.0
-    kind: str = "vit"  # "vit" (supervised), "mae" (self-supervised) or "clip"
+    kind: str = "vit"  # "vit" (supervised), "mae" (self-supervised), "clip", "swin" or "convnet"
     extra: dict = field(default_factory=dict)
 
     def modules(self) -> list[nn.Module]:
@@ -305,6 +371,6 @@ class Backbone:
             for module in self.modules():
                 for name, tensor in sorted(module.state_dict().items()):
                     digest.update(name.encode())
-                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             cached = self.extra["_weights_hash"] = digest.hexdigest()[:16]
         return cached

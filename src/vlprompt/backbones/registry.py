@@ -1,6 +1,6 @@
 """Backbones by name: registered names ("world:clip", "tiny:...") and the library patterns below.
 
-- ``timm:<arch>[.<tag>]``          a timm ViT; weights from ``weights=PATH``, the local HF / torch-hub cache, or
+- ``timm:<arch>[.<tag>]``          a timm ViT, Swin, ResNet or ConvNeXt (adapter chosen by the model's class); weights from ``weights=PATH``, the local HF / torch-hub cache, or
                                    the hub when reachable; ``pretrained=False`` or ``random_init=True`` for random init.
 - ``open_clip:<arch>@<pretrained>`` an open_clip CLIP; ``<pretrained>`` is a local file or a tag found in the cache;
                                    ``open_clip:local-dir:<folder>`` reads an open_clip model folder;
@@ -114,6 +114,9 @@ def _register_tiny() -> None:
         "tiny:open_clip_siglip2": lambda seed=0: tiny.tiny_open_clip_siglip(seed=int(seed), version=2),
         "tiny:timm_eva": lambda seed=0: tiny.tiny_timm_eva(seed=int(seed)),
         "tiny:timm_siglip": lambda seed=0: tiny.tiny_timm_siglip(seed=int(seed)),
+        "tiny:timm_swin": lambda seed=0, **kw: tiny.tiny_timm_swin(seed=int(seed), **kw),
+        "tiny:timm_resnet": lambda seed=0, **kw: tiny.tiny_timm_convnet("resnet", seed=int(seed), **kw),
+        "tiny:timm_convnext": lambda seed=0, **kw: tiny.tiny_timm_convnet("convnext", seed=int(seed), **kw),
     }
     for key, factory in entries.items():
         register_backbone(key)(factory)

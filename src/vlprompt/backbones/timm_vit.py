@@ -26,6 +26,7 @@ from vlprompt.backbones.base import (
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
 from vlprompt.backbones.timm_readout import head_width, map_pool, timm_pooling
+from vlprompt.backbones.prompt_support import InputStem, PromptSupport
 from vlprompt.errors import VlpromptError
 
 
@@ -154,6 +155,57 @@ class TimmVisionTower(VisionTower):
         pooled = self.model.fc_norm(pooled)
         return self.model.head(self.model.head_drop(pooled)) if self.keep_head else pooled
 
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        embed = self.model.patch_embed
+        return embed.norm(embed.proj(pixels).flatten(2).transpose(1, 2))
+
+    def mean_readout(self, tokens: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+        return self.model.fc_norm(self.model.norm(tokens)[:, start:stop].mean(dim=1))
+
+    def embed_any_size(self, images: torch.Tensor) -> torch.Tensor:
+        """As ``embed``, with the position embeddings' patch grid resampled to the images' grid the way the
+        official VPT loads them for a larger model (scipy ``ndimage.zoom`` order 1: bilinear, corners aligned)."""
+        model = self.model
+        embed = model.patch_embed
+        features = embed.proj(images)
+        grid = tuple(features.shape[-2:])
+        tokens = embed.norm(features.flatten(2).transpose(1, 2))
+        pos = model.pos_embed
+        if pos is not None and grid != tuple(embed.grid_size):
+            prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+            old = embed.grid_size
+            table = pos[:, prefix:].reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2)
+            table = nn.functional.interpolate(table, size=grid, mode="bilinear", align_corners=True)
+            pos = torch.cat([pos[:, :prefix], table.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])], dim=1)
+        prefix_tokens = [t.expand(tokens.shape[0], -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
+        if pos is not None and model.no_embed_class:
+            tokens = tokens + pos
+        tokens = torch.cat([*prefix_tokens, tokens], dim=1)
+        if pos is not None and not model.no_embed_class:
+            tokens = tokens + pos
+        return model.norm_pre(model.patch_drop(model.pos_drop(tokens)))
+
+    def input_stem(self) -> InputStem:
+        return InputStem(conv=self.model.patch_embed.proj, norm=None, style="vit")
+
+    def embed_after_stem(self, features: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        tokens = model.patch_embed.norm(features.flatten(2).transpose(1, 2))
+        return model.norm_pre(model.patch_drop(model._pos_embed(tokens)))
+
+    def prompt_support(self) -> PromptSupport:
+        """Token prompts and VPT's readouts, plus the pixel locations through the patch-embedding seams."""
+        base = super().prompt_support()
+        refusals: dict[str, str] = {}
+        return PromptSupport(
+            kind="sequence",
+            block_widths=base.block_widths,
+            locations=(*base.locations, "prepend-pixel", "below", "pad"),
+            deep_locations=base.deep_locations,
+            readouts=("original", "img_pool", "prompt_pool", "imgprompt_pool"),
+            refusals=refusals,
+        )
+
 
 def timm_preprocess(model: nn.Module) -> PreprocessConfig:
     """Image preparation from timm's own pretrained config (resolve_data_config)."""
@@ -201,10 +253,22 @@ def wrap_timm_vit(model: nn.Module, backbone_id: str, kind: str = "vit") -> Back
 # ----- loading by name (timm:<arch>[.<tag>]) -----
 def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
     """``timm:<arch>[.<tag>]``: weights from ``weights=PATH``, the local HF / torch-hub cache, or the hub when
-    reachable; ``pretrained=False`` or ``random_init=True`` for random init."""
+    reachable; ``pretrained=False`` or ``random_init=True`` for random init. ViTs, Swin, ResNet and ConvNeXt
+    models each get their adapter (timm_models.py). ``checkpoint_format=mae|moco_v3`` (or detected) reads the
+    official self-supervised files (ssl_checkpoints.py); MAE defaults to its mean readout (global_pool='avg')."""
     import timm
 
+    from vlprompt.backbones.timm_models import wrap_timm_model
+
     weights = kwargs.pop("weights", None)
+    checkpoint_format = kwargs.pop("checkpoint_format", None)
+    if checkpoint_format is not None and weights is None:
+        raise VlpromptError(
+            f"Backbone '{name}': checkpoint_format={checkpoint_format} describes a weights file; pass weights=PATH."
+        )
+    if checkpoint_format == "mae":
+        kwargs.setdefault("kind", "mae")
+        kwargs.setdefault("global_pool", "avg")
     random_init = as_bool(kwargs.pop("random_init", False), "random_init")
     pretrained = as_bool(kwargs.pop("pretrained", True), "pretrained") and not random_init
     arch, _, tag = spec.partition(".")
@@ -223,7 +287,7 @@ def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
     kwargs.setdefault("num_classes", 0)
     if not pretrained and weights is None:
         model = timm.create_model(spec, pretrained=False, **kwargs)
-        return wrap_timm_vit(model.eval(), backbone_id=f"{name}#random", kind=kind)
+        return wrap_timm_model(model.eval(), backbone_id=f"{name}#random", kind=kind)
     if weights is None:
         weights = _find_timm_weights(spec)
     if weights is not None:
@@ -232,7 +296,7 @@ def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
             raise VlpromptError(
                 f"Backbone '{name}': weights file '{weights}' does not exist; pass an existing file."
             )
-        model = _load_timm_file(spec, name, weights, kwargs)
+        model = _load_timm_file(spec, name, weights, kwargs, checkpoint_format)
     else:
         if not hub_reachable():
             raise missing_weights(
@@ -248,19 +312,25 @@ def create_timm(spec: str, name: str, **kwargs: Any) -> Backbone:
                 "a local file with weights=PATH (.safetensors / .pth / .npz)",
                 "pretrained=false or random_init=true",
             ) from error
-    return wrap_timm_vit(model.eval(), backbone_id=name, kind=kind)
+    return wrap_timm_model(model.eval(), backbone_id=name, kind=kind)
 
 
-def _load_timm_file(spec: str, name: str, weights: str, kwargs: dict) -> Any:
+def _load_timm_file(
+    spec: str, name: str, weights: str, kwargs: dict, checkpoint_format: str | None = None
+) -> Any:
     """Build the architecture, then load the file through timm (its checkpoint filter resizes position
     embeddings and converts layouts) and refuse any file that leaves a non-classifier weight unloaded: timm
     itself loads non-strictly whenever the classifier size differs, which would silently keep random weights."""
     import timm
-    from timm.models import eva, load_pretrained, vision_transformer
+    from timm.models import load_pretrained
+
+    from vlprompt.backbones.ssl_checkpoints import load_ssl_checkpoint
+    from vlprompt.backbones.timm_models import timm_family
 
     model = timm.create_model(spec, pretrained=False, **kwargs)
-    # each timm family converts its own checkpoint layouts (EVA: the original EVA-02 / EVA-CLIP key names)
-    checkpoint_filter_fn = (eva if isinstance(model, eva.Eva) else vision_transformer).checkpoint_filter_fn
+    _, checkpoint_filter_fn = timm_family(model, name)
+    if load_ssl_checkpoint(model, name, weights, checkpoint_format, checkpoint_filter_fn):
+        return model
     classifier = model.pretrained_cfg.get("classifier", "head")
     classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     report: dict[str, list[str]] = {}

@@ -11,6 +11,7 @@ transformers ships no vocabulary files and nothing may be downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -338,3 +339,57 @@ def tiny_timm_siglip(seed: int = 0) -> Backbone:
 
     model = _seeded(seed, _tiny_siglip_trunk).eval()
     return wrap_timm_vit(model, backbone_id=f"tiny:timm_siglip@seed{seed}")
+def tiny_timm_swin(seed: int = 0, **overrides: Any) -> Backbone:
+    """timm SwinTransformer: 32 px, patch 2, window 4, widths 16/32/64, depths 2/2/2 (16x16, 8x8, 4x4 grids, so
+    stages 0 and 1 have several windows and shifted blocks, stage 2 one window)."""
+    import timm
+
+    from vlprompt.backbones.swin import wrap_timm_swin
+
+    options = {
+        "pretrained": False,
+        "num_classes": 0,
+        "img_size": TINY_IMAGE_SIZE,
+        "patch_size": 2,
+        "window_size": 4,
+        "embed_dim": 16,
+        "depths": (2, 2, 2),
+        "num_heads": (2, 2, 4),
+        "mlp_ratio": 2.0,
+    }
+    options.update(overrides)
+    model = _seeded(seed, lambda: timm.create_model("swin_tiny_patch4_window7_224", **options)).eval()
+    return wrap_timm_swin(model, backbone_id=f"tiny:timm_swin@seed{seed}")
+
+
+def tiny_timm_convnet(family: str = "resnet", seed: int = 0, **overrides: Any) -> Backbone:
+    """timm ResNet (basic blocks, 1 per stage, widths 8-64) or ConvNeXt (depths 1/1/1/1, widths 8-64), 32 px.
+    BatchNorm running statistics are randomised so that eval-mode normalisation is not the identity."""
+    import timm
+
+    from vlprompt.backbones.convnet import wrap_timm_convnet
+
+    if family == "resnet":
+        def build() -> Any:
+            options = {
+                "pretrained": False, "num_classes": 0, "layers": (1, 1, 1, 1), "stem_width": 8,
+                "channels": (8, 16, 32, 64), "zero_init_last": False,
+            }
+            options.update(overrides)
+            model = timm.create_model("resnet18", **options)
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.uniform_(-0.2, 0.2)
+                    module.running_var.uniform_(0.5, 1.5)
+            return model
+    elif family == "convnext":
+        def build() -> Any:
+            options = {"pretrained": False, "num_classes": 0, "depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)}
+            options.update(overrides)
+            return timm.create_model("convnext_atto", **options)
+    else:
+        raise ValueError(f"tiny_timm_convnet family must be 'resnet' or 'convnext', got {family!r}")
+    model = _seeded(seed, build).eval()
+    backbone = wrap_timm_convnet(model, backbone_id=f"tiny:timm_{family}@seed{seed}")
+    backbone.preprocess = dataclasses.replace(backbone.preprocess, image_size=TINY_IMAGE_SIZE)
+    return backbone

@@ -55,6 +55,15 @@ class SPTConfig(VPTConfig):
                 f"{where}.token_budget = {self.token_budget} is smaller than num_tokens = {self.num_tokens}: "
                 "prototypes need at least as many tokens as prompts. Raise token_budget (thousands is typical)."
             )
+        if (
+            self.location != "prepend" or self.num_deep_layers is not None or self.reverse_deep or self.deep_shared
+            or self.deep_noexpand
+        ):
+            raise ConfigError(
+                f"{where}: SPT initialises prepended prompts for the input (shallow) or every block (deep) from the "
+                "tokens entering them; location, num_deep_layers, reverse_deep, deep_shared and deep_noexpand are VPT "
+                "ablations. Use vpt-shallow / vpt-deep for them."
+            )
 
 
 def initialize_prototype_prompts(
@@ -91,6 +100,7 @@ class SPTShallow(VisualPromptMethod):
 
     config_class = SPTConfig
     deep = False
+    sequence_only = True  # prototypes are tokens of one width collected from a ViT token pipeline
 
     def initialize_prompts(self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0) -> InitReport:
         return initialize_prototype_prompts(self, dataset, device, seed)
@@ -105,6 +115,7 @@ class SPTDeep(VisualPromptMethod):
 
     config_class = SPTConfig
     deep = True
+    sequence_only = True  # prototypes are tokens of one width collected from a ViT token pipeline
 
     def initialize_prompts(self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0) -> InitReport:
         return initialize_prototype_prompts(self, dataset, device, seed)

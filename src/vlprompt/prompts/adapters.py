@@ -237,6 +237,8 @@ def _output_width(module: nn.Module, width: int) -> int:
         return module.out_features
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.out_channels
+    if isinstance(module, nn.LayerNorm) and module.normalized_shape:
+        return int(module.normalized_shape[-1])  # per-stage widths (Swin) differ from the tower's input width
     return width
 
 
@@ -244,14 +246,16 @@ def attach_ssf(tower: VisionTower) -> list[ScaleShift]:
     """SSF's scale-shifts at every place the official ViT has one that this tower exposes (see the module doc)."""
     added = []
     tower_sites = tower.tower_sites()
-    added.append(_scale_shift(tower_sites, "patch_proj", tower.width, channel_axis=1))
+    added.append(
+        _scale_shift(tower_sites, "patch_proj", _output_width(tower_sites.get("patch_proj"), tower.width), channel_axis=1)
+    )
     for sites in _block_sites(tower):
         for site in SSF_BLOCK_SITES:
             if sites.has(site):
                 added.append(_scale_shift(sites, site, _output_width(sites.get(site), tower.width)))
         if not sites.has("attn_out"):  # fused attention: after the module, i.e. after its out_proj
             added.append(_scale_shift(sites, "attn", tower.width))
-    added.append(_scale_shift(tower_sites, "norm_final", tower.width))
+    added.append(_scale_shift(tower_sites, "norm_final", _output_width(tower_sites.get("norm_final"), tower.width)))
     return added
 
 
