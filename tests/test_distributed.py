@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent(
     from vlprompt.backbones.tiny import tiny_timm_vit
     from vlprompt.methods import create_method
     from vlprompt.seeding import seed_everything
-    from vlprompt.train import TrainConfig, Trainer, distributed
+    from vlprompt import distributed
+    from vlprompt.train import TrainConfig, Trainer
 
     distributed.init_from_env()
     seed_everything(5)

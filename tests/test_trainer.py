@@ -125,7 +125,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), "7"], env=env, check=False)
     assert killed.returncode == -signal.SIGKILL
-    assert (tmp_path / "a" / "resume.pt").exists()  # state of step 6, in the middle of epoch 2 (5 steps/epoch)
+    assert (tmp_path / "a" / "resume.safetensors").exists()  # state of step 6, in the middle of epoch 2 (5 steps/epoch)
     resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), "0"], env=env, check=False)
     assert resumed.returncode == 0
     straight = subprocess.run([sys.executable, str(script), str(tmp_path / "b"), "0"], env=env, check=False)
@@ -135,7 +135,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path):
     a = load_file(str(tmp_path / "a" / "prompts.safetensors"))
     b = load_file(str(tmp_path / "b" / "prompts.safetensors"))
     assert_same_state(a, b)
-    assert not (tmp_path / "a" / "resume.pt").exists()
+    assert not (tmp_path / "a" / "resume.safetensors").exists()
 
 
 def test_prompt_checkpoint_round_trip_holds_no_backbone_weight(tmp_path: Path):

@@ -131,7 +131,7 @@ def cmd_train(args) -> int:
     run_dir = RunDir(config.out)
     finished_before = run_dir.is_finished() and not args.overwrite
     records = run_experiment(config, restart=args.restart, overwrite=args.overwrite)
-    from vlprompt.train.distributed import is_main_process
+    from vlprompt.distributed import is_main_process
 
     if is_main_process():  # under torchrun every rank returns the same records; one prints them
         print(format_table(records, RESULT_COLUMNS))

@@ -215,19 +215,3 @@ def load_prompts(method, path: str | Path) -> dict:
         for name, tensor in tensors.items():
             own[name].copy_(tensor.to(own[name].device, own[name].dtype))
     return meta
-
-
-def save_resume_state(path: str | Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_resume_state(path: str | Path) -> dict | None:
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001  (any unreadable state: say so, never train from half a state)
-        raise CheckpointError(
-            f"The resume state '{path}' cannot be read ({error}). Delete it to start the run afresh."
-        ) from None
