@@ -12,7 +12,7 @@ from vlprompt import __version__
 from vlprompt.analysis.markdown import format_table
 from vlprompt.cli_artifacts import add_artifact_commands
 from vlprompt.config_utils import deep_merge, load_yaml_mapping
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.errors import ConfigError, Preempted, VlpromptError
 
 log = logging.getLogger("vlprompt")
 
@@ -321,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except Preempted as error:  # SIGTERM (SLURM, Kubernetes): 128 + 15, as if the signal had ended the process
+        print(str(error), file=sys.stderr)
+        return 143
     except VlpromptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,11 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vlprompt.errors import VlpromptError
-
-
-class Preempted(VlpromptError):
-    """Training stopped on SIGTERM after saving its resume state."""
+from vlprompt.errors import Preempted
 
 
 class StopRequest:
