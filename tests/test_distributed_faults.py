@@ -77,11 +77,11 @@ def test_empty_last_share_and_unrouted_experts_train_like_one_process(tmp_path: 
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     for name in ("two", "one"):
         (tmp_path / name).mkdir()
-    two = subprocess.run([*TORCHRUN, str(script), str(tmp_path / "two")], env=ENV, capture_output=True, text=True,
+    two = subprocess.run([*TORCHRUN, str(script), str(tmp_path / "two")], env=ENV, capture_output=True, text=True, check=False,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=ENV, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, check=False)
     assert one.returncode == 0, one.stderr[-3000:]
     rank0, rank1 = (load_file(str(tmp_path / "two" / f"rank{r}.safetensors")) for r in (0, 1))
     single = load_file(str(tmp_path / "one" / "rank0.safetensors"))
@@ -130,7 +130,7 @@ def test_torchrun_cli_restart_discards_the_old_progress_on_every_rank(tmp_path: 
     assert RunDir(out).resume.exists() and not RunDir(out).is_finished()
 
     done = subprocess.run([*TORCHRUN, "-m", "vlprompt.cli", *cli_args(out, lr=0.02, batch=2), "--restart"], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(cli_args(tmp_path / "fresh", lr=0.02, batch=4)) == 0
     steps = [json.loads(line)["step"] for line in RunDir(out).metrics.read_text().splitlines()

@@ -125,6 +125,17 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.close(fd)
 
 
+def read_json(path: str | Path, remedy: str, error: type[VlpromptError] = VlpromptError) -> Any:
+    """JSON from a file the library wrote and may find damaged or replaced (a run folder is copied and shared):
+    bytes that are not UTF-8 JSON (a planted pickle included) become one ``error`` naming the file and saying
+    ``remedy``; nothing but JSON is ever parsed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"'{path}' is not valid JSON ({type(problem).__name__}: {str(problem)[:120]}); {remedy}") from None
+
+
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     """Fail before any work when ``path`` cannot be created or written."""
     path = Path(path)

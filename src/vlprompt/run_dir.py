@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.errors import VlpromptError
-from vlprompt.io_utils import append_jsonl, atomic_write_json, atomic_write_text
+from vlprompt.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_json
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -166,10 +166,8 @@ class RunDir:
         return self.results.is_file()
 
     def read_json(self, path: Path) -> Any:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise VlpromptError(f"'{path}' is not valid JSON ({error}); the run folder is damaged.") from None
+        return read_json(path, "the run folder is damaged: rerun with --restart (or --overwrite when it was "
+                               "finished), or write to a new --out.")
 
     def read_config(self) -> dict | None:
         return self.read_json(self.config) if self.config.is_file() else None

@@ -22,7 +22,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.requested = False
 
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002  (signal handler signature)
+    def _handle(self, signum, frame) -> None:
         self.requested = True
 
 

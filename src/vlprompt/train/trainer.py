@@ -24,12 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from vlprompt import distributed
+from vlprompt.artifacts.resume_state import load_resume_state, refuse_legacy_pickle, save_resume_state
 from vlprompt.data.base import ImageDataset, TaskData
 from vlprompt.data.features import encode_dataset
 from vlprompt.data.loading import workers_for
 from vlprompt.data.transforms import eval_transform, train_transform
 from vlprompt.io_utils import check_writable_dir
-from vlprompt.artifacts.resume_state import load_resume_state, refuse_legacy_pickle, save_resume_state
 from vlprompt.run_dir import RunDir
 from vlprompt.seeding import derived_seed, set_deterministic
 from vlprompt.train import resume, step
@@ -238,7 +238,7 @@ class Trainer:
         global_batch = config.batch_size * self.world_size
         resume_path = self.run_dir.resume if self.run_dir is not None else None
         accumulator = step.GradientAccumulator(method, params, self.world_size)
-        diverged = lambda what: resume.diverged_error(self, what)  # noqa: E731
+        diverged = lambda what: resume.diverged_error(self, what)
         method.train()
         accum_count = 0
         try:
