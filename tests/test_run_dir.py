@@ -191,7 +191,7 @@ def test_a_locked_folder_is_refused_while_its_holder_lives_and_free_once_it_dies
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}, alive"):
             train(out)
         from vlprompt.sweep import RunSpec, execute_run
 

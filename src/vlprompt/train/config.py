@@ -67,8 +67,8 @@ class TrainConfig:
     deterministic: bool = field(default=False, metadata={"help": (
         "Deterministic kernels: torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8 and "
         "cuDNN's deterministic mode without benchmarking, so that the same seed on the same GPU gives bit-identical "
-        "results. Costs speed on GPU (scatter/index-add backwards and cuDNN autotuning are lost; a few percent on "
-        "ViT prompt tuning); changes nothing on CPU. An op without a deterministic implementation raises.")})
+        "results. Costs speed on GPU only (no cuDNN autotuning, slower deterministic kernels for scatter/index-add "
+        "backwards); changes nothing on CPU. An op without a deterministic implementation raises.")})
 
     def __post_init__(self) -> None:
         where = "TrainConfig"
