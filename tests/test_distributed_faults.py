@@ -1,7 +1,7 @@
 """Multi-process defects only two processes show (issue 19 item 3), each with two gloo processes in the fast suite:
 a rank whose share of the last batch is empty (image path and feature path), MoCoOp with top_k=1 whose unpicked
 experts have no gradient on some rank (the reduction's fixed layout), and `torchrun -m vlprompt.cli train --restart`
-over an interrupted run folder (rank 0's decision broadcast, never re-derived).
+over an interrupted run folder (rank 0's decision broadcast, never re-derived; its refusal reaches rank 1).
 
 Two processes are compared with one at rtol=1e-5 / atol=1e-7 (MoCoOp: see below): the ranks' gradients are the one-process gradient
 summed in another order (two partial sums of a batch instead of one), so each step differs by a few float32
@@ -140,3 +140,9 @@ def test_torchrun_cli_restart_discards_the_old_progress_on_every_rank(tmp_path: 
     assert two.keys() == one.keys()
     for name in one:  # 12 CoOp steps from the same start: rounding of the two-part sums compounds a little
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+    # Rank 0 refuses (a finished run of another config); rank 1 hears it and stops too instead of waiting forever.
+    refused = subprocess.run([*TORCHRUN, "-m", "vlprompt.cli", *cli_args(out, lr=0.03, batch=2)], env=ENV,
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert refused.returncode != 0
+    assert "holds a finished run of another config" in refused.stderr
+    assert "Rank 0 stopped before training, so this rank stops too" in refused.stderr
