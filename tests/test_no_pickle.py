@@ -137,3 +137,48 @@ def test_files_read_only_for_display_or_as_a_cache_are_skipped_without_running_a
     assert torch.equal(first, again)
     assert str(cached) in caplog.text and "rebuilding" in caplog.text
     assert not marker.exists()
+
+
+def test_the_resume_state_round_trips_every_value_exactly(tmp_path):
+    """AdamW's buffers and step counters, SGD's missing momentum buffer, every generator, the history's floats
+    and the best-val snapshot come back equal, from safetensors + JSON alone."""
+    import random
+
+    import numpy as np
+
+    from vlprompt.artifacts.resume_state import load_resume_state, save_resume_state
+    from vlprompt.seeding import rng_state, set_rng_state
+
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    adamw = torch.optim.AdamW(params, lr=1e-3, betas=(0.8, 0.95))
+    params[0].grad, params[1].grad = torch.randn(3, 2), torch.randn(4)
+    adamw.step()
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.0)  # momentum 0: its state holds None buffers
+    sgd.step()
+    random.random(), np.random.rand(), torch.rand(1)
+    state = {
+        "trainable": {"a": params[0].detach(), "b": params[1].detach()}, "epoch": 2, "micro": 3, "step": 11,
+        "rng": rng_state(), "history": [{"step": 1, "loss": 0.1 + 0.2, "lr": 1e-3 / 3}],
+        "best": (0.8451, {"a": params[0].detach() * 2}), "config": {"lr": 0.1, "max_grad_norm": None},
+        "fingerprint": {"train.lr": 0.1},
+    }
+    for name, optimizer in (("adamw", adamw), ("sgd", sgd)):
+        save_resume_state(tmp_path / f"{name}.safetensors", {**state, "optimizer": optimizer.state_dict()})
+        loaded = load_resume_state(tmp_path / f"{name}.safetensors")
+        original = optimizer.state_dict()
+        assert loaded["optimizer"]["param_groups"] == [
+            {**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in original["param_groups"]]
+        for index, entries in original["state"].items():
+            assert loaded["optimizer"]["state"][index].keys() == entries.keys()
+            for key, value in entries.items():
+                got = loaded["optimizer"]["state"][index][key]
+                assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value
+        optimizer.load_state_dict(loaded["optimizer"])  # accepted by the optimizer as it is
+    assert {k: v for k, v in loaded.items() if k not in ("optimizer", "rng", "trainable", "best")} == {
+        k: v for k, v in state.items() if k not in ("optimizer", "rng", "trainable", "best")}
+    assert loaded["best"][0] == 0.8451 and torch.equal(loaded["best"][1]["a"], state["best"][1]["a"])
+    assert all(torch.equal(loaded["trainable"][k], state["trainable"][k]) for k in state["trainable"])
+    expected = (random.random(), float(np.random.rand()), torch.rand(3))
+    set_rng_state(loaded["rng"])
+    again = (random.random(), float(np.random.rand()), torch.rand(3))
+    assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
