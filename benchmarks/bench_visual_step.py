@@ -1,4 +1,7 @@
-"""Step cost of VPT-deep against full fine-tuning and against the floor, on the same ViT and batch.
+"""Step cost of VPT-deep and of the parameter-efficient methods against full fine-tuning, on the same ViT and batch.
+
+VPT-deep is also compared with the floor; BitFit (``bias``), the Pfeiffer ``adapter``, ``lora`` (q, v) and ``ssf``
+must step within 1.1x of full fine-tuning's time and below its memory (issue 17 item 8).
 
 The floor is the least work any visual-prompt step must do: the frozen forward with prompts, written by hand on
 the raw timm model (no adapter, no method, no head training, no optimizer), and a backward to the prompts only.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import statistics
 import time
@@ -26,12 +30,16 @@ from pathlib import Path
 
 import torch
 
+PEFT = ("bias", "adapter", "lora", "ssf")
 TARGETS = {"vpt_vs_finetune_time": 0.75, "vpt_vs_floor_time": 1.15, "vpt_vs_finetune_memory": 1.0}
+for _name in PEFT:
+    TARGETS[f"{_name}_vs_finetune_time"] = 1.1
+    TARGETS[f"{_name}_vs_finetune_memory"] = 1.0
 SIZES = {"world-vit": 32, "vit-b16-224": 4}  # name -> batch size
 ROUNDS = {"world-vit": 25, "vit-b16-224": 4}  # timed rounds (after one warm-up round)
 NUM_PROMPTS = 10
 NUM_CLASSES = 10
-VARIANTS = ("vpt-deep", "finetune", "floor")
+VARIANTS = ("vpt-deep", "finetune", "floor", *PEFT)
 
 
 def build_backbone(size: str):
@@ -48,8 +56,6 @@ def build_backbone(size: str):
 
 def make_step(variant: str, backbone, batch: dict) -> Callable[[], None]:
     """One training step of ``variant`` on ``batch``, ready to time."""
-    import vlprompt.methods.finetune
-    import vlprompt.methods.vpt  # noqa: F401
     from vlprompt.data.base import LabelSpace
     from vlprompt.methods.base import create_method
 
@@ -161,6 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {
+        "load_before": os.getloadavg(),
         "targets": TARGETS,
         "num_prompts": NUM_PROMPTS,
         "threads": args.threads,
@@ -171,8 +178,11 @@ def main() -> None:
     for size in args.sizes.split(","):
         timing = measure_time(size, args.rounds or ROUNDS[size])
         memory = {variant: measure_memory(size, variant, args.threads) for variant in VARIANTS}
-        vpt, ft, floor = (timing[v]["median_s"] for v in VARIANTS)
+        vpt, ft, floor = (timing[v]["median_s"] for v in ("vpt-deep", "finetune", "floor"))
         ratios = {
+            **{f"{m}_vs_finetune_time": timing[m]["median_s"] / ft for m in PEFT},
+            **{f"{m}_vs_finetune_memory": memory[m]["step_mib"] / max(memory["finetune"]["step_mib"], 1e-9)
+               for m in PEFT},
             "vpt_vs_finetune_time": vpt / ft,
             "vpt_vs_floor_time": vpt / floor,
             "vpt_vs_finetune_memory": memory["vpt-deep"]["step_mib"]
@@ -188,6 +198,7 @@ def main() -> None:
             "meets": {k: ratios[k] <= TARGETS[k] for k in TARGETS},
         }
         print(f"{size}: " + ", ".join(f"{k}={v:.3f}" for k, v in ratios.items()), flush=True)
+    results["load_after"] = os.getloadavg()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "visual_step.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -196,9 +207,13 @@ def main() -> None:
 
 
 def render_markdown(results: dict) -> str:
+    load = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(results["load_before"], results["load_after"]))
     lines = [
-        "# VPT-deep step cost (CPU, "
+        "# Visual training step cost: VPT-deep and the parameter-efficient methods vs full fine-tuning (CPU, "
         + f"{results['threads']} threads, {results['num_prompts']} prompts per block)",
+        "",
+        (f"Machine load (1/5/15-min load average, before/after): {load}; {os.cpu_count()} cores, shared with "
+         "other work, so only the ratios measured side by side in this run mean anything."),
         "",
         "| size | batch | variant | step time (median s) | step memory (MiB above built) | peak RSS in steps (MiB) |",
         "|---|---|---|---|---|---|",

@@ -13,12 +13,12 @@ GOLDEN = Path(__file__).parent / "data" / "nmi_before_spt_deep.jsonl"
 
 def tiny_nmi_run(out: Path) -> list[dict]:
     """SPT-deep on a 3-class world task, 2 epochs of 2 steps, NMI every step through the user-facing
-    ``method_options.nmi_*`` keys; returns metrics.jsonl's records."""
+    run-level ``nmi`` section; returns metrics.jsonl's records."""
     config = RunConfig(
         method="spt-deep", backbone="tiny:timm_vit", dataset="world-size", shots=2, seed=1,
         dataset_options={"train_per_class": 2, "val_per_class": 1, "test_per_class": 1},
-        method_options={"num_tokens": 2, "init_batch_size": 4, "nmi_every": 1, "nmi_images": 3,
-                        "nmi_normalization": "sqrt"},
+        method_options={"num_tokens": 2, "init_batch_size": 4},
+        nmi={"every": 1, "images": 3, "normalization": "sqrt"},
         train={"epochs": 2, "batch_size": 4, "log_every": 1, "progress": False, "device": "cpu",
                "num_workers": 0},
         out=str(out),

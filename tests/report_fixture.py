@@ -155,7 +155,7 @@ def build_sweep_runs(root: Path) -> Path:
 
 
 def build_mixed_runs(root: Path) -> Path:
-    """Two backbones (reported with split_backbones) and VTAB-style final runs of non-VTAB task names; plain
+    """Two backbones (one table each) and VTAB-style final runs of non-VTAB task names; plain
     run folders without sweep.json (label = method, stage = run)."""
     rng = random.Random(7)
     for backbone in ("world:clip", "open_clip:ViT-B-16@openai"):

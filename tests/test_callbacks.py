@@ -9,7 +9,7 @@ import pytest
 from nmi_run import GOLDEN, tiny_nmi_run  # pytest puts tests/ on sys.path
 from test_trainer import make_task
 
-from vlprompt.analysis.nmi import NMICallback
+from vlprompt.analysis.nmi import NMICallback, NMIOptions
 from vlprompt.analysis.plots import plot_nmi, read_nmi
 from vlprompt.backbones.tiny import tiny_timm_vit
 from vlprompt.errors import ConfigError, MissingExtraError, VlpromptError
@@ -116,7 +116,7 @@ def test_nmi_records_identical_to_before_the_move(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())["run"]
     assert saved["nmi"] == {"every": 1, "images": 3, "normalization": "sqrt"}
     assert "nmi_every" not in saved["method_options"] and saved["method_options"]["num_tokens"] == 2
-    assert run_config_from_dict(saved).nmi == saved["nmi"]  # the saved config reloads (vlprompt eval)
+    assert run_config_from_dict(saved).as_dict()["nmi"] == saved["nmi"]  # the saved config reloads (vlprompt eval)
 
     curves = read_nmi(tmp_path)  # what the report plots
     assert sorted(curves) == [0, 1] and [step for step, _ in curves[0]] == [0, 1, 2, 3, 4]
@@ -124,25 +124,27 @@ def test_nmi_records_identical_to_before_the_move(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_nmi_options_from_method_options_or_the_run_level():
+def test_nmi_options_are_a_typed_run_level_section():
     base = {"method": "vpt-deep", "dataset": "world-size"}
-    config = run_config_from_dict({**base, "method_options": {"num_tokens": 3, "nmi_every": "5"}})
-    assert config.method_options == {"num_tokens": 3}
-    assert config.nmi == {"every": 5, "images": 16, "normalization": "min"}
-    assert run_config_from_dict({**base, "nmi": {"every": 5}}).nmi == config.nmi
-    assert run_config_from_dict({**base, "method_options": {"nmi_every": 0}}).nmi == {}
+    config = run_config_from_dict({**base, "method_options": {"num_tokens": 3}, "nmi": {"every": "5"}})
+    assert config.method_options.num_tokens == 3
+    assert config.nmi == NMIOptions(every=5, images=16, normalization="min") and config.nmi.enabled
+    assert config.as_dict()["nmi"] == {"every": 5, "images": 16, "normalization": "min"}
+    off = run_config_from_dict({**base, "nmi": {"every": 0}})
+    assert not off.nmi.enabled and off.as_dict()["nmi"] == {}
     with pytest.raises(ConfigError, match="nmi.normalization = 'max'"):
-        run_config_from_dict({**base, "method_options": {"nmi_every": 2, "nmi_normalization": "max"}})
+        run_config_from_dict({**base, "nmi": {"every": 2, "normalization": "max"}})
     with pytest.raises(ConfigError, match="run.nmi: unknown field 'evry'"):
         run_config_from_dict({**base, "nmi": {"evry": 2}})
-    with pytest.raises(ConfigError, match="disagree"):
-        run_config_from_dict({**base, "nmi": {"every": 2}, "method_options": {"nmi_every": 3}})
+    # NMI logging is no method option (0.x had nmi_* keys in method_options; no remapping is kept)
+    with pytest.raises(ConfigError, match="method 'vpt-deep': unknown field 'nmi_every'"):
+        run_config_from_dict({**base, "method_options": {"nmi_every": 2}})
 
 
 def test_sweep_configs_keep_their_nmi_keys():
     for name, every in (("world.yaml", 10), ("world_small.yaml", 5), ("world_quick.yaml", 2)):
         specs = [s for s in plan_sweep(load_sweep_config(SWEEPS / name)) if s.run["method"].startswith("vpt")]
-        assert specs and all(run_config_from_dict(s.run).nmi["every"] == every for s in specs), name
+        assert specs and all(run_config_from_dict(s.run).nmi.every == every for s in specs), name
 
 
 def test_nmi_callback_needs_visual_prompts():

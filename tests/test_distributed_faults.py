@@ -34,6 +34,7 @@ SCRIPT = textwrap.dedent(
     from vlprompt.backbones.tiny import tiny_open_clip, tiny_timm_vit
     from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
     from vlprompt.methods import create_method
+    from vlprompt.methods.base import PromptMethod
     from vlprompt.seeding import seed_everything
     from vlprompt.train import TrainConfig, Trainer
     from vlprompt.train.step import GradientAccumulator
@@ -56,9 +57,10 @@ SCRIPT = textwrap.dedent(
 
     # The reduction's layout on its own: rank 0 has a gradient for a only, rank 1 for b only, c has none anywhere.
     params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(3)]
-    class Nothing(torch.nn.Module):
-        pass
-    accumulator = GradientAccumulator(Nothing(), params, world)
+    class PlainHooks:  # PromptMethod's default hooks (one part: the gradient of the loss), without a model
+        grad_parts = PromptMethod.grad_parts
+        combine_grads = PromptMethod.combine_grads
+    accumulator = GradientAccumulator(PlainHooks(), params, world)
     for r in range(world):
         if r == rank:
             x = torch.tensor([1.0, 2.0, 3.0]) * (r + 1)

@@ -31,6 +31,8 @@ GROUPS = {"photo": ["a photo of a {}.", "a picture of a {}."], "drawing": ["a dr
 OPTIONS = {
     "partial-k": {"k": 1},
     "mocoop": {"top_k": 1},
+    # the official side network (AlexNet) cannot take 32-px images, and no ImageNet weights exist offline
+    "sidetune": {"side_model": "test_efficientnet", "side_pretrained": False},
 }
 # Methods whose logits are a fixed affine map of the frozen image feature: exported as a plain classifier head.
 EXPORTABLE = {"zeroshot", "zeroshot-ensemble", "linear", "coop", "prograd", "kgcoop", "clap"}

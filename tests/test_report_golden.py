@@ -10,13 +10,11 @@ from report_fixture import GOLDEN, build_mixed_runs, build_sweep_runs
 from vlprompt.analysis.report import write_report
 
 
-@pytest.mark.parametrize(
-    ("name", "build", "split"), [("sweep", build_sweep_runs, False), ("mixed", build_mixed_runs, True)]
-)
-def test_report_matches_the_golden_output(tmp_path, name, build, split):
+@pytest.mark.parametrize(("name", "build"), [("sweep", build_sweep_runs), ("mixed", build_mixed_runs)])
+def test_report_matches_the_golden_output(tmp_path, name, build):
     pytest.importorskip("matplotlib")
     root = build(tmp_path / name)
-    written = write_report(root, tmp_path / "report", split_backbones=split)
+    written = write_report(root, tmp_path / "report")
     expected = sorted(p.name for p in (GOLDEN / name).iterdir())
     assert sorted(n for n in written if not n.endswith(".png")) == expected
     for file_name in expected:

@@ -2,6 +2,7 @@
 result (identical to an undisturbed run) or a clear error, with nothing complete lost."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import json
@@ -448,6 +449,6 @@ def test_a_default_given_explicitly_is_the_same_run(straight):
     from vlprompt.experiment import run_fingerprint
 
     plain = run_config_from_dict(run_values(straight[0]))
-    explicit = run_config_from_dict({**run_values(straight[0]), "train": {**plain.train, "momentum": 0.9}})
+    explicit = run_config_from_dict({**run_values(straight[0]), "train": {**dataclasses.asdict(plain.train), "momentum": 0.9}})
     assert run_fingerprint(plain, plain.train_config()) == run_fingerprint(explicit, explicit.train_config())
     assert train(straight[0], **{"train.momentum": 0.9}) == straight[1]  # finished: a no-op, not a refusal

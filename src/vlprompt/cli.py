@@ -75,8 +75,8 @@ def format_method_options(name: str) -> str:
     for option in options:
         default = "(required)" if option.default is dataclasses.MISSING else f"= {option.default!r}"
         lines.append(f"\n  {option.name}: {option.type} {default}")
-        lines += textwrap.wrap(option.help or "(no help text)", 100, initial_indent=" " * 6,
-                               subsequent_indent=" " * 6)
+        text = option.help + (f" ({option.constraint()})" if option.constraint() else "")
+        lines += textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
     if cls.train_defaults:
         settings = ", ".join(f"{key}={value!r}" for key, value in sorted(cls.train_defaults.items()))
         lines.append(f"\nRecommended training settings (train.NAME=VALUE overrides them): {settings}")
@@ -84,6 +84,16 @@ def format_method_options(name: str) -> str:
 
 
 def cmd_list(args) -> int:
+    if args.name is not None:
+        if args.what == "presets":
+            from vlprompt.presets import describe_preset
+
+            print(describe_preset(args.name))
+            return 0
+        if args.what != "methods":
+            raise ConfigError(f"'vlprompt list {args.what}' takes no name; a name describes a preset ('list presets "
+                              "NAME') or a method's options ('list methods NAME').")
+        args.options = args.name
     if args.options is not None:
         if args.what != "methods":
             raise ConfigError(f"--options describes a method; use 'vlprompt list methods --options NAME' "
@@ -126,17 +136,33 @@ def cmd_train(args) -> int:
         values["out"] = args.out
     values.setdefault("out", "runs/latest")
     config = run_config_from_dict(values)
+    from vlprompt.distributed import is_main_process
     from vlprompt.run_dir import RunDir
+
+    if config.preset and is_main_process():
+        print(_preset_note(values))
 
     run_dir = RunDir(config.out)
     finished_before = run_dir.is_finished() and not args.overwrite
     records = run_experiment(config, restart=args.restart, overwrite=args.overwrite)
-    from vlprompt.distributed import is_main_process
-
     if is_main_process():  # under torchrun every rank returns the same records; one prints them
         print(format_table(records, RESULT_COLUMNS))
         print(f"\n{_written(run_dir, finished_before, records)}")
     return 0
+
+
+def _preset_note(values: dict) -> str:
+    """Which values the preset set and which of them the user's own keys replaced, before training starts."""
+    import textwrap
+
+    from vlprompt.presets import applied_preset_values
+
+    applied, replaced = applied_preset_values(values)
+    text = f"preset {values['preset']} applied: " + ", ".join(f"{k}={v!r}" for k, v in applied.items())
+    if replaced:
+        text += "; your values replaced: " + ", ".join(f"{k}={v!r}" for k, v in replaced.items())
+    return textwrap.fill(text + f" ('vlprompt list presets {values['preset']}' describes it)", 120,
+                         subsequent_indent="  ")
 
 
 def _written(run_dir, finished_before: bool, records: list[dict]) -> str:
@@ -192,7 +218,7 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from vlprompt.analysis.report import write_report
 
-    written = write_report(args.runs_dir, args.out, split_backbones=args.split_backbones, plots=not args.no_plots)
+    written = write_report(args.runs_dir, args.out, plots=not args.no_plots)
     print(written["report.md"].read_text(encoding="utf-8"))
     print(f"wrote {len(written)} files to {written['report.md'].parent}")
     return 0
@@ -214,7 +240,16 @@ def cmd_world_export(args) -> int:
                              image_size=args.image_size, image_format=args.image_format,
                              overwrite=args.overwrite)
     print(f"wrote world task '{args.task}' in the {args.format} layout under {root}")
+    print(f"read it back with: {_read_back(args.task, args.format, root)}")
     return 0
+
+
+def _read_back(task: str, fmt: str, root) -> str:
+    """The dataset settings that read an export back (what a newcomer types next)."""
+    if fmt == "vtab":
+        name = task if task.startswith("world-") else f"world-{task}"
+        return f"dataset=vtab root={root} dataset_options.task={name} dataset_options.classnames=classnames.txt"
+    return f"dataset={fmt} root={root}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered names, one per line (or a method's options)")
     p.add_argument("what", choices=["backbones", "methods", "datasets", "presets", "sweeps"])
+    p.add_argument("name", nargs="?", help="with 'presets': print what that preset sets, its description and "
+                                           "official source; with 'methods': that method's options")
     p.add_argument("--options", metavar="NAME", help="with 'methods': print that method's options, defaults and help")
     p.set_defaults(func=cmd_list)
 
@@ -270,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, default=0, help="ray launcher: GPUs each run's task reserves")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="markdown + CSV tables and PNG plots from a folder of runs")
+    p = sub.add_parser("report", help="markdown + CSV tables and PNG plots from a folder of runs (a table per "
+                                       "task and backbone)")
     p.add_argument("runs_dir")
     p.add_argument("--out", help="report folder (default RUNS_DIR/report)")
-    p.add_argument("--split-backbones", action="store_true", help="one table per backbone instead of an error")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -292,11 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="the offline world: export a task to disk in a real dataset layout")
     world_sub = p.add_subparsers(dest="world_command", required=True)
-    e = world_sub.add_parser("export", help="write a world task as ImageFolder or VTAB-1k files (real PNGs or JPEGs)")
+    e = world_sub.add_parser("export", help="write a world task as ImageFolder, VTAB-1k or CoOp (split_zhou JSON) "
+                                            "files (real PNGs or JPEGs)")
     e.add_argument("task", help="a world task, e.g. object or world-object (see 'vlprompt list datasets')")
     e.add_argument("--out", required=True)
-    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab"])
-    e.add_argument("--per-class", type=int, default=16, help="train and test images per class (imagefolder)")
+    e.add_argument("--format", default="imagefolder", choices=["imagefolder", "vtab", "coop"],
+                   help="coop: <out>/world_<task>/split_zhou_World<Task>.json + images/<class_name>/, read back "
+                        "by dataset=coop")
+    e.add_argument("--per-class", type=int, default=16,
+                   help="train and test images per class (imagefolder, coop; val gets a quarter)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--image-size", type=int, help="resize every image to this many pixels square (e.g. 224)")
     e.add_argument("--image-format", default="png", choices=["png", "jpeg"])
@@ -320,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not in the interpreter's exit
+        return code
     except Preempted as error:  # SIGTERM (SLURM, Kubernetes): 128 + 15, as if the signal had ended the process
         print(str(error), file=sys.stderr)
         return 143
@@ -328,8 +371,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished files are kept and a resume state lets 'train' continue", file=sys.stderr)
+        left = INTERRUPTED.get(args.command)
+        print(f"interrupted; {left}" if left else "interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+# What Ctrl-C leaves behind, per command: only the training commands keep a resume state.
+_RESUMES = "finished files are kept and rerunning the same command resumes from the last saved state"
+INTERRUPTED = {
+    "train": _RESUMES,
+    "sweep": "finished runs are kept; rerunning the same sweep skips them and resumes the unfinished ones",
+    **dict.fromkeys(("fewshot", "base2new", "shift", "vtab"),
+                    "finished runs are kept; rerunning the same command skips them and resumes the rest"),
+    "demo": "finished runs are kept; rerunning the demo skips them",
+    "predict": "no predictions were written (--output is written only once every image is scored)",
+    "serve-batch": "no predictions were written (--output is written only once every request is scored)",
+}
+
+
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``vlprompt predict ... | head``): stop quietly, as Unix tools do.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush does not raise a second BrokenPipeError;
+    141 is the status a shell reports for a process ended by SIGPIPE (128 + 13)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -82,7 +82,10 @@ def build_config(cls: type[C], values: Mapping[str, Any] | None = None, where: s
         hint = f"did you mean {', '.join(close)}?" if close else f"known fields: {', '.join(sorted(fields))}."
         raise ConfigError(f"{where}: unknown field '{key}'; {hint}")
     kwargs = {k: _coerce(v, hints[k], k, where) for k, v in values.items()}
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    if not isinstance(config, ValidatedConfig):  # a ValidatedConfig checked itself when it was constructed
+        validate_fields(config, where)
+    return config
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -97,16 +100,25 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def load_yaml_mapping(path: str | Path, what: str = "Config file", fields_hint: str = "method:, backbone:, ...") -> dict:
-    """A YAML file that must hold a mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    """A YAML file that must hold a mapping; a missing file or bad YAML is a ConfigError naming the file.
+
+    An empty file (or one holding only comments) is refused too: it usually means a save went wrong or the wrong
+    file was named, and running every default in its place would produce a result that looks deliberate."""
     import yaml
 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{what} '{path}' does not exist.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{what} '{path}' is not valid YAML: {error}") from None
+    if data is None:
+        raise ConfigError(
+            f"{what} '{path}' is empty (or holds only comments), so it sets nothing and every default would run "
+            f"unannounced. Write its fields ({fields_hint}) into it, or leave the file out and give key=value "
+            "overrides on the command line."
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{what} '{path}' must hold a mapping of fields ({fields_hint}).")
     return data
@@ -124,18 +136,73 @@ def check_range(where: str, field_name: str, value: float, low: float | None = N
         raise ConfigError(f"{where}.{field_name} = {value!r} is out of range; it must lie in {bounds}.")
 
 
+def validate_fields(config: Any, where: str | None = None) -> None:
+    """Check every field of dataclass instance ``config`` against its metadata: ``range=(low, high)`` (either
+    bound may be None) and ``choices=(...)``. The one place ranges and choices are enforced, so validation and
+    ``vlprompt list methods --options`` read the same declaration; a None value (an unset optional) is skipped.
+    Raises ConfigError naming ``where.field`` (``where`` defaults to the config's ``config_name`` or class)."""
+    named = config.config_name if isinstance(config, ValidatedConfig) else ""
+    where = where or named or type(config).__name__
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if value is None:
+            continue
+        choices = item.metadata.get("choices")
+        if choices is not None:
+            check_choice(where, item.name, value, choices)
+        bounds = item.metadata.get("range")
+        if bounds is not None:
+            check_range(where, item.name, value, *bounds)
+
+
+class ValidatedConfig:
+    """Base of the config dataclasses: construction checks ranges and choices from field metadata
+    (``validate_fields``). A subclass's own ``__post_init__`` holds only cross-field checks and calls
+    ``super().__post_init__()`` first. ``config_name`` is the prefix errors use (the class name by default)."""
+
+    config_name: typing.ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, range: tuple | None = None,
+           choices: typing.Iterable[Any] | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with the metadata every config field carries: ``help`` (a sentence), optionally
+    ``range=(low, high)`` and ``choices``."""
+    metadata: dict[str, Any] = {"help": help}
+    if range is not None:
+        metadata["range"] = tuple(range)
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 def as_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptionInfo:
-    """One field of a config dataclass as the user sees it: name, type, default and help text."""
+    """One field of a config dataclass as the user sees it: name, type, default, help, range and choices."""
 
     name: str
     type: str
     default: Any  # dataclasses.MISSING when the field has none
     help: str
+    range: tuple | None = None
+    choices: tuple | None = None
+
+    def constraint(self) -> str:
+        """'one of a | b', 'in [low, high]' or '' (the text validate_fields enforces)."""
+        if self.choices is not None:
+            return "one of " + " | ".join(str(c) for c in self.choices)
+        if self.range is not None:
+            low, high = self.range
+            return f"in [{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        return ""
 
 
 def describe_options(cls: type) -> list[OptionInfo]:
@@ -149,5 +216,7 @@ def describe_options(cls: type) -> list[OptionInfo]:
         else:
             default = dataclasses.MISSING
         kind = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", str(item.type))
-        options.append(OptionInfo(item.name, kind, default, str(item.metadata.get("help", ""))))
+        meta = item.metadata
+        options.append(OptionInfo(item.name, kind, default, str(meta.get("help", "")), meta.get("range"),
+                                  meta.get("choices")))
     return options

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 DEMO_SHOTS = 16
 DEMO_SEED = 1
-COLUMNS = ("method", "backbone", "dataset", "shots", "seed", "split", "accuracy", "train_seconds")
 
 
 def world_defaults() -> dict:
@@ -51,6 +50,38 @@ def _epoch_lines(enabled: bool):
         trainer_log.propagate = saved[1]
 
 
+def percent_table(records: list[dict]) -> str:
+    """Method, test accuracy in % and training seconds: what a reader of the demo compares."""
+    def number(value, scale: float, digits: int) -> str | None:
+        return None if value is None else f"{scale * value:.{digits}f}"
+
+    rows = [{"method": r["method"], "accuracy (%)": number(r.get("accuracy"), 100, 2),
+             "train s": number(r.get("train_seconds"), 1, 1)} for r in records]
+    return format_table(rows, ("method", "accuracy (%)", "train s"))
+
+
+def demo_report(out: Path, records: list[dict], defaults: dict, total: float) -> str:
+    """report.md: the task, the % table, and the plots of the sweep report written over ``out/runs`` into
+    ``out/report`` (every run there, with CSVs and a trace of each number to its run folder)."""
+    from vlprompt.analysis.report import write_report
+
+    written = write_report(out / "runs", out / "report")
+    figures = sorted(name for name in written if name.endswith(".png"))
+    full = written["report.md"].read_text(encoding="utf-8")
+    note = next((line for line in full.splitlines() if line.startswith("Tables only, no plots")), "")
+    lines = [
+        "# vlprompt demo", "",
+        f"Task: `{defaults['dataset']}` {defaults.get('options', {})} on `{defaults['backbone']}`, {DEMO_SHOTS} "
+        f"shots, seed {DEMO_SEED}; test accuracy in %. Total time {total:.1f} s.", "",
+        percent_table(records), "",
+        *(f"![{name}](report/{name})\n" for name in figures),
+        *([note, ""] if note else []),
+        "The full report of every run under `runs/` (tables as CSV, each number traced to its run folder): "
+        "[report/report.md](report/report.md).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def run_demo(out: str | Path, methods: list[str] | None = None, progress: bool = True) -> list[dict]:
     """Run ``methods`` (default: all) on the world's default task; ``progress`` prints a "[k/N] method" line
     before each method and one line per training epoch."""
@@ -68,6 +99,7 @@ def run_demo(out: str | Path, methods: list[str] | None = None, progress: bool =
             backbone=defaults["backbone"],
             dataset=defaults["dataset"],
             dataset_options=dict(defaults.get("options", {})),
+            method_options=dict(defaults.get("method_options", {}).get(name, {})),
             shots=DEMO_SHOTS,
             seed=DEMO_SEED,
             train={**defaults.get("train", {}), **defaults.get("method_train", {}).get(name, {}), "progress": False},
@@ -84,12 +116,8 @@ def run_demo(out: str | Path, methods: list[str] | None = None, progress: bool =
         print(f"  {name:<20} {records[-1]['accuracy']:.4f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
     total = time.perf_counter() - started
     atomic_write_json(out / RESULTS_NAME, records)
-    table = format_table(records, COLUMNS)
-    atomic_write_text(
-        out / "report.md",
-        f"# vlprompt demo\n\nTask: `{defaults['dataset']}` {defaults.get('options', {})} on `{defaults['backbone']}`, "
-        f"{DEMO_SHOTS} shots, seed {DEMO_SEED}; accuracy on the test split. Total time {total:.1f} s.\n\n{table}\n",
-    )
-    print(table)
-    print(f"\nwrote {out / RESULTS_NAME} and {out / 'report.md'} in {total:.1f} s")
+    report = demo_report(out, records, defaults, total)
+    atomic_write_text(out / "report.md", report)
+    print(percent_table(records))
+    print(f"\nwrote {out / RESULTS_NAME}, {out / 'report.md'} and {out / 'report'}/ in {total:.1f} s")
     return records

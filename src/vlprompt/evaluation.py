@@ -1,6 +1,7 @@
 """Evaluate a trained run folder: on its own test split, or on another dataset (new classes, shifted domains)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from vlprompt.backbones.registry import create_backbone
@@ -38,7 +39,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
     if data is None:
         raise VlpromptError(f"Dataset '{task.name}' has no '{split}' split.")
     backbone = create_backbone(config.backbone)
-    method = create_method(config.method, backbone, task.labels, **config.method_options)
+    method = create_method(config.method, backbone, task.labels, **dataclasses.asdict(config.method_options))
     load_prompts(method, folder.path)
     train = config.train_config()
     accuracy = evaluate(method, data, batch_size=batch_size or train.eval_batch_size, device=device or train.device,

@@ -14,17 +14,17 @@ import os
 import shutil
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vlprompt import distributed
-from vlprompt.analysis.nmi import NMICallback, split_nmi_options
+from vlprompt.analysis.nmi import NMICallback, NMIOptions
 from vlprompt.artifacts.card import write_model_card
 from vlprompt.backbones.registry import create_backbone
-from vlprompt.config_utils import build_config, check_choice, check_range
+from vlprompt.config_utils import ValidatedConfig, build_config, option
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.data.fewshot import base_new_split, few_shot_task
 from vlprompt.data.registry import load_dataset
@@ -43,45 +43,106 @@ PROTOCOLS = ("fewshot", "base2new", "shift")
 
 
 @dataclass
-class RunConfig:
-    method: str = "linear"
-    backbone: str = "world:clip"
-    dataset: str = "world-object"
-    root: str | None = None
-    dataset_options: dict = field(default_factory=dict)
-    method_options: dict = field(default_factory=dict)
-    protocol: str = "fewshot"
-    # Shots per class for training (0 = the whole training split); validation gets min(shots, 4).
-    shots: int = 16
-    seed: int = 1
-    # Domain shift: target datasets (same class names), each {"dataset": name, "root": ..., "options": {...}}.
-    targets: list = field(default_factory=list)
-    train: dict = field(default_factory=dict)
-    out: str | None = None
-    # Where few-shot index files live (default: <out>/indices).
-    index_dir: str | None = None
-    # The paper preset the run was built from (vlprompt.presets; expanded by run_config_from_dict).
-    preset: str = ""
-    # NMI logging during training (analysis/nmi.py NMIOptions: every, images, normalization); the VPT/SPT
-    # method_options keys nmi_every, nmi_images, nmi_normalization are moved here.
-    nmi: dict = field(default_factory=dict)
+class TargetConfig(ValidatedConfig):
+    """One domain-shift target of a run: a dataset with the source's class names, evaluated after training."""
+
+    config_name = "run.targets"
+
+    dataset: str = option(help="registered dataset name of the target")
+    root: str | None = option(None, help="the target's data folder (default: the dataset's own location)")
+    options: dict = option(help="dataset options of the target, as key=value of its loader", default_factory=dict)
+
+    def as_mapping(self) -> dict:
+        """The target as a run config writes it: only what was set (unset root and options stay out, so a
+        target's stored form and fingerprint do not depend on which defaults it spelled out)."""
+        values: dict = {"dataset": self.dataset}
+        if self.root is not None:
+            values["root"] = self.root
+        if self.options:
+            values["options"] = dict(self.options)
+        return values
+
+
+@dataclass
+class RunConfig(ValidatedConfig):
+    """One run, typed. At the YAML/CLI/Python edge ``train``, ``method_options``, ``nmi`` and ``targets`` may be
+    given as mappings (and lists of mappings); construction resolves them into TrainConfig (the method's
+    recommended settings under the given ones, ``seed`` from the run), the method's own config dataclass,
+    NMIOptions and TargetConfig, so every later reader holds typed, validated objects."""
+
+    config_name = "run"
+
+    method: str = option("linear", help="registered method name (vlprompt list methods)")
+    backbone: str = option("world:clip", help="backbone id (vlprompt list backbones)")
+    dataset: str = option("world-object", help="registered dataset name (vlprompt list datasets)")
+    root: str | None = option(None, help="the dataset's data folder (default: the dataset's own location)")
+    dataset_options: dict = option(help="options of the dataset's loader, as key=value", default_factory=dict)
+    method_options: Any = option(
+        help="the method's options (its config dataclass; vlprompt list methods --options NAME)", default_factory=dict
+    )
+    protocol: str = option("fewshot", help="evaluation protocol", choices=PROTOCOLS)
+    shots: int = option(
+        16, help="training images per class (0 = the whole training split); validation gets min(shots, 4)",
+        range=(0, None),
+    )
+    seed: int = option(1, help="seed of the few-shot sample, initialisation and training (sets train.seed)")
+    targets: list = option(
+        help="domain-shift targets (same class names): each {dataset, root, options}", default_factory=list
+    )
+    train: TrainConfig = option(
+        help="training settings (TrainConfig fields) over the method's recommended ones", default_factory=dict
+    )
+    out: str | None = option(None, help="run folder (results, prompts, metrics); unset: nothing is written")
+    index_dir: str | None = option(None, help="where few-shot index files live (default: <out>/indices)")
+    preset: str = option("", help="the paper preset the run was built from (vlprompt.presets)")
+    nmi: NMIOptions = option(help="NMI logging during training (VPT/SPT prompts)", default_factory=NMIOptions)
 
     def __post_init__(self) -> None:
-        check_choice("run", "protocol", self.protocol, PROTOCOLS)
-        check_range("run", "shots", self.shots, 0)
+        super().__post_init__()
         import_all()
-        METHODS.get(self.method)  # raises the close-names error for a mistyped name
-        self.method_options, self.nmi = split_nmi_options(self.method_options, self.nmi)
+        method = METHODS.get(self.method)  # raises the close-names error for a mistyped name
+        if not isinstance(self.method_options, method.config_class):
+            self.method_options = build_config(method.config_class, _mapping(self.method_options, "method_options"),
+                                               where=f"method '{self.method}'")
+        if isinstance(self.train, TrainConfig):
+            if self.train.seed != self.seed:
+                self.train = dataclasses.replace(self.train, seed=self.seed)
+        else:
+            values = {**method.train_defaults, **_mapping(self.train, "train"), "seed": self.seed}
+            self.train = build_config(TrainConfig, values, where="train")
+        if not isinstance(self.nmi, NMIOptions):
+            self.nmi = build_config(NMIOptions, _mapping(self.nmi, "nmi"), where="run.nmi")
+        self.targets = [_target(t, i) for i, t in enumerate(self.targets)]
         if self.protocol == "shift" and not self.targets:
             raise ConfigError("run.targets is empty: the 'shift' protocol needs at least one target dataset.")
-        for i, target in enumerate(self.targets):
-            if not isinstance(target, dict) or "dataset" not in target:
-                raise ConfigError(f"run.targets[{i}] must be a mapping with a 'dataset' key (and optional 'root', "
-                                  "'options').")
 
     def train_config(self) -> TrainConfig:
-        defaults = dict(METHODS.get(self.method).train_defaults)
-        return build_config(TrainConfig, {**defaults, **self.train, "seed": self.seed}, where="train")
+        """The resolved training config (the method's recommended settings under the given ones)."""
+        return self.train
+
+    def as_dict(self) -> dict:
+        """The run as config.json's ``run`` section stores it: method options and training settings resolved,
+        ``nmi`` {} when off and targets as given, so folders written before the config was typed keep their
+        fingerprint."""
+        values = dataclasses.asdict(self)
+        values["nmi"] = dataclasses.asdict(self.nmi) if self.nmi.enabled else {}
+        values["targets"] = [target.as_mapping() for target in self.targets]
+        return values
+
+
+def _mapping(value: Any, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"run.{name} must be a mapping of fields, got {value!r}.")
+    return value
+
+
+def _target(value: Any, index: int) -> TargetConfig:
+    if isinstance(value, TargetConfig):
+        return value
+    if not isinstance(value, dict) or "dataset" not in value:
+        raise ConfigError(f"run.targets[{index}] must be a mapping with a 'dataset' key (and optional 'root', "
+                          "'options').")
+    return build_config(TargetConfig, value, where=f"run.targets[{index}]")
 
 
 def _resolve(root: str | None) -> str | None:
@@ -90,17 +151,14 @@ def _resolve(root: str | None) -> str | None:
 
 def resolved_paths(config: RunConfig) -> RunConfig:
     """Dataset roots as absolute paths, so the folder evaluates from any directory."""
-    targets = [{**t, "root": _resolve(t.get("root"))} if t.get("root") else t for t in config.targets]
+    targets = [dataclasses.replace(t, root=_resolve(t.root)) if t.root else t for t in config.targets]
     return dataclasses.replace(config, root=_resolve(config.root), targets=targets)
 
 
 def run_fingerprint(config: RunConfig, train_config: TrainConfig) -> dict:
     """The result-defining fields with training and method options resolved (a default given explicitly is
     the same run as the default left out)."""
-    method_config = build_config(METHODS.get(config.method).config_class, config.method_options,
-                                 where=f"method '{config.method}'")
-    run = {**dataclasses.asdict(config), "method_options": dataclasses.asdict(method_config)}
-    return fingerprint_fields(run, dataclasses.asdict(train_config))
+    return fingerprint_fields(config.as_dict(), dataclasses.asdict(train_config))
 
 
 def _shots_used(task: TaskData) -> dict:
@@ -252,12 +310,12 @@ def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, f
     train_task = few_shot_task(task, config.shots, config.seed, index_dir) if config.shots else task
     backbone = create_backbone(config.backbone)
     seed_everything(config.seed)
-    method = create_method(config.method, backbone, train_task.labels, **config.method_options)
+    method = create_method(config.method, backbone, train_task.labels, **dataclasses.asdict(config.method_options))
     if run_dir is not None:
-        document = config_document(dataclasses.asdict(config), dataclasses.asdict(train_config),
+        document = config_document(config.as_dict(), dataclasses.asdict(train_config),
                                    backbone.backbone_id, given_root)
         run_dir.write_config(document, fields)
-    callbacks = [NMICallback(**config.nmi)] if config.nmi else []
+    callbacks = [NMICallback(**dataclasses.asdict(config.nmi))] if config.nmi.enabled else []
     trainer = Trainer(method, train_config, out_dir=out, callbacks=callbacks, fingerprint=fields)
     fit = trainer.fit(train_task)
     common = {"train_seconds": round(fit.train_seconds, 3), "val_accuracy": fit.val_accuracy, "steps": fit.steps,
@@ -279,7 +337,7 @@ def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, f
     else:
         records.append(_record(config, task, "source", evaluate(method, task.test, **eval_kwargs), **common))
         for target in config.targets:
-            target_task = load_dataset(target["dataset"], root=target.get("root"), **target.get("options", {}))
+            target_task = load_dataset(target.dataset, root=target.root, **target.options)
             if target_task.labels.classnames != task.labels.classnames:
                 raise VlpromptError(
                     f"Shift target '{target_task.name}' has other class names than the source '{task.name}'; a "

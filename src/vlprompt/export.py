@@ -61,7 +61,7 @@ def _agrees(expected: torch.Tensor, actual: torch.Tensor) -> bool:
 @torch.no_grad()
 def classifier_head(method) -> ClassifierHead:
     """Read the affine head off ``method`` and verify it; raise CheckpointError when there is none."""
-    if not getattr(method, "uses_image_features", False):
+    if not method.uses_image_features:
         raise _refuse(method, "its prompts or trained weights sit inside the image tower (VPT, SPT, fine-tuning), "
                               "so the plain backbone's features are not the ones it classifies.")
     method.eval()

@@ -74,6 +74,13 @@ def load_image(item: Any) -> Image.Image:
             return image
     except FileNotFoundError:
         raise DataError(f"Image '{item}' does not exist.") from None
+    except Image.DecompressionBombError as error:
+        # PIL refuses images over twice Image.MAX_IMAGE_PIXELS before decoding them: a small file that would
+        # expand to gigabytes is a classic way to exhaust a server's memory.
+        raise DataError(
+            f"Image '{item}' was refused as a possible decompression bomb ({error}). If it is a genuine image, "
+            "downscale it first, or raise PIL.Image.MAX_IMAGE_PIXELS when calling vlprompt from Python."
+        ) from None
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"Image '{item}' cannot be read ({error}); the file is not an image or is damaged.") from None
 

@@ -146,6 +146,6 @@ def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     except OSError as error:
         raise VlpromptError(
             f"The {what} '{path}' is not writable ({error.strerror or error}). Choose another folder with --out "
-            "or fix its permissions; nothing was trained."
+            "or fix its permissions; this was checked before any work started, so nothing was done."
         ) from None
     return path

@@ -40,12 +40,9 @@ def _kind(method) -> str:
     if isinstance(method, VisualPromptMethod) and isinstance(method.prompts, VisualPrompts):
         return "visual"
     from vlprompt.methods.base import PromptMethod
-    from vlprompt.methods.zeroshot import ClipMethod
 
-    plain = getattr(type(method).image_features, "__code__", None) in (
-        PromptMethod.image_features.__code__, ClipMethod.image_features.__code__,
-    )
-    if getattr(method, "uses_image_features", False) and plain:
+    plain = type(method).image_features is PromptMethod.image_features
+    if method.uses_image_features and plain:
         return "features"  # its features are exactly backbone.visual(images): the shared pass
     return "alone"
 

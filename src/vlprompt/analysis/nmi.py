@@ -12,14 +12,14 @@ During training the diagnostic is a trainer callback (``NMICallback``); a run co
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from vlprompt.backbones.base import VisionTower
-from vlprompt.config_utils import build_config, check_choice, check_range
+from vlprompt.config_utils import ValidatedConfig, check_choice, check_range, option
 from vlprompt.data.transforms import eval_transform
 from vlprompt.errors import ConfigError
 from vlprompt.prompts.visual import VisualPrompts, prompted_tokens
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from vlprompt.train.trainer import Trainer
 
 NORMALIZATIONS = ("min", "sqrt", "mean")
-# method_options keys of VPT/SPT runs (when NMI logging was a method option) -> NMIOptions fields.
-METHOD_OPTION_KEYS = {"nmi_every": "every", "nmi_images": "images", "nmi_normalization": "normalization"}
 
 
 def normalized_mutual_information(
@@ -108,33 +106,18 @@ def nmi_record(values: list[float], prefix: str = "nmi") -> dict[str, float]:
 
 
 @dataclass
-class NMIOptions:
-    """NMI logging of a run: every ``every`` optimizer steps (0: off) on the first ``images`` training images
-    (eval transform), with the given ``normalization`` of the mutual information."""
+class NMIOptions(ValidatedConfig):
+    """NMI logging of a run (the run config's ``nmi`` section): off unless ``every`` > 0."""
 
-    every: int = 0
-    images: int = 16
-    normalization: str = "min"
+    config_name = "nmi"
 
-    def __post_init__(self) -> None:
-        check_range("nmi", "every", self.every, 0)
-        check_range("nmi", "images", self.images, 1)
-        check_choice("nmi", "normalization", self.normalization, NORMALIZATIONS)
+    every: int = option(0, help="log per-block NMI every N optimizer steps (0: off)", range=(0, None))
+    images: int = option(16, help="probe images: the first N training images, eval transform", range=(1, None))
+    normalization: str = option("min", help="normalisation of the mutual information", choices=NORMALIZATIONS)
 
-
-def split_nmi_options(method_options: dict, nmi: dict) -> tuple[dict, dict]:
-    """A run's method_options without the ``nmi_*`` keys, and its NMI options (run-level ``nmi`` merged with
-    those keys, validated; {} when NMI logging is off). The caller's dicts are left untouched."""
-    legacy = {METHOD_OPTION_KEYS[k]: v for k, v in method_options.items() if k in METHOD_OPTION_KEYS}
-    clash = [k for k in legacy if k in nmi and nmi[k] != legacy[k]]
-    if clash:
-        raise ConfigError(
-            f"run.nmi.{clash[0]} = {nmi[clash[0]]!r} and method_options.nmi_{clash[0]} = "
-            f"{legacy[clash[0]]!r} disagree; set NMI logging in one place."
-        )
-    options = build_config(NMIOptions, {**legacy, **nmi}, where="run.nmi")
-    rest = {k: v for k, v in method_options.items() if k not in METHOD_OPTION_KEYS}
-    return rest, asdict(options) if options.every > 0 else {}
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0
 
 
 class NMICallback(Callback):
@@ -151,7 +134,7 @@ class NMICallback(Callback):
         method = trainer.method
         if not isinstance(getattr(method, "prompts", None), VisualPrompts):
             raise ConfigError(
-                "NMI logging (nmi.every / method_options.nmi_every) measures visual prompt tokens against "
+                "NMI logging (nmi.every) measures visual prompt tokens against "
                 f"patch tokens, and method '{method.method_name}' has no visual prompts. Use it with vpt-* or "
                 "spt-*, or remove the option."
             )

@@ -1,4 +1,5 @@
-"""PNG plots for reports: accuracy vs shots, base/new/HM bars, NMI per block over training.
+"""PNG plots for reports: accuracy vs shots (bars per method for a single shot count), base/new/HM bars, NMI per
+block over training.
 
 They read the report's tables and `load_results`' frame (NMI curves from each run folder's metrics.jsonl).
 matplotlib is an optional extra (`pip install 'vlprompt[plots]'`); the report writes its tables without it.
@@ -89,6 +90,23 @@ def plot_base_new_bars(
     return _save(figure, path)
 
 
+def plot_accuracy_bars(rows: list[tuple[str, float | None, float | None]], title: str, path: Path) -> Path:
+    """One horizontal bar per method (mean, std as an error bar), best at the top; a missing mean draws none."""
+    rows = sorted((row for row in rows if row[1] is not None), key=lambda row: row[1])
+    figure = Figure(figsize=(6.4, max(2.4, 0.28 * len(rows) + 1.2)), layout="constrained")
+    axes = figure.add_subplot()
+    axes.barh(range(len(rows)), [row[1] for row in rows], xerr=[row[2] or 0.0 for row in rows], capsize=2)
+    axes.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=8)
+    for index, row in enumerate(rows):
+        axes.annotate(f"{row[1]:.1f}", (row[1], index), xytext=(3, 0), textcoords="offset points", va="center",
+                      fontsize=7)
+    axes.set_xlim(0, 105)
+    axes.set_xlabel("test accuracy (%)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
 def read_nmi(folder: Path) -> dict[int, list[tuple[int, float]]]:
     """block -> [(step, nmi)] from a run's metrics.jsonl (the last record wins for a repeated step)."""
     path = Path(folder) / METRICS_NAME
@@ -144,7 +162,14 @@ def write_plots(tables: Iterable[Table], results: pd.DataFrame, out: Path) -> li
     written: list[tuple[str, Path]] = []
     for table in tables:
         cells = table.cells.set_index(["method", "column"])
-        if table.kind == "fewshot":
+        if table.kind == "fewshot" and len(table.columns) == 1:
+            # One shot count (the demo's 16 shots): a line per method would be a single dot; bars compare them.
+            column = table.columns[0]
+            bars = [(method, _value(cells.at[(method, column), "mean"]), _value(cells.at[(method, column), "std"]))
+                    for method in table.methods if (method, column) in cells.index]
+            title = f"{table.title}, {column if column == 'all' else column + ' shots'}"
+            written.append((table.slug, plot_accuracy_bars(bars, title, out / f"{table.slug}.png")))
+        elif table.kind == "fewshot":
             # 'all' (the whole split) has no place on a shots axis
             shots = cells[cells.index.get_level_values("column").str.isdigit()]
             series: dict[str, list] = {method: [] for method in table.methods}

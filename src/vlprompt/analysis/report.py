@@ -91,7 +91,7 @@ def trace_frame(tables: Iterable[Table]) -> pd.DataFrame:
 
 
 def write_report(
-    runs_dir: str | Path, out_dir: str | Path | None = None, split_backbones: bool = False, plots: bool = True
+    runs_dir: str | Path, out_dir: str | Path | None = None, plots: bool = True
 ) -> dict[str, Path]:
     """Scan run folders, write report.md, one CSV per table, trace.csv and (optionally) PNG plots.
 
@@ -100,7 +100,7 @@ def write_report(
     """
     runs_dir = Path(runs_dir)
     results = load_results(runs_dir)
-    tables = build_tables(results, split_backbones)
+    tables = build_tables(results)
     out = check_writable_dir(Path(out_dir) if out_dir is not None else runs_dir / "report", "report folder")
     written: dict[str, Path] = {}
     figures: dict[str, list[str]] = {}

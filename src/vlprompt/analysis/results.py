@@ -19,7 +19,7 @@ from vlprompt.run_dir import CONFIG_NAME, RESULTS_NAME, SPEC_NAME
 log = logging.getLogger(__name__)
 
 # Columns added to each record: where it came from and how a sweep labelled it.
-RUN_COLUMNS = ("run", "path", "backbone", "label", "stage", "variant")
+RUN_COLUMNS = ("run", "path", "backbone", "label", "stage", "variant", "sweep")
 
 
 def _read_json(path: Path) -> object:
@@ -45,9 +45,11 @@ def load_results(folder: str | Path) -> pd.DataFrame:
 
     Record fields (method, dataset, shots, seed, split, accuracy as a fraction, ...) become columns, plus
     ``run`` (the folder relative to ``folder``, as traced in reports), ``path`` (the folder), ``backbone``
-    (config.json's backbone id), and ``label`` / ``stage`` / ``variant`` from sweep.json (defaults: the
-    method, "run", ""). A results.json without config.json beside it is not a run (e.g. the demo's summary
-    of its runs) and is skipped: every number in a table must trace to a folder holding its resolved config.
+    (config.json's backbone id), ``label`` / ``stage`` / ``variant`` from sweep.json (defaults: the
+    method, "run", "") and ``sweep`` (whether the folder has a sweep.json: plain runs that fill the same
+    table cell are reported as separate rows, sweep runs doing so are an error). A results.json without
+    config.json beside it is not a run (e.g. the demo's summary of its runs) and is skipped: every number in
+    a table must trace to a folder holding its resolved config.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -79,6 +81,7 @@ def load_results(folder: str | Path) -> pd.DataFrame:
                     "label": str(spec.get("label") or record.get("method")),
                     "stage": str(spec.get("stage", "run")),
                     "variant": str(spec.get("variant", "")),
+                    "sweep": (run_dir / SPEC_NAME).exists(),
                 }
             )
     if not rows:

@@ -6,7 +6,10 @@ over seeds, n the seeds with a number, runs the folders behind the cell. Derived
 mean, VTAB group means) are computed from other cells' means and have no std and n = 0.
 
 Base-to-new HM is the harmonic mean of the AVERAGED base and new accuracies (not the mean of per-seed HMs).
-A table whose runs come from different backbones is an error (or one table per backbone on request).
+Numbers from different backbones never share a table: a task whose runs used several backbones gets one table
+per backbone. A folder of unrelated runs therefore reports as it is, grouped by task (and protocol, shots) and
+backbone; two plain runs (no sweep.json) that would fill the same cell become two rows named by their folders,
+while two runs of one sweep doing so is an error (the sweep's labels should have told them apart).
 """
 
 from __future__ import annotations
@@ -70,28 +73,12 @@ def harmonic_mean(base: float | None, new: float | None) -> float | None:
     return 0.0 if base + new == 0 else 2 * base * new / (base + new)
 
 
-def _per_backbone(
-    kind: str, key: tuple, group: pd.DataFrame, split_backbones: bool
-) -> list[tuple[str, pd.DataFrame]]:
-    """The group's runs per backbone; more than one backbone is an error unless split_backbones."""
-    by_backbone = sorted(group.groupby("backbone", sort=False), key=lambda kv: kv[0])
-    if len(by_backbone) > 1 and not split_backbones:
-        listing = []
-        for backbone, runs in by_backbone:
-            folders = sorted(runs["run"].unique())
-            listing.append(f"'{backbone}' in {', '.join(folders[:3])}" + (" ..." if len(folders) > 3 else ""))
-        raise VlpromptError(
-            f"The {kind} table for {'/'.join(str(k) for k in key)} mixes runs of different backbones: "
-            f"{'; '.join(listing)}. Numbers from different backbones do not belong in one table: report each "
-            "backbone's runs from its own folder, or pass split_backbones (--split-backbones) for one table "
-            "per backbone."
-        )
-    return by_backbone
+def _per_backbone(group: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The group's runs per backbone, in backbone order."""
+    return sorted(group.groupby("backbone", sort=False), key=lambda kv: kv[0])
 
 
-def _tables_of(
-    kind: str, chosen: pd.DataFrame, keys: list[str], split_backbones: bool
-) -> Iterator[tuple[str, str, str, pd.DataFrame]]:
+def _tables_of(kind: str, chosen: pd.DataFrame, keys: list[str]) -> Iterator[tuple[str, str, str, pd.DataFrame]]:
     """(backbone, slug, title, records) per table: records grouped by ``keys`` then by backbone."""
     if chosen.empty:
         return
@@ -99,27 +86,42 @@ def _tables_of(
         ((kind, *(k if isinstance(k, tuple) else (k,))), g) for k, g in chosen.groupby(keys, sort=False)
     ]
     for key, group in sorted(groups, key=lambda kv: str(kv[0])):
-        per_backbone = _per_backbone(kind, key[1:], group, split_backbones)
+        per_backbone = _per_backbone(group)
         for backbone, records in per_backbone:
             parts = [str(k) for k in key]
             slug = _slug("_".join(parts + ([backbone] if len(per_backbone) > 1 else [])))
             yield backbone, slug, " · ".join(parts[1:]), records
 
 
+def _plain_runs_apart(records: pd.DataFrame) -> pd.DataFrame:
+    """Plain runs (not from a sweep) that would share a cell get rows of their own, labelled 'method (folder)':
+    they are separate experiments a user ran by hand, not seeds of one configuration. Called once a table's
+    records have their ``column``, before cells and extra columns are computed from the labels."""
+    keys = ["label", "column", "seed"]
+    plain = ~_column_of(records, "sweep", False).fillna(False).astype(bool)
+    clash = records.duplicated(keys, keep=False) & plain
+    if not clash.any():
+        return records
+    clashing_runs = set(records.loc[clash, "run"])
+    apart = plain & records["run"].isin(clashing_runs)
+    return records.assign(label=records["label"].where(~apart, records["label"] + " (" + records["run"] + ")"))
+
+
 def _cells(records: pd.DataFrame, slug: str) -> pd.DataFrame:
     """Mean, sample std and count over seeds of accuracy (%) per (method label, column); runs in folder order.
 
     A record without an accuracy (e.g. New for a class-tied head) still traces to its folder but adds no
-    value. Two records for one cell and seed are an error: one of them would silently win."""
+    value. Two records for one cell and seed (after ``_plain_runs_apart``) are an error: one of them would
+    silently win."""
     keys = ["label", "column", "seed"]
     twice = records.duplicated(keys)
     if twice.any():
         group = records.groupby(keys, sort=False, dropna=False).ngroup()
         first, second = records[group == group[twice].iloc[0]].iloc[:2].to_dict("records")
         raise VlpromptError(
-            f"Two runs give the same number for table '{slug}', row '{second['label']}', column "
+            f"Two runs of a sweep give the same number for table '{slug}', row '{second['label']}', column "
             f"'{second['column']}', seed {second['seed']}: '{first['run']}' and '{second['run']}'. "
-            "Remove one of them (or give their sweeps different labels)."
+            "Remove one of them, or give their sweep entries different labels."
         )
     percent = records.assign(percent=100.0 * records["accuracy"].astype(float))
     cells = percent.groupby(["label", "column"], sort=False).agg(
@@ -165,7 +167,7 @@ def _table(
     return Table(slug, title, kind, backbone, columns, cells.reset_index(drop=True), extra, note)
 
 
-def fewshot_tables(results: pd.DataFrame, split_backbones: bool = False) -> list[Table]:
+def fewshot_tables(results: pd.DataFrame) -> list[Table]:
     """Rows: methods; columns: shots; mean ± std over seeds of test accuracy."""
     chosen = results[
         (_column_of(results, "protocol", None) == "fewshot")
@@ -173,8 +175,8 @@ def fewshot_tables(results: pd.DataFrame, split_backbones: bool = False) -> list
         & (results["stage"] == "run")
     ]
     tables = []
-    for backbone, slug, title, records in _tables_of("fewshot", chosen, ["dataset"], split_backbones):
-        records = records.assign(column=records["shots"].map(_shots_column))
+    for backbone, slug, title, records in _tables_of("fewshot", chosen, ["dataset"]):
+        records = _plain_runs_apart(records.assign(column=records["shots"].map(_shots_column)))
         shots = sorted({int(k) for k in records["shots"]}, key=lambda k: (k == 0, k))
         tables.append(
             _table(
@@ -190,7 +192,7 @@ def fewshot_tables(results: pd.DataFrame, split_backbones: bool = False) -> list
     return tables
 
 
-def base2new_tables(results: pd.DataFrame, split_backbones: bool = False) -> list[Table]:
+def base2new_tables(results: pd.DataFrame) -> list[Table]:
     """Base / New / HM per method, HM from the averaged base and new accuracies."""
     split = _column_of(results, "split", None)
     chosen = results[(_column_of(results, "protocol", None) == "base2new") & split.isin(["base", "new"])]
@@ -199,10 +201,8 @@ def base2new_tables(results: pd.DataFrame, split_backbones: bool = False) -> lis
     )
     tables = []
     seen_name = "New names seen in training"
-    for backbone, slug, title, records in _tables_of(
-        "base2new", chosen, ["base_dataset", "shots_key"], split_backbones
-    ):
-        records = records.assign(column=records["split"].map({"base": "Base", "new": "New"}))
+    for backbone, slug, title, records in _tables_of("base2new", chosen, ["base_dataset", "shots_key"]):
+        records = _plain_runs_apart(records.assign(column=records["split"].map({"base": "Base", "new": "New"})))
         cells = _cells(records, slug)
         means, runs = _wide(cells, "mean"), _wide(cells, "runs")
         hm = [
@@ -233,7 +233,7 @@ def base2new_tables(results: pd.DataFrame, split_backbones: bool = False) -> lis
     return tables
 
 
-def shift_tables(results: pd.DataFrame, split_backbones: bool = False) -> list[Table]:
+def shift_tables(results: pd.DataFrame) -> list[Table]:
     """Rows: methods; columns: the source (its own test split) then each target, and the targets' mean."""
     split = _column_of(results, "split", None)
     chosen = results[(_column_of(results, "protocol", None) == "shift") & split.isin(["source", "target"])]
@@ -246,10 +246,8 @@ def shift_tables(results: pd.DataFrame, split_backbones: bool = False) -> list[T
         column=chosen["dataset"].where(~is_source, chosen["dataset"] + " (source)"),
     )
     tables = []
-    for backbone, slug, title, records in _tables_of(
-        "shift", chosen, ["source_key", "shots_key"], split_backbones
-    ):
-        cells = _cells(records, slug)
+    for backbone, slug, title, records in _tables_of("shift", chosen, ["source_key", "shots_key"]):
+        cells = _cells(_plain_runs_apart(records), slug)
         named = sorted(cells["column"].unique())
         sources = [c for c in named if c.endswith("(source)")]
         targets = [c for c in named if not c.endswith("(source)")]
@@ -281,14 +279,14 @@ def vtab_task_groups() -> dict[str, str]:
     return {name: spec["group"] for name, spec in vtab_tasks().items()}
 
 
-def vtab_tables(results: pd.DataFrame, split_backbones: bool = False) -> list[Table]:
+def vtab_tables(results: pd.DataFrame) -> list[Table]:
     """Final-stage VTAB runs: rows methods, columns tasks, plus group means when the tasks are VTAB's own."""
     chosen = results[(results["stage"] == "final") & (_column_of(results, "split", None) == "test")]
     chosen = chosen.assign(table="VTAB-1k", column=chosen["dataset"].map(_task_name))
     groups = vtab_task_groups()
     tables = []
-    for backbone, slug, _, records in _tables_of("vtab", chosen, ["table"], split_backbones):
-        cells = _cells(records, slug)
+    for backbone, slug, _, records in _tables_of("vtab", chosen, ["table"]):
+        cells = _cells(_plain_runs_apart(records), slug)
         tasks = sorted(cells["column"].unique())
         standard = bool(tasks) and all(t in groups for t in tasks)
         group_columns: list[str] = []
@@ -328,11 +326,11 @@ def vtab_tables(results: pd.DataFrame, split_backbones: bool = False) -> list[Ta
     return tables
 
 
-def build_tables(results: pd.DataFrame, split_backbones: bool = False) -> list[Table]:
+def build_tables(results: pd.DataFrame) -> list[Table]:
     """Every table the results support, in report order: few-shot, base-to-new, shift, VTAB."""
     return [
-        *fewshot_tables(results, split_backbones),
-        *base2new_tables(results, split_backbones),
-        *shift_tables(results, split_backbones),
-        *vtab_tables(results, split_backbones),
+        *fewshot_tables(results),
+        *base2new_tables(results),
+        *shift_tables(results),
+        *vtab_tables(results),
     ]

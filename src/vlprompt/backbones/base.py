@@ -58,6 +58,16 @@ BLOCK_SITES = (
     "mlp_in",  # the MLP's first nn.Linear d -> hidden (absent for gated MLPs with two input projections)
     "mlp_out",  # the MLP's last nn.Linear hidden -> d
 )
+# The block calls ``mlp(norm_mlp(x))`` with nothing in between, so a module that needs the MLP sub-layer's
+# un-normalised input (AdaptFormer's parallel branch) moves the norm inside an ``mlp`` wrapper and leaves an identity.
+
+# The named places of the tower outside its blocks, in the same form (``VisionTower.tower_sites``): SSF scales the
+# patch projection's output and the final norm's; CLS-token tuning trains the class token (an nn.Parameter place).
+TOWER_SITES = (
+    "patch_proj",  # the patch projection nn.Conv2d 3 -> d (timm patch_embed.proj, open_clip conv1)
+    "class_token",  # the learned class token nn.Parameter (timm cls_token, open_clip class_embedding)
+    "norm_final",  # the norm after the last block (timm norm, open_clip ln_post)
+)
 
 
 @dataclass(frozen=True)
@@ -66,23 +76,27 @@ class BlockSites:
 
     ``places`` maps a site name to ``(owner, attribute)``: the module ``getattr(owner, attribute)`` is the site.
     ``replace`` swaps a wrapper in (an AdaptFormer branch beside ``mlp``, an SSF scale-shift after ``attn_qkv``),
-    so parameter-efficient modules never search a library's module tree by name.
+    so parameter-efficient modules never search a library's module tree by name. ``known`` is the vocabulary the
+    names come from: ``BLOCK_SITES`` for a block, ``TOWER_SITES`` for the tower's own places.
     """
 
     places: dict[str, tuple[nn.Module, str]]
+    known: tuple[str, ...] = BLOCK_SITES
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.places) - set(BLOCK_SITES))
+        unknown = sorted(set(self.places) - set(self.known))
         if unknown:
-            raise ValueError(f"unknown block sites {unknown}; known: {', '.join(BLOCK_SITES)}")
+            raise ValueError(f"unknown sites {unknown}; known: {', '.join(self.known)}")
 
     def has(self, site: str) -> bool:
         return site in self.places
 
     def get(self, site: str) -> nn.Module:
+        """The module at ``site`` (an nn.Parameter for ``class_token``)."""
         if site not in self.places:
             raise VlpromptError(
-                f"This block has no '{site}' place (it has {', '.join(self.places) or 'none'}); the module that "
+                f"This {'block' if self.known == BLOCK_SITES else 'tower'} has no '{site}' place (it has "
+                f"{', '.join(self.places) or 'none'}); the module that "
                 "needs it cannot attach to this backbone."
             )
         owner, attribute = self.places[site]
@@ -170,6 +184,10 @@ class VisionTower(nn.Module, abc.ABC):
 
     def block_sites(self, index: int) -> BlockSites:
         """Block ``index``'s named places (``BLOCK_SITES``) for parameter-efficient modules."""
+        raise no_block_sites(self)
+
+    def tower_sites(self) -> BlockSites:
+        """The tower's places outside its blocks (``TOWER_SITES``), for SSF and CLS-token tuning."""
         raise no_block_sites(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import AttentionProjections, Backbone, PreprocessConfig, VisionTower
+from vlprompt.backbones.base import (
+    TOWER_SITES,
+    AttentionProjections,
+    Backbone,
+    BlockSites,
+    PreprocessConfig,
+    VisionTower,
+)
 from vlprompt.backbones.causal_text import (
     CausalTextTower,
     DeepPrompts,
@@ -97,6 +104,36 @@ class OpenClipVisionTower(VisionTower):
 
     def attention_projections(self, index: int) -> AttentionProjections:
         return _fused_attention(self.visual.transformer.resblocks[index], "image", index)
+
+    def block_sites(self, index: int) -> BlockSites:
+        """open_clip's ``ResidualAttentionBlock``: ln_1 -> attn -> ln_2 -> mlp (c_fc, c_proj).
+
+        q, k, v are fused inside ``nn.MultiheadAttention``, which reads ``in_proj_weight`` and ``out_proj``'s
+        tensors directly instead of calling them, so there is no ``attn_qkv`` and no ``attn_out`` place (a wrapper
+        there would be silently skipped); ``attn`` is the whole attention module, whose output ends with out_proj."""
+        from open_clip.transformer import ResidualAttentionBlock
+
+        block = self.visual.transformer.resblocks[index]
+        if type(block) is not ResidualAttentionBlock or not isinstance(block.attn, nn.MultiheadAttention):
+            raise VlpromptError(
+                f"Block {index} of this open_clip image tower is a {type(block).__name__} without a standard "
+                "nn.MultiheadAttention; parameter-efficient modules attach to open_clip's ResidualAttentionBlock only."
+            )
+        places: dict[str, tuple[nn.Module, str]] = {
+            "norm_attn": (block, "ln_1"), "attn": (block, "attn"), "norm_mlp": (block, "ln_2"), "mlp": (block, "mlp"),
+        }
+        names = dict(block.mlp.named_children())
+        if isinstance(names.get("c_fc"), nn.Linear) and isinstance(names.get("c_proj"), nn.Linear):
+            places["mlp_in"] = (block.mlp, "c_fc")
+            places["mlp_out"] = (block.mlp, "c_proj")
+        return BlockSites(places)
+
+    def tower_sites(self) -> BlockSites:
+        visual = self.visual
+        return BlockSites(
+            {"patch_proj": (visual, "conv1"), "class_token": (visual, "class_embedding"), "norm_final": (visual, "ln_post")},
+            known=TOWER_SITES,
+        )
 
     def finalize(
         self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
+from vlprompt.backbones.base import TOWER_SITES, Backbone, BlockSites, PreprocessConfig, VisionTower
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
 from vlprompt.errors import VlpromptError
@@ -93,6 +93,40 @@ class TimmVisionTower(VisionTower):
 
     def block_modules(self) -> Sequence[nn.Module]:
         return list(self.model.blocks)
+
+    def block_sites(self, index: int) -> BlockSites:
+        """timm's pre-norm ``Block``: norm1 -> attn (qkv packed d -> 3d, proj) -> norm2 -> mlp (fc1, fc2).
+
+        Blocks of other layouts (ResPostBlock, ParallelScalingBlock...) and gated MLPs are refused or lose the
+        places they do not have, rather than being guessed at."""
+        from timm.layers import Mlp
+        from timm.models.vision_transformer import Attention, Block
+
+        block = self.model.blocks[index]
+        if type(block) is not Block:
+            raise VlpromptError(
+                f"Block {index} of this timm ViT is a {type(block).__name__}, not timm's pre-norm Block; "
+                "parameter-efficient modules (bias, adapter, AdaptFormer, SSF, LoRA, LayerNorm tuning) attach to "
+                "the standard layout only. Use a 'vit_*' architecture built with the default block_fn."
+            )
+        places: dict[str, tuple[nn.Module, str]] = {
+            "norm_attn": (block, "norm1"), "attn": (block, "attn"), "norm_mlp": (block, "norm2"),
+            "mlp": (block, "mlp"),
+        }
+        if isinstance(block.attn, Attention):
+            places["attn_qkv"] = (block.attn, "qkv")
+            places["attn_out"] = (block.attn, "proj")
+        if type(block.mlp) is Mlp:
+            places["mlp_in"] = (block.mlp, "fc1")
+            places["mlp_out"] = (block.mlp, "fc2")
+        return BlockSites(places)
+
+    def tower_sites(self) -> BlockSites:
+        model = self.model
+        places: dict[str, tuple[nn.Module, str]] = {"patch_proj": (model.patch_embed, "proj"), "norm_final": (model, "norm")}
+        if model.cls_token is not None:
+            places["class_token"] = (model, "cls_token")
+        return BlockSites(places, known=TOWER_SITES)
 
     def finalize(
         self, tokens: torch.Tensor, num_prompts: int = 0, pool_prompts: bool = False

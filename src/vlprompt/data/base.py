@@ -15,6 +15,21 @@ def display_name(name: str) -> str:
     return str(name).replace("_", " ")
 
 
+def refuse_same_names(raw: Sequence[str], cleaned: Sequence[str]) -> None:
+    """Two classes whose cleaned names are equal ('dark_red' and 'dark red') would get identical text prompts, so
+    a CLIP method could never tell them apart: refuse them, naming both as given."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(cleaned):
+        if name in first:
+            other = first[name]
+            raise ConfigError(
+                f"Class names {raw[other]!r} (class {other}) and {raw[index]!r} (class {index}) both read as "
+                f"{name!r} once underscores become spaces, so their prompts would be identical. Rename or merge "
+                "one of the two classes (a folder, a label in the CSV or split file, or a --classnames entry)."
+            )
+        first[name] = index
+
+
 @dataclass
 class LabelSpace:
     """Class names and the hand-crafted text of a task: what a CLIP method needs to build class features.
@@ -33,9 +48,11 @@ class LabelSpace:
     template_groups: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.classnames = [display_name(name) for name in self.classnames]
+        raw = list(self.classnames)
+        self.classnames = [display_name(name) for name in raw]
         if not self.classnames:
             raise ConfigError("LabelSpace.classnames is empty: a task needs at least one class name.")
+        refuse_same_names(raw, self.classnames)
         if not self.templates:
             raise ConfigError("LabelSpace.templates is empty: give at least one template such as 'a photo of a {}.'")
         for template in [*self.templates, *(t for group in self.template_groups.values() for t in group)]:

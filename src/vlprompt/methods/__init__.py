@@ -7,7 +7,8 @@ from vlprompt.methods.base import METHODS, PromptMethod, create_method, register
 
 _MODULES = (
     "zeroshot", "linear", "vpt", "spt", "finetune", "coop", "cocoop", "prograd", "kgcoop", "mocoop",
-    "ivlp", "maple", "promptsrc", "clip_lora", "tip_adapter", "clap",
+    "ivlp", "maple", "promptsrc", "clip_lora", "tip_adapter", "clap", "peft", "bottleneck", "ssf", "vit_lora",
+    "sidetune", "mlp_head", "prompt_bias",
 )
 
 

@@ -1,13 +1,16 @@
 """The method contract: an nn.Module whose forward(batch) returns {"loss", "logits", ...}.
 
 A batch is a dict with "label" [B] and either "image" [B,3,H,W] or, when the method declares a frozen
-image encoder, "features" [B,D] precomputed by the feature cache. The single Trainer reads the optional
-hooks below with their defaults; no method needs its own trainer.
+image encoder, "features" [B,D] precomputed by the feature cache. Every hook the single Trainer,
+checkpointing and evaluation call is declared on ``PromptMethod`` with its default; callers call them
+plainly, so no method needs its own trainer and no caller asks whether a hook exists.
 """
 from __future__ import annotations
 
+import dataclasses
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -16,6 +19,9 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.config_utils import build_config
 from vlprompt.data.base import LabelSpace
 from vlprompt.registry import Registry
+
+if TYPE_CHECKING:
+    from vlprompt.data.base import ImageDataset, TaskData
 
 
 def _import_method_modules() -> None:
@@ -28,24 +34,48 @@ METHODS: Registry[type[PromptMethod]] = Registry("method", populate=_import_meth
 
 
 def register_method(name: str):
+    """Register a method class under ``name``. The class must be complete: a ``config_class`` dataclass and
+    every abstract hook (``forward`` at least) implemented, so a half-written method fails at import, not
+    halfway through a run."""
+
     def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, PromptMethod)):
+            raise TypeError(f"@register_method('{name}') decorates {cls!r}, which is not a PromptMethod subclass.")
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:
+            raise TypeError(
+                f"Method '{name}' ({cls.__qualname__}) cannot be registered: it does not implement "
+                f"{', '.join(missing)} (declared abstract on PromptMethod in vlprompt/methods/base.py)."
+            )
+        if cls.config_class is None or not dataclasses.is_dataclass(cls.config_class):
+            raise TypeError(
+                f"Method '{name}' ({cls.__qualname__}) cannot be registered: set config_class to its options "
+                "dataclass (an empty @dataclass when it has none)."
+            )
         cls.method_name = name
         return METHODS.register(name)(cls)
 
     return decorator
 
 
-class PromptMethod(nn.Module):
-    """Base class. Subclasses set ``config_class`` and implement ``forward``.
+class PromptMethod(nn.Module, metaclass=ABCMeta):
+    """The method contract. Subclasses set ``config_class`` and implement ``forward``; every other hook the
+    Trainer, checkpointing and evaluation call is declared below with a default that does nothing special, so
+    a method overrides only what it changes and a reader sees the whole contract in one place.
+
+    ``ABCMeta`` (nn.Module's own metaclass is ``type``) makes ``@abstractmethod`` binding: a class missing
+    ``forward`` cannot be instantiated or registered.
 
     The backbone is held frozen and in eval mode; ``train()`` never flips it back to training mode
     unless the method itself unfreezes parts of it (full or partial fine-tuning).
     """
 
     method_name: ClassVar[str] = ""
-    config_class: ClassVar[type]
+    # The method's options dataclass (fields with help/range/choices metadata); required for registration.
+    config_class: ClassVar[type | None] = None
     needs_text_tower: ClassVar[bool] = False
-    # True when forward() can consume cached "features" instead of "image" (image tower frozen, no prompts in it).
+    # True when forward() can consume cached "features" instead of "image" (image tower frozen, no prompts in it):
+    # the Trainer then trains from cached features and evaluation encodes each image once.
     uses_image_features: ClassVar[bool] = False
     # Recommended TrainConfig fields for this method (lr, epochs, optimizer...); user settings override them.
     train_defaults: ClassVar[dict[str, Any]] = {}
@@ -61,19 +91,31 @@ class PromptMethod(nn.Module):
         if backbone.text is not None:
             self.text = backbone.text
 
-    # ----- hooks read by the Trainer (defaults) -----
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+    # ----- the forward pass -----
+    @abstractmethod
+    def forward(self, batch: dict) -> dict:
+        """``{"loss": scalar or None (no labels), "logits": [B, C], ...}`` for a batch holding "image" [B,3,H,W]
+        or, when ``uses_image_features``, "features" [B, D]. Extra keys (loss terms, class features) are read
+        by this method's own ``grad_parts`` and logged nowhere else."""
+
+    def predict(self, batch: dict) -> torch.Tensor:
+        """Logits for evaluation; override when inference differs from the training forward."""
+        return self.forward(batch)["logits"]
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen image features that ``forward`` accepts as batch["features"] (cacheable)."""
+        """The frozen image features that ``forward`` accepts as batch["features"] (cached by the Trainer and by
+        evaluation when ``uses_image_features``). Override only when the features are not the backbone's."""
         return self.visual(images)
 
-    def on_epoch_end(self, epoch: int, trainer: Any) -> None:
-        return None
+    # ----- what trains and what a checkpoint holds -----
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The tensors the optimizer steps, in a fixed order (gradient parts follow it). Default: every
+        parameter with requires_grad; override to pin the order or to train nothing (zero-shot)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what was trained: the tensors a prompt checkpoint holds."""
+        """Only what was trained: the tensors a prompt checkpoint holds. Override when fitted, non-trained
+        tensors belong in the checkpoint too (Tip-Adapter's cache)."""
         names = {id(p) for p in self.trainable_parameters()}
         return {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in names}
 
@@ -82,7 +124,59 @@ class PromptMethod(nn.Module):
         refuses to load onto other classes. Default: everything under a submodule called ``head``."""
         return {n for n, p in self.named_parameters() if p.requires_grad and n.split(".")[0] == "head"}
 
+    def resize_for_checkpoint(self, shapes: dict[str, tuple]) -> None:
+        """Called by ``load_prompts`` before copying tensors, with each checkpoint tensor's shape. Override when
+        a tensor's size comes from the training data (Tip-Adapter's cache) rather than from the config, so the
+        freshly built method can take the checkpoint's size. Default: sizes are fixed by the config."""
+        return
+
+    def set_labels(self, labels: LabelSpace) -> None:
+        """Serve another class list (the new classes of base-to-new, a shift target) with the same trained
+        tensors. Called by evaluation before predicting on other classes; override to rebuild what depends on
+        the class names (tokenised prompts, caches)."""
+        self.labels = labels
+
+    # ----- Trainer hooks, in the order the Trainer calls them -----
+    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
+        """Once per fit, before anything trains, with the training split under the eval transform. Override to
+        initialise parameters from data (SPT's prototype prompts). Default: nothing."""
+        return
+
+    def prepare(self, task: TaskData, trainer: Any) -> None:
+        """Once per fit, after ``setup`` and before the optimizer exists, with the whole task; override to build
+        state from the task's cached features (Tip-Adapter's cache, CLAP's class weights). Default: nothing."""
+        return
+
+    def grad_parts(self, outputs: dict, params: list[torch.Tensor]) -> list[list[torch.Tensor | None]]:
+        """Gradients of one micro-batch as one or more parts, each a list aligned with ``params`` (None where a
+        tensor got no gradient). The Trainer sums each part over micro-batches and ranks separately, then hands
+        the sums to ``combine_grads``. Override when the update is not the plain gradient of the loss (ProGrad
+        keeps the CE and KL gradients apart). Default: one part, the gradient of ``outputs["loss"]``."""
+        return [list(torch.autograd.grad(outputs["loss"], params, allow_unused=True))]
+
+    def combine_grads(self, parts: list[list[torch.Tensor | None]]) -> list[torch.Tensor | None]:
+        """The gradient of the whole optimizer step from the summed parts of ``grad_parts`` (all micro-batches,
+        all ranks). Default: the single part."""
+        return parts[0]
+
+    def on_step_end(self, step: int, trainer: Any) -> None:
+        """After each optimizer step (``step`` counts steps taken). Override for per-step state updates
+        (moving averages, prompt re-projection). Default: nothing."""
+        return
+
+    def on_epoch_end(self, epoch: int, trainer: Any) -> None:
+        """After each training epoch (0-based), before validation. Override for per-epoch state (PromptSRC's
+        Gaussian prompt aggregation). Default: nothing."""
+        return
+
+    def on_fit_end(self, task: TaskData, trainer: Any) -> None:
+        """After training (and best-val restore), before the checkpoint is saved; also when nothing trains.
+        Override to fit what is chosen on validation (Tip-Adapter's α/β search). Default: nothing."""
+        return
+
+    # ----- modes -----
     def frozen_modules(self) -> Iterable[nn.Module]:
+        """Modules kept in eval mode by ``train()`` while none of their parameters trains (dropout, norms)."""
         return self.backbone.modules()
 
     def train(self, mode: bool = True) -> PromptMethod:
@@ -91,9 +185,6 @@ class PromptMethod(nn.Module):
             if not any(p.requires_grad for p in module.parameters()):
                 module.eval()
         return self
-
-    def predict(self, batch: dict) -> torch.Tensor:
-        return self.forward(batch)["logits"]
 
     def predict_images(self, images: Sequence, topk: int = 5, **options: Any) -> list[dict]:
         """Top-k labels and probabilities for PIL images or image paths (see vlprompt.inference)."""

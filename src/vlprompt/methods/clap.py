@@ -24,26 +24,23 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.losses import class_adaptive_penalty, class_confidence
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.text import encode_text_embeddings, hand_crafted_features
 
 
 @dataclass
-class CLAPConfig:
+class CLAPConfig(ValidatedConfig):
     """``constraint``: the class-adaptive penalty (false = ZS-LP); ``ensemble``: zero-shot features from all of the
     task's templates (the official ImageNet setting) instead of templates[0]; ``class_chunk``: prompts per
     text-encoder call."""
 
     constraint: bool = field(default=True, metadata={"help": "the class-adaptive penalty (false: the ZS-LP baseline)"})
     ensemble: bool = field(default=False, metadata={"help": "zero-shot features from all templates instead of templates[0]"})
-    class_chunk: int = field(default=256, metadata={"help": "prompts per text-encoder call"})
-
-    def __post_init__(self) -> None:
-        check_range("CLAPConfig", "class_chunk", self.class_chunk, 1)
+    class_chunk: int = field(default=256, metadata={"help": "prompts per text-encoder call", "range": (1, None)})
 
 
 @torch.no_grad()

@@ -17,18 +17,18 @@ tower is adapted).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_choice, check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.lora import PROJECTIONS, RANK_SCALINGS, attach_lora, set_merged, share_weights_copy
 from vlprompt.prompts.text import EvalCache, encode_text_embeddings
 
@@ -36,30 +36,28 @@ ENCODERS = ("both", "vision", "text")
 
 
 @dataclass
-class CLIPLoRAConfig:
+class CLIPLoRAConfig(ValidatedConfig):
     """``rank`` r (0 attaches no branch: the frozen model), ``alpha``, ``dropout`` on the LoRA input;
     ``rank_scaling``: "sqrt" (alpha/√r, the official code) or "rank" (alpha/r, the LoRA paper);
     ``encoders``: both | vision | text; ``blocks``: block indices to adapt (empty = all, the official "all");
     ``params``: projections among q, k, v, o (official default q, k, v); ``class_chunk``: class prompts per
     text-encoder call."""
 
-    rank: int = field(default=2, metadata={"help": "LoRA rank r (0: no branch, the frozen model)"})
-    alpha: float = field(default=1.0, metadata={"help": "LoRA alpha"})
-    dropout: float = field(default=0.25, metadata={"help": "dropout on the LoRA branch input, training only"})
-    rank_scaling: str = field(default="sqrt", metadata={"help": "sqrt: scaling alpha/sqrt(r) (official code); rank: alpha/r (LoRA paper)"})
-    encoders: str = field(default="both", metadata={"help": "towers to adapt: both | vision | text"})
-    blocks: list[int] = field(default_factory=list, metadata={"help": "block indices to adapt (empty: all, the official setting)"})
-    params: list[str] = field(default_factory=lambda: ["q", "k", "v"], metadata={"help": "projections among q, k, v, o (official: q, k, v)"})
-    class_chunk: int = field(default=256, metadata={"help": "class prompts per text-encoder call"})
+    rank: int = option(2, help="LoRA rank r (0: no branch, the frozen model)", range=(0, None))
+    alpha: float = option(1.0, help="LoRA alpha: the branch is scaled by alpha/sqrt(r) or alpha/r", range=(0.0, None))
+    dropout: float = option(0.25, help="dropout on the LoRA branch input, training only", range=(0.0, 1.0))
+    rank_scaling: str = option(
+        "sqrt", help="sqrt: scaling alpha/sqrt(r) (official code); rank: alpha/r (LoRA paper)", choices=RANK_SCALINGS
+    )
+    encoders: str = option("both", help="towers to adapt", choices=ENCODERS)
+    blocks: list[int] = option(help="block indices to adapt (empty: all, the official setting)", default_factory=list)
+    params: list[str] = option(help="projections among q, k, v, o (official: q, k, v)",
+                               default_factory=lambda: ["q", "k", "v"])
+    class_chunk: int = option(256, help="class prompts per text-encoder call", range=(1, None))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         where = "CLIPLoRAConfig"
-        check_range(where, "rank", self.rank, 0)
-        check_range(where, "alpha", self.alpha, 0.0)
-        check_range(where, "dropout", self.dropout, 0.0, 1.0)
-        check_range(where, "class_chunk", self.class_chunk, 1)
-        check_choice(where, "rank_scaling", self.rank_scaling, RANK_SCALINGS)
-        check_choice(where, "encoders", self.encoders, ENCODERS)
         unknown = [p for p in self.params if p not in PROJECTIONS]
         if unknown or not self.params:
             raise ConfigError(

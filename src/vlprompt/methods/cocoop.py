@@ -12,22 +12,22 @@ from typing import Any, ClassVar
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_choice, check_range
+from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.methods.coop import build_context_prompt
-from vlprompt.methods.zeroshot import ClipMethod
 from vlprompt.prompts.text import CLASS_POSITIONS
 
 
 @dataclass
-class CoCoOpConfig:
+class CoCoOpConfig(ValidatedConfig):
     """CoCoOp's options; defaults follow the paper (4 context tokens from "a photo of a"). Each field's help
     says what it does (``vlprompt list methods --options cocoop``)."""
 
     n_ctx: int = field(
         default=4,
-        metadata={"help": "learned context tokens M (as CoOp: ignored when ctx_init gives words)"},
+        metadata={"help": "learned context tokens M (as CoOp: ignored when ctx_init gives words)", "range": (1, 76)},
     )
     ctx_init: str = field(
         default="a photo of a",
@@ -35,17 +35,13 @@ class CoCoOpConfig:
     )
     class_position: str = field(
         default="end",
-        metadata={"help": "where the class name sits: end | middle | front"},
+        metadata={"help": "where the class name sits", "choices": CLASS_POSITIONS},
     )
     prompts_per_call: int = field(
         default=2048,
-        metadata={"help": "images x classes sent through the text encoder in one call (bounds memory)"},
+        metadata={"help": "images x classes sent through the text encoder in one call (bounds memory)",
+                  "range": (1, None)},
     )
-
-    def __post_init__(self) -> None:
-        check_range("CoCoOpConfig", "n_ctx", self.n_ctx, 1, 76)
-        check_choice("CoCoOpConfig", "class_position", self.class_position, CLASS_POSITIONS)
-        check_range("CoCoOpConfig", "prompts_per_call", self.prompts_per_call, 1)
 
 
 @register_method("cocoop")

@@ -1,6 +1,7 @@
 """CoOp: learned context vectors in front of (or around) the class name, frozen CLIP, cross-entropy on s·cos.
 
-ProGrad and KgCoOp are CoOp plus one loss term each, so they subclass this file's method and add only that.
+ProGrad and KgCoOp are CoOp plus one loss term each: they compose the same ContextPrompt (``context_prompt``)
+and share ``context_outputs``, adding only their term, rather than subclassing CoOp.
 """
 from __future__ import annotations
 
@@ -11,32 +12,35 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_choice, check_range
+from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import grouped_text_ce
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.text import (
     CLASS_POSITIONS,
     INIT_ALIGNS,
     ContextPrompt,
-    EvalCache,
-    hand_crafted_features,
     split_template,
 )
 
 TEMPLATE_INIT = "template"
+# CoOp's recipe (SGD, lr 0.002, batch 32, cosine after one warm-up epoch), shared by ProGrad and KgCoOp; image
+# features are cached exactly, so augmentation settings do not apply unless feature_views > 1.
+COOP_RECIPE: dict[str, Any] = {
+    "optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "weight_decay": 5e-4, "warmup_epochs": 1,
+}
 
 
 @dataclass
-class CoOpConfig:
+class CoOpConfig(ValidatedConfig):
     """CoOp's options; each field's help says what it does (``vlprompt list methods --options coop``)."""
 
     n_ctx: int = field(
         default=16,
         metadata={"help": (
             "learned context tokens M (with ctx_init words and ctx_init_align 'fit', M is their word count)"
-        )},
+        ), "range": (1, 76)},
     )
     ctx_init: str = field(
         default="",
@@ -53,34 +57,34 @@ class CoOpConfig:
     )
     class_position: str = field(
         default="end",
-        metadata={"help": "where the class name sits: end | middle | front"},
+        metadata={"help": "where the class name sits", "choices": CLASS_POSITIONS},
     )
     class_chunk: int = field(
         default=256,
-        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)", "range": (1, None)},
     )
     text_loss_weight: float = field(
         default=0.0,
         metadata={"help": (
             "weight of an optional LASP-style text-to-text loss (soft class features classified among "
             "the hand-crafted features of all templates); 0 turns it off"
-        )},
+        ), "range": (0.0, None)},
     )
     ctx_init_align: str = field(
         default="fit",
         metadata={"help": (
             "'fit' (CoOp, CoCoOp, KgCoOp: M = the init words) or 'right' (ProGrad: n_ctx slots, zeros first, "
             "the words' embeddings in the last slots)"
-        )},
+        ), "choices": INIT_ALIGNS},
     )
 
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        check_range(where, "n_ctx", self.n_ctx, 1, 76)
-        check_choice(where, "ctx_init_align", self.ctx_init_align, INIT_ALIGNS)
-        check_choice(where, "class_position", self.class_position, CLASS_POSITIONS)
-        check_range(where, "class_chunk", self.class_chunk, 1)
-        check_range(where, "text_loss_weight", self.text_loss_weight, 0.0)
+
+def context_prompt(text, labels: LabelSpace, config: CoOpConfig) -> ContextPrompt:
+    """The ContextPrompt a CoOp-style config describes (CoOp, ProGrad, KgCoOp)."""
+    return build_context_prompt(
+        text, labels, config.ctx_init, config.n_ctx, config.class_position, config.class_specific,
+        config.class_chunk, config.ctx_init_align,
+    )
 
 
 def build_context_prompt(
@@ -112,71 +116,49 @@ def build_context_prompt(
     )
 
 
+def context_outputs(method: ClipMethod, batch: dict) -> dict:
+    """CoOp's prediction for a ClipMethod holding a ContextPrompt at ``method.prompt`` (CoOp, ProGrad, KgCoOp
+    compose the same prompt module and share this; each adds its own term): logits and cross-entropy (plus the
+    optional text-to-text term), with the image and class features the added terms need."""
+    image = method.normalized_image_features(batch)
+    class_features = method.prompt.class_features(method.text)
+    logits = method.clip_logits(image.to(class_features.device), class_features)
+    loss = method.cross_entropy(logits, batch)
+    if loss is not None and method.config.text_loss_weight > 0:
+        text_loss = grouped_text_ce(class_features, method.template_features(), method.logit_scale)
+        loss = loss + method.config.text_loss_weight * text_loss
+    return {"loss": loss, "logits": logits, "image": image, "class_features": class_features}
+
+
+def context_class_dependent(config: CoOpConfig) -> set[str]:
+    """Class-specific context cannot move to other classes; shared context can."""
+    return {"prompt.ctx"} if config.class_specific else set()
+
+
 @register_method("coop")
 class CoOp(ClipMethod):
     """Context optimisation: only the context vectors train; class features are cached during evaluation."""
 
     config_class = CoOpConfig
-    # CoOp's recipe (SGD, lr 0.002, batch 32, cosine after one warm-up epoch); image features are cached
-    # exactly, so augmentation settings do not apply unless feature_views > 1.
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "weight_decay": 5e-4, "warmup_epochs": 1,
-    }
+    train_defaults: ClassVar[dict[str, Any]] = COOP_RECIPE
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoOpConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.prompt = build_context_prompt(
-            self.text,
-            labels,
-            config.ctx_init,
-            config.n_ctx,
-            config.class_position,
-            config.class_specific,
-            config.class_chunk,
-            config.ctx_init_align,
-        )
-        self._eval_cache = EvalCache()
-        self._all_templates_key: tuple | None = None
-        self._all_templates: torch.Tensor | None = None
+        self.prompt = context_prompt(self.text, labels, config)
 
     def set_labels(self, labels: LabelSpace) -> None:
         super().set_labels(labels)
         self.prompt.set_classnames(self.text, labels.classnames)
-        self._eval_cache.clear()
 
     def class_dependent_parameter_names(self) -> set[str]:
-        return {"prompt.ctx"} if self.config.class_specific else set()
+        return context_class_dependent(self.config)
 
     def class_features(self) -> torch.Tensor:
         """Normalised learned class features [C, D]; during evaluation computed once, not per batch."""
-        if self.training or torch.is_grad_enabled():
-            return self.prompt(self.text)
-        key = EvalCache.key_for(self.prompt.classnames, [self.prompt.ctx])
-        return self._eval_cache.get(key, lambda: self.prompt(self.text))
-
-    def template_features(self) -> torch.Tensor:
-        """Hand-crafted features of every template [T, C, D], for the optional text-to-text loss."""
-        key = (tuple(self.labels.classnames), tuple(self.labels.templates), self.text_device())
-        if self._all_templates_key != key:
-            self._all_templates = hand_crafted_features(
-                self.text, self.labels.classnames, self.labels.templates, self.config.class_chunk
-            )
-            self._all_templates_key = key
-        return self._all_templates
-
-    def base_outputs(self, batch: dict) -> dict:
-        """Logits and cross-entropy, plus the pieces subclasses add their terms to."""
-        image = self.normalized_image_features(batch)
-        class_features = self.class_features()
-        logits = self.clip_logits(image.to(class_features.device), class_features)
-        loss = self.cross_entropy(logits, batch)
-        if loss is not None and self.config.text_loss_weight > 0:
-            text_loss = grouped_text_ce(class_features, self.template_features(), self.logit_scale)
-            loss = loss + self.config.text_loss_weight * text_loss
-        return {"loss": loss, "logits": logits, "image": image, "class_features": class_features}
+        return self.prompt.class_features(self.text)
 
     def forward(self, batch: dict) -> dict:
-        outputs = self.base_outputs(batch)
+        outputs = context_outputs(self, batch)
         return {"loss": outputs["loss"], "logits": outputs["logits"]}
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -8,32 +8,29 @@ weights: that is what these baselines train, and why prompt methods are cheaper 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(ValidatedConfig):
     """Full fine-tuning has no options of its own: every tower weight and the head train."""
 
 
 @dataclass
-class PartialConfig:
+class PartialConfig(ValidatedConfig):
     """Partial fine-tuning: the last k blocks and the head train; the blocks before them stay frozen."""
 
-    k: int = field(default=1, metadata={"help": "how many of the last blocks train (with the head)"})
-
-    def __post_init__(self) -> None:
-        check_range("PartialConfig", "k", self.k, 1)
+    k: int = option(1, help="how many of the last blocks train (with the head)", range=(1, None))
 
 
 class _TunedTower(PromptMethod):

@@ -6,12 +6,11 @@ layer 0's through ln_pre as in the official code. Loss: cross-entropy on s·cos.
 image tower holds prompts, so images are encoded every step (no feature cache) and class features are cached
 only during evaluation.
 
-``DeepVLMethod`` is the shared model; MaPLe (coupled vision prompts) and PromptSRC (IVLP + self-regularisation)
-subclass it and add only what is new.
+MaPLe (coupled vision prompts) and PromptSRC (IVLP + self-regularisation) compose the same prompt modules and
+share ``deep_vl_outputs`` instead of subclassing IVLP; each adds only what is new.
 """
 from __future__ import annotations
 
-from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,13 +18,12 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.deep_text import DeepTextPrompt
 from vlprompt.prompts.deep_vision import DeepVisionPrompts, layered_vision_forward
-from vlprompt.prompts.text import EvalCache
 
 # The official b2n recipe of the multimodal-prompt-learning configs (IVLP and MaPLe): SGD lr 0.0035, batch 4,
 # 5 epochs, cosine, one warm-up epoch at a constant 1e-5 (ours: a linear ramp from 1e-5, see README), Dassl's
@@ -44,57 +42,35 @@ MULTIMODAL_RECIPE: dict[str, Any] = {
 }
 
 
-class DeepVLMethod(ClipMethod):
-    """Deep text prompts + prompts inside the image tower; subclasses say where the vision prompts come from."""
+def deep_text_prompt(text, labels: LabelSpace, config: Any) -> DeepTextPrompt:
+    """The deep text prompts of a config with IVLP's per-tower names (IVLP, PromptSRC; MaPLe maps its own)."""
+    return DeepTextPrompt(text, labels.classnames, config.n_ctx_text, config.depth_text, config.ctx_init,
+                          config.class_chunk)
 
-    uses_image_features = False
 
-    def __init__(self, backbone: Backbone, labels: LabelSpace, config: Any) -> None:
-        super().__init__(backbone, labels, config)
-        self.text_prompt = DeepTextPrompt(
-            self.text, labels.classnames, config.n_ctx_text, config.depth_text, config.ctx_init, config.class_chunk
-        )
-        self._eval_cache = EvalCache()
+def encode_prompted_images(method: ClipMethod, vision_prompts: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Normalised image features [B, D] with ``vision_prompts`` entering image blocks 0..J-1."""
+    features = layered_vision_forward(method.visual, vision_prompts, images)
+    return nn.functional.normalize(features.float(), dim=-1)
 
-    @abstractmethod
-    def vision_prompts(self) -> list[torch.Tensor]:
-        """The prompts entering image blocks 0..J-1, each [n, d] (IVLP: its own parameters; MaPLe: coupled)."""
 
-    def set_labels(self, labels: LabelSpace) -> None:
-        super().set_labels(labels)
-        self.text_prompt.set_classnames(self.text, labels.classnames)
-        self._eval_cache.clear()
-
-    def class_features(self) -> torch.Tensor:
-        """Normalised learned class features [C, D]; during evaluation computed once, not per batch."""
-        if self.training or torch.is_grad_enabled():
-            return self.text_prompt(self.text)
-        key = EvalCache.key_for(self.text_prompt.classnames, self.text_prompt.layer_prompts())
-        return self._eval_cache.get(key, lambda: self.text_prompt(self.text))
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised prompted image features [B, D]."""
-        features = layered_vision_forward(self.visual, self.vision_prompts(), images)
-        return nn.functional.normalize(features.float(), dim=-1)
-
-    def base_outputs(self, batch: dict) -> dict:
-        image = self.encode_images(batch["image"])
-        class_features = self.class_features()
-        logits = self.clip_logits(image, class_features.to(image.device))
-        return {
-            "loss": self.cross_entropy(logits, batch),
-            "logits": logits,
-            "image": image,
-            "class_features": class_features,
-        }
-
-    def forward(self, batch: dict) -> dict:
-        outputs = self.base_outputs(batch)
-        return {"loss": outputs["loss"], "logits": outputs["logits"]}
+def deep_vl_outputs(method: ClipMethod, batch: dict, vision_prompts: list[torch.Tensor]) -> dict:
+    """The shared prediction of IVLP, MaPLe and PromptSRC for a method holding a DeepTextPrompt at
+    ``method.text_prompt``: logits and cross-entropy, with the image and class features PromptSRC's
+    regularisers need."""
+    image = encode_prompted_images(method, vision_prompts, batch["image"])
+    class_features = method.text_prompt.class_features(method.text)
+    logits = method.clip_logits(image, class_features.to(image.device))
+    return {
+        "loss": method.cross_entropy(logits, batch),
+        "logits": logits,
+        "image": image,
+        "class_features": class_features,
+    }
 
 
 @dataclass
-class IVLPConfig:
+class IVLPConfig(ValidatedConfig):
     """IVLP's options (official names: N_CTX_TEXT, N_CTX_VISION, PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION, CTX_INIT).
 
     ``depth_text`` J counts layer 0's context (1 = CoOp-style shallow context); ``depth_vision`` 0 switches the
@@ -103,34 +79,51 @@ class IVLPConfig:
     ``class_chunk``: class prompts per text-encoder call (bounds memory for many classes).
     """
 
-    n_ctx_text: int = 2
-    n_ctx_vision: int = 2
-    depth_text: int = 9
-    depth_vision: int = 9
-    ctx_init: str = "a photo of a"
-    class_chunk: int = 256
-
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        check_range(where, "n_ctx_text", self.n_ctx_text, 1, 76)
-        check_range(where, "n_ctx_vision", self.n_ctx_vision, 0)
-        check_range(where, "depth_text", self.depth_text, 1)
-        check_range(where, "depth_vision", self.depth_vision, 0)
-        check_range(where, "class_chunk", self.class_chunk, 1)
+    n_ctx_text: int = option(2, help="learned text prompt tokens per prompted layer [N_CTX_TEXT]", range=(1, 76))
+    n_ctx_vision: int = option(2, help="learned vision prompt tokens per prompted block [N_CTX_VISION]",
+                               range=(0, None))
+    depth_text: int = option(
+        9, help="text layers J with prompts, counting layer 0's context (1: CoOp-style shallow) [PROMPT_DEPTH_TEXT]",
+        range=(1, None),
+    )
+    depth_vision: int = option(
+        9, help="image blocks with prompts (0: no vision prompts, deep language prompting) [PROMPT_DEPTH_VISION]",
+        range=(0, None),
+    )
+    ctx_init: str = option(
+        "a photo of a",
+        help="words whose first n_ctx_text tokens start layer 0's context (the rest stay fixed); '' for N(0, 0.02)",
+    )
+    class_chunk: int = option(256, help="class prompts per text-encoder call (bounds memory for many classes)",
+                              range=(1, None))
 
 
 @register_method("ivlp")
-class IVLP(DeepVLMethod):
+class IVLP(ClipMethod):
     """Independent vision-language prompting: text and vision prompts are separate parameters."""
 
     config_class = IVLPConfig
+    uses_image_features = False
     # MaPLe paper's IVLP row (n_ctx 2 per tower, depth 9) on the official multimodal recipe; the released
     # config file (configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml) uses depth 12: presets/ivlp-paper.yaml.
     train_defaults: ClassVar[dict[str, Any]] = dict(MULTIMODAL_RECIPE)
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: IVLPConfig) -> None:
         super().__init__(backbone, labels, config)
+        self.text_prompt = deep_text_prompt(self.text, labels, config)
         self.vision_prompt = DeepVisionPrompts(self.visual, config.n_ctx_vision, config.depth_vision)
+
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.text_prompt.set_classnames(self.text, labels.classnames)
 
     def vision_prompts(self) -> list[torch.Tensor]:
         return self.vision_prompt.layer_prompts()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised prompted image features [B, D]."""
+        return encode_prompted_images(self, self.vision_prompts(), images)
+
+    def forward(self, batch: dict) -> dict:
+        outputs = deep_vl_outputs(self, batch, self.vision_prompts())
+        return {"loss": outputs["loss"], "logits": outputs["logits"]}

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import PromptMethod, register_method
 
 
 @dataclass
-class LinearConfig:
+class LinearConfig(ValidatedConfig):
     """Linear probe options."""
 
     normalize: bool = field(

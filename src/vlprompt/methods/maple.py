@@ -16,32 +16,32 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
-from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, DeepVLMethod
+from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, deep_text_prompt, deep_vl_outputs, encode_prompted_images
 from vlprompt.prompts.deep_text import clamp_depth
 
 
 @dataclass
-class MaPLeConfig:
+class MaPLeConfig(ValidatedConfig):
     """MaPLe's options (official: N_CTX, PROMPT_DEPTH, CTX_INIT): ``n_ctx`` tokens per layer in both towers,
     ``depth`` J prompted layers in both (9 base-to-new, 3 cross-dataset / domain generalisation).
     ``class_chunk``: class prompts per text-encoder call (bounds memory for many classes)."""
 
-    n_ctx: int = 2
-    depth: int = 9
-    ctx_init: str = "a photo of a"
-    class_chunk: int = 256
+    n_ctx: int = option(2, help="prompt tokens per prompted layer, in both towers [N_CTX]", range=(1, 76))
+    depth: int = option(
+        9, help="prompted layers J in both towers (9 base-to-new, 3 cross-dataset) [PROMPT_DEPTH]", range=(1, None)
+    )
+    ctx_init: str = option(
+        "a photo of a", help="words whose first n_ctx tokens start layer 0's text context; '' for N(0, 0.02)"
+    )
+    class_chunk: int = option(256, help="class prompts per text-encoder call (bounds memory for many classes)",
+                              range=(1, None))
 
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        check_range(where, "n_ctx", self.n_ctx, 1, 76)
-        check_range(where, "depth", self.depth, 1)
-        check_range(where, "class_chunk", self.class_chunk, 1)
-
-    # the shared model reads the per-tower names
+    # deep_text_prompt reads IVLP's per-tower names
     @property
     def n_ctx_text(self) -> int:
         return self.n_ctx
@@ -52,12 +52,14 @@ class MaPLeConfig:
 
 
 @register_method("maple")
-class MaPLe(DeepVLMethod):
+class MaPLe(ClipMethod):
     config_class = MaPLeConfig
+    uses_image_features = False
     train_defaults: ClassVar[dict[str, Any]] = dict(MULTIMODAL_RECIPE)
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: MaPLeConfig) -> None:
         super().__init__(backbone, labels, config)
+        self.text_prompt = deep_text_prompt(self.text, labels, config)
         depth = clamp_depth(self.text_prompt.depth, self.visual.num_blocks, "vision")
         if depth < self.text_prompt.depth:
             raise ConfigError(
@@ -70,6 +72,18 @@ class MaPLe(DeepVLMethod):
         deeper = nn.Linear(text_width, vision_width, device=device)
         self.coupling = nn.ModuleList([first] + [copy.deepcopy(deeper) for _ in range(depth - 1)])
 
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.text_prompt.set_classnames(self.text, labels.classnames)
+
     def vision_prompts(self) -> list[torch.Tensor]:
         text_prompts = self.text_prompt.layer_prompts()
         return [layer(prompt) for layer, prompt in zip(self.coupling, text_prompts)]
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised prompted image features [B, D]."""
+        return encode_prompted_images(self, self.vision_prompts(), images)
+
+    def forward(self, batch: dict) -> dict:
+        outputs = deep_vl_outputs(self, batch, self.vision_prompts())
+        return {"loss": outputs["loss"], "logits": outputs["logits"]}

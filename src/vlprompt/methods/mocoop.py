@@ -18,18 +18,18 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_choice, check_range
+from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError, unknown_name
 from vlprompt.losses import gating_kl, grouped_text_ce
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 from vlprompt.prompts.mixture import PromptMixture
 from vlprompt.prompts.text import EvalCache, hand_crafted_features
 
 
 @dataclass
-class MoCoOpConfig:
+class MoCoOpConfig(ValidatedConfig):
     """Mixture of prompt experts; each field's help says what it does (``vlprompt list methods --options
     mocoop``)."""
 
@@ -39,29 +39,23 @@ class MoCoOpConfig:
             "names of the label space's template groups to use as experts (empty: all of them)"
         )},
     )
-    top_k: int = field(default=2, metadata={"help": "experts mixed per image"})
+    top_k: int = field(default=2, metadata={"help": "experts mixed per image", "range": (1, None)})
     lambda_text: float = field(
         default=5.0,
-        metadata={"help": "λ1, weight of the text-alignment loss (reference: 5)"},
+        metadata={"help": "λ1, weight of the text-alignment loss (reference: 5)", "range": (0.0, None)},
     )
-    lambda_gate: float = field(default=1.0, metadata={"help": "λ2, weight of the gate loss (reference: 1)"})
+    lambda_gate: float = field(default=1.0, metadata={"help": "λ2, weight of the gate loss (reference: 1)",
+                                                       "range": (0.0, None)})
     gate_prototype: str = field(
         default="class",
         metadata={"help": (
             "'class' (ground-truth class prototype, as the reference code) or 'mean' (over classes)"
-        )},
+        ), "choices": ("class", "mean")},
     )
     class_chunk: int = field(
         default=256,
-        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)", "range": (1, None)},
     )
-
-    def __post_init__(self) -> None:
-        check_range("MoCoOpConfig", "top_k", self.top_k, 1)
-        check_range("MoCoOpConfig", "lambda_text", self.lambda_text, 0.0)
-        check_range("MoCoOpConfig", "lambda_gate", self.lambda_gate, 0.0)
-        check_choice("MoCoOpConfig", "gate_prototype", self.gate_prototype, ("class", "mean"))
-        check_range("MoCoOpConfig", "class_chunk", self.class_chunk, 1)
 
 
 def select_groups(labels: LabelSpace, names: list[str]) -> dict[str, list[str]]:

@@ -8,13 +8,24 @@ on the gradients of the whole optimizer step (all micro-batches of grad_accum, a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from vlprompt.config_utils import check_range
+from vlprompt.backbones.base import Backbone
+from vlprompt.data.base import LabelSpace
 from vlprompt.losses import kl_to_teacher, prograd_project
 from vlprompt.methods.base import register_method
-from vlprompt.methods.coop import CoOp, CoOpConfig
+from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.coop import (
+    COOP_RECIPE,
+    CoOpConfig,
+    context_class_dependent,
+    context_outputs,
+    context_prompt,
+)
+from vlprompt.prompts.text import INIT_ALIGNS
 
 
 @dataclass
@@ -25,39 +36,51 @@ class ProGradConfig(CoOpConfig):
     template before the class name right-aligned in the last slots, zeros before them.
     """
 
-    n_ctx: int = field(default=16, metadata={"help": "context slots (ProGrad's official start: 16)"})
+    n_ctx: int = field(default=16, metadata={"help": "context slots (ProGrad's official start: 16)", "range": (1, 76)})
     ctx_init: str = field(
         default="template",
         metadata={"help": "'template': the task template's words before the class name (ProGrad's start)"},
     )
     ctx_init_align: str = field(
         default="right",
-        metadata={"help": "'right': the init words fill the last slots after zeros (ProGrad's official start)"},
+        metadata={"help": "'right': the init words fill the last slots after zeros (ProGrad's official start)",
+                  "choices": INIT_ALIGNS},
     )
 
     lam: float = field(
         default=1.0,
         metadata={"help": (
             "how much of the conflicting gradient component is removed (1 = ProGrad, 0 = plain CoOp)"
-        )},
+        ), "range": (0.0, None)},
     )
     temperature: float = field(
         default=1.0,
-        metadata={"help": "softmax temperature of the KL to the zero-shot prediction (1 in the paper)"},
+        metadata={"help": "softmax temperature of the KL to the zero-shot prediction (1 in the paper)",
+                  "range": (1e-6, None)},
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("ProGradConfig", "lam", self.lam, 0.0)
-        check_range("ProGradConfig", "temperature", self.temperature, 1e-6)
 
 
 @register_method("prograd")
-class ProGrad(CoOp):
+class ProGrad(ClipMethod):
     config_class = ProGradConfig
+    train_defaults: ClassVar[dict[str, Any]] = COOP_RECIPE
+
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: ProGradConfig) -> None:
+        super().__init__(backbone, labels, config)
+        self.prompt = context_prompt(self.text, labels, config)
+
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.prompt.set_classnames(self.text, labels.classnames)
+
+    def class_dependent_parameter_names(self) -> set[str]:
+        return context_class_dependent(self.config)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.prompt.ctx]
 
     def forward(self, batch: dict) -> dict:
-        outputs = self.base_outputs(batch)
+        outputs = context_outputs(self, batch)
         result = {"loss": outputs["loss"], "logits": outputs["logits"]}
         if outputs["loss"] is not None and self.training and self.config.lam > 0:
             result["class_features"] = outputs["class_features"]

@@ -10,7 +10,8 @@ L = CE + λ_text·L1(t_c, t̄_c) + λ_image·L1(v, v_frozen) + λ_logits·KL(p_z
 - GPA: after epoch e (1-based) the prompts are added into a running sum with weight w_e ∝ N(e; mean, std²)
   normalised over the N epochs (official mean 15, std 1 for 20 epochs); after the last epoch the sum replaces the
   prompts. The official code averages its whole state dict; only the prompts change, so that is the same thing.
-The regularisers are training-only, as in the official forward; evaluation is IVLP's.
+The regularisers are training-only, as in the official forward; evaluation is IVLP's (the same prompt modules
+and ``deep_vl_outputs``, composed rather than inherited).
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_choice, check_range
+from vlprompt.config_utils import option
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import feature_l1, gaussian_epoch_weights, logit_kl_per_entry
 from vlprompt.methods.base import register_method
-from vlprompt.methods.ivlp import IVLP, IVLPConfig
+from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.ivlp import IVLPConfig, deep_text_prompt, deep_vl_outputs, encode_prompted_images
+from vlprompt.prompts.deep_vision import DeepVisionPrompts
 from vlprompt.prompts.text import check_fits, encode_text_embeddings, split_template, token_count
 
 log = logging.getLogger(__name__)
@@ -77,28 +80,35 @@ class PromptSRCConfig(IVLPConfig):
     CLIP templates) or "task" (the task's own templates) for the frozen teacher text features.
     """
 
-    n_ctx_text: int = 4
-    n_ctx_vision: int = 4
-    text_loss_weight: float = 25.0
-    image_loss_weight: float = 10.0
-    logit_loss_weight: float = 1.0
-    gpa: bool = True
-    gpa_mean: float = 15.0
-    gpa_std: float = 1.0
-    templates: str = "official"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        where = type(self).__name__
-        for name in ("text_loss_weight", "image_loss_weight", "logit_loss_weight"):
-            check_range(where, name, getattr(self, name), 0.0)
-        check_range(where, "gpa_std", self.gpa_std, 1e-6)
-        check_choice(where, "templates", self.templates, TEMPLATE_SETS)
+    n_ctx_text: int = option(4, help="learned text prompt tokens per prompted layer [N_CTX_TEXT]", range=(1, 76))
+    n_ctx_vision: int = option(4, help="learned vision prompt tokens per prompted block [N_CTX_VISION]",
+                               range=(0, None))
+    text_loss_weight: float = option(
+        25.0, help="weight of the L1 pull of the class features to the frozen teacher's [TEXT_LOSS_WEIGHT]",
+        range=(0.0, None),
+    )
+    image_loss_weight: float = option(
+        10.0, help="weight of the L1 pull of the image features to the frozen tower's [IMAGE_LOSS_WEIGHT]",
+        range=(0.0, None),
+    )
+    logit_loss_weight: float = option(
+        1.0, help="weight of KL(zero-shot || prompted) on the logits (hard-coded 1 officially)", range=(0.0, None)
+    )
+    gpa: bool = option(True, help="Gaussian prompt aggregation over epochs (false: keep the last epoch's prompts)")
+    gpa_mean: float = option(15.0, help="mean epoch of the GPA weights (1-based) [GPA_MEAN]")
+    gpa_std: float = option(1.0, help="standard deviation of the GPA weights, in epochs [GPA_STD]", range=(1e-6, None))
+    templates: str = option(
+        "official", choices=TEMPLATE_SETS,
+        help="teacher text features: 'official' (the 60 CLIP templates) or 'task' (the task's own templates)",
+    )
 
 
 @register_method("promptsrc")
-class PromptSRC(IVLP):
+class PromptSRC(ClipMethod):
+    """IVLP's prompt modules (composed, not inherited) plus the self-regularising losses and GPA."""
+
     config_class = PromptSRCConfig
+    uses_image_features = False
     # configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml: SGD lr 0.0025, batch 4, 20 epochs, cosine,
     # one warm-up epoch from 1e-5, random resized crop + flip.
     train_defaults: ClassVar[dict[str, Any]] = {
@@ -116,10 +126,23 @@ class PromptSRC(IVLP):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: PromptSRCConfig) -> None:
         super().__init__(backbone, labels, config)
+        self.text_prompt = deep_text_prompt(self.text, labels, config)
+        self.vision_prompt = DeepVisionPrompts(self.visual, config.n_ctx_vision, config.depth_vision)
         self._teacher_key: tuple | None = None
         self._teacher: torch.Tensor | None = None
         self._gpa_sum: list[torch.Tensor] | None = None
         self._gpa_epochs: list[int] = []
+
+    def set_labels(self, labels: LabelSpace) -> None:
+        super().set_labels(labels)
+        self.text_prompt.set_classnames(self.text, labels.classnames)
+
+    def vision_prompts(self) -> list[torch.Tensor]:
+        return self.vision_prompt.layer_prompts()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised prompted image features [B, D]."""
+        return encode_prompted_images(self, self.vision_prompts(), images)
 
     def teacher_text_features(self) -> torch.Tensor:
         """t̄ [C, D]: derived state, recomputed when the label space changes, never saved."""
@@ -133,7 +156,7 @@ class PromptSRC(IVLP):
         return self._teacher
 
     def forward(self, batch: dict) -> dict:
-        outputs = self.base_outputs(batch)
+        outputs = deep_vl_outputs(self, batch, self.vision_prompts())
         loss = outputs["loss"]
         result = {"logits": outputs["logits"]}
         if loss is not None and self.training:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import option
 from vlprompt.data.base import ImageDataset
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
@@ -29,37 +29,21 @@ class SPTConfig(VPTConfig):
     """SPT: VPT's options plus how the prompt prototypes are collected and clustered. The token budget
     bounds memory (depth x token_budget x d) whatever the training-set size."""
 
-    init: str = field(
-        default="kmeans",
-        metadata={"help": (
-            "prototype strategy: kmeans (the paper's best) | mean_pool | max_pool | random_sample"
-        )},
+    init: str = option("kmeans", help="prototype strategy (kmeans is the SPT paper's best)", choices=INITIALIZERS)
+    token_budget: int = option(
+        50000, help="tokens kept per insertion point for the prototypes (memory = depth x budget x d)"
     )
-    token_budget: int = field(
-        default=50000,
-        metadata={"help": "tokens kept per insertion point for the prototypes (memory = depth x budget x d)"},
+    init_batch_size: int = option(
+        64, help="batch of the collection pass (pooling/sampling strategies use one random such batch)",
+        range=(1, None),
     )
-    init_batch_size: int = field(
-        default=64,
-        metadata={"help": (
-            "batch of the collection pass (pooling/sampling strategies use one random such batch)"
-        )},
-    )
-    kmeans_iterations: int = field(default=50, metadata={"help": "mini-batch k-means iterations"})
-    kmeans_batch_size: int = field(default=1024, metadata={"help": "mini-batch k-means batch size (tokens)"})
-    kmeans_refine: int = field(
-        default=20,
-        metadata={"help": "full Lloyd passes after the mini-batch k-means"},
-    )
+    kmeans_iterations: int = option(50, help="mini-batch k-means iterations", range=(0, None))
+    kmeans_batch_size: int = option(1024, help="mini-batch k-means batch size (tokens)", range=(1, None))
+    kmeans_refine: int = option(20, help="full Lloyd passes after the mini-batch k-means", range=(0, None))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         where = type(self).__name__
-        if self.init not in INITIALIZERS:
-            raise ConfigError(
-                f"{where}.init = {self.init!r} is not an SPT initialiser; choose one of {list(INITIALIZERS)} "
-                "(kmeans is the SPT paper's best)."
-            )
         if self.projection_dim is not None:
             raise ConfigError(
                 f"{where}.projection_dim = {self.projection_dim}: SPT prompts are prototypes of the backbone's own "
@@ -71,58 +55,59 @@ class SPTConfig(VPTConfig):
                 f"{where}.token_budget = {self.token_budget} is smaller than num_tokens = {self.num_tokens}: "
                 "prototypes need at least as many tokens as prompts. Raise token_budget (thousands is typical)."
             )
-        check_range(where, "init_batch_size", self.init_batch_size, 1)
-        check_range(where, "kmeans_iterations", self.kmeans_iterations, 0)
-        check_range(where, "kmeans_batch_size", self.kmeans_batch_size, 1)
-        check_range(where, "kmeans_refine", self.kmeans_refine, 0)
 
 
-class SelfPromptMethod(VisualPromptMethod):
-    config_class = SPTConfig
-
-    def initialize_prompts(
-        self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0
-    ) -> InitReport:
-        """Set the prompts from ``dataset`` (with its eval transform); deterministic for a given seed."""
-        config = self.config
-        loader = DataLoader(dataset, batch_size=config.init_batch_size, shuffle=False)
-        started = time.perf_counter()
-        values, report = prototype_prompts(
-            self.visual,
-            (images for images, _ in loader),
-            len(loader),
-            num_prompts=config.num_tokens,
-            depth=self.prompts.depth,
-            strategy=config.init,
-            token_budget=config.token_budget,
-            seed=seed,
-            device=device,
-            kmeans_iterations=config.kmeans_iterations,
-            kmeans_batch_size=config.kmeans_batch_size,
-            kmeans_refine=config.kmeans_refine,
-        )
-        self.prompts.set_tokens(values)
-        log.info(
-            "%s: prompts initialised by %s in %.2fs",
-            self.method_name,
-            config.init,
-            time.perf_counter() - started,
-        )
-        return report
-
-    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
-        self.initialize_prompts(train_dataset, trainer.device, trainer.config.seed)
+def initialize_prototype_prompts(
+    method: VisualPromptMethod, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0
+) -> InitReport:
+    """Set ``method``'s prompts from ``dataset`` (with its eval transform); deterministic for a given seed."""
+    config = method.config
+    loader = DataLoader(dataset, batch_size=config.init_batch_size, shuffle=False)
+    started = time.perf_counter()
+    values, report = prototype_prompts(
+        method.visual,
+        (images for images, _ in loader),
+        len(loader),
+        num_prompts=config.num_tokens,
+        depth=method.prompts.depth,
+        strategy=config.init,
+        token_budget=config.token_budget,
+        seed=seed,
+        device=device,
+        kmeans_iterations=config.kmeans_iterations,
+        kmeans_batch_size=config.kmeans_batch_size,
+        kmeans_refine=config.kmeans_refine,
+    )
+    method.prompts.set_tokens(values)
+    log.info("%s: prompts initialised by %s in %.2fs", method.method_name, config.init, time.perf_counter() - started)
+    return report
 
 
+# SPT is VPT's model with a data-driven start: both variants are siblings of VPT's one level below
+# VisualPromptMethod, adding only the SPT config and the ``setup`` hook that sets the prototypes.
 @register_method("spt-shallow")
-class SPTShallow(SelfPromptMethod):
+class SPTShallow(VisualPromptMethod):
     """Shallow prompts initialised from patch-embedding tokens."""
 
+    config_class = SPTConfig
     deep = False
+
+    def initialize_prompts(self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0) -> InitReport:
+        return initialize_prototype_prompts(self, dataset, device, seed)
+
+    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
+        initialize_prototype_prompts(self, train_dataset, trainer.device, trainer.config.seed)
 
 
 @register_method("spt-deep")
-class SPTDeep(SelfPromptMethod):
+class SPTDeep(VisualPromptMethod):
     """Deep prompts; block l's prompts are initialised from the patch tokens entering block l."""
 
+    config_class = SPTConfig
     deep = True
+
+    def initialize_prompts(self, dataset: ImageDataset, device: torch.device | str = "cpu", seed: int = 0) -> InitReport:
+        return initialize_prototype_prompts(self, dataset, device, seed)
+
+    def setup(self, train_dataset: ImageDataset, trainer: Any) -> None:
+        initialize_prototype_prompts(self, train_dataset, trainer.device, trainer.config.seed)

@@ -11,24 +11,24 @@ Definition, as in the official code (gaopengcuhk/Tip-Adapter, ``main.py`` / ``ut
   then searches α, β on validation. The official script keeps the epoch with the best TEST accuracy; we keep the
   last epoch (or the best validation epoch with ``select: best_val``).
 
-Here the K views are the Trainer's feature cache (``feature_views``), shared by the keys and -F's training batches
+Both variants compose one ``CacheModel`` (siblings below ClipMethod, not a subclass chain). Here the K views are the Trainer's feature cache (``feature_views``), shared by the keys and -F's training batches
 (one random cached view per image per epoch, where the official code draws fresh augmentations); a checkpoint holds
 the whole cache model (keys, one-hot values, α, β), since that is what was fitted.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.methods.base import register_method
-from vlprompt.methods.zeroshot import ClipMethod
+from vlprompt.methods.clip import ClipMethod
 
 log = logging.getLogger(__name__)
 
@@ -62,126 +62,169 @@ def search_alpha_beta(clip_logits: torch.Tensor, affinity: torch.Tensor, values:
 
 
 @dataclass
-class TipAdapterConfig:
+class TipAdapterConfig(ValidatedConfig):
     """``init_alpha`` / ``init_beta``: used by -F's training and when no validation split exists;
     ``search``: choose α, β on validation; ``search_scale_*`` / ``search_steps_*``: the official grid (these
     defaults are its ImageNet config, which OxfordPets and UCF101 share; the preset lists every dataset's);
     ``ensemble``: class features from all templates (the official ImageNet setting) instead of templates[0];
     ``class_chunk``: class prompts per text-encoder call."""
 
-    init_alpha: float = field(default=1.17, metadata={"help": "alpha for training (-F) and when no validation split exists"})
-    init_beta: float = field(default=1.0, metadata={"help": "beta for training (-F) and when no validation split exists"})
-    search: bool = field(default=True, metadata={"help": "search alpha and beta on the validation split"})
-    search_scale_alpha: float = field(default=3.0, metadata={"help": "upper end of the alpha grid (official per-dataset scale)"})
-    search_scale_beta: float = field(default=7.0, metadata={"help": "upper end of the beta grid (official per-dataset scale)"})
-    search_steps_alpha: int = field(default=20, metadata={"help": "alpha grid size"})
-    search_steps_beta: int = field(default=200, metadata={"help": "beta grid size"})
-    ensemble: bool = field(default=False, metadata={"help": "class features from all templates instead of templates[0]"})
-    class_chunk: int = field(default=256, metadata={"help": "class prompts per text-encoder call"})
-
-    def __post_init__(self) -> None:
-        where = "TipAdapterConfig"
-        for name in ("init_alpha", "init_beta", "search_scale_alpha", "search_scale_beta"):
-            check_range(where, name, getattr(self, name), 0.0)
-        check_range(where, "search_steps_alpha", self.search_steps_alpha, 1)
-        check_range(where, "search_steps_beta", self.search_steps_beta, 1)
-        check_range(where, "class_chunk", self.class_chunk, 1)
+    init_alpha: float = option(1.17, help="alpha for training (-F) and when no validation split exists",
+                               range=(0.0, None))
+    init_beta: float = option(1.0, help="beta for training (-F) and when no validation split exists", range=(0.0, None))
+    search: bool = option(True, help="search alpha and beta on the validation split")
+    search_scale_alpha: float = option(3.0, help="upper end of the alpha grid (official per-dataset scale)",
+                                       range=(0.0, None))
+    search_scale_beta: float = option(7.0, help="upper end of the beta grid (official per-dataset scale)",
+                                      range=(0.0, None))
+    search_steps_alpha: int = option(20, help="alpha grid size", range=(1, None))
+    search_steps_beta: int = option(200, help="beta grid size", range=(1, None))
+    ensemble: bool = option(False, help="class features from all templates instead of templates[0]")
+    class_chunk: int = option(256, help="class prompts per text-encoder call", range=(1, None))
 
 
-@register_method("tip-adapter")
-class TipAdapter(ClipMethod):
-    """Training-free: the cache is built from the cached training views, α and β are searched on validation."""
+class CacheModel:
+    """The key-value cache model both Tip-Adapter variants compose: its tensors live on the method (they are what
+    a checkpoint holds, under the names of ``CACHE_TENSORS``) and this object holds the logic, so Tip-Adapter and
+    Tip-Adapter-F stay siblings one level below ClipMethod instead of one subclassing the other."""
 
-    config_class = TipAdapterConfig
-    fine_tune_keys = False
-    # K = 10 augmented views per image (official augment_epoch), RandomResizedCrop(0.5-1) + flip as officially.
-    train_defaults: ClassVar[dict[str, Any]] = {"augment": "crop_flip", "feature_views": 10}
+    def __init__(self, method: ClipMethod, fine_tune_keys: bool) -> None:
+        config = method.config
+        dim = method.backbone.text.feature_dim
+        method.cache_keys = nn.Parameter(torch.zeros(0, dim), requires_grad=fine_tune_keys)
+        method.cache_values = nn.Parameter(torch.zeros(0, method.labels.num_classes), requires_grad=False)
+        method.alpha = nn.Parameter(torch.tensor(float(config.init_alpha)), requires_grad=False)
+        method.beta = nn.Parameter(torch.tensor(float(config.init_beta)), requires_grad=False)
+        self.fine_tune_keys = fine_tune_keys
 
-    def __init__(self, backbone: Backbone, labels: LabelSpace, config: TipAdapterConfig) -> None:
-        super().__init__(backbone, labels, config)
-        dim = backbone.text.feature_dim
-        self.cache_keys = nn.Parameter(torch.zeros(0, dim), requires_grad=self.fine_tune_keys)
-        self.cache_values = nn.Parameter(torch.zeros(0, labels.num_classes), requires_grad=False)
-        self.alpha = nn.Parameter(torch.tensor(float(config.init_alpha)), requires_grad=False)
-        self.beta = nn.Parameter(torch.tensor(float(config.init_beta)), requires_grad=False)
+    def trainable_parameters(self, method: ClipMethod) -> list[nn.Parameter]:
+        return [method.cache_keys] if self.fine_tune_keys else []
 
-    # ----- the cache model -----
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [self.cache_keys] if self.fine_tune_keys else []
+    @staticmethod
+    def state_dict(method: ClipMethod) -> dict[str, torch.Tensor]:
+        return {name: getattr(method, name).detach().clone() for name in CACHE_TENSORS}
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).detach().clone() for name in CACHE_TENSORS}
-
-    def class_dependent_parameter_names(self) -> set[str]:
-        return set(CACHE_TENSORS)
-
-    def resize_for_checkpoint(self, shapes: dict[str, tuple]) -> None:
+    @staticmethod
+    def resize(method: ClipMethod, shapes: dict[str, tuple]) -> None:
         """The cache is as large as the training set it was built from: take the checkpoint's size."""
         for name in ("cache_keys", "cache_values"):
             if name in shapes:
-                parameter = getattr(self, name)
+                parameter = getattr(method, name)
                 parameter.data = parameter.data.new_zeros(shapes[name])
 
-    def set_cache(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
+    @staticmethod
+    def set_cache(method: ClipMethod, keys: torch.Tensor, labels: torch.Tensor) -> None:
         """Keys [N, D] (normalised here) and integer labels [N] -> the cache; α, β back to their initial values."""
-        device = self.cache_keys.device
-        self.cache_keys.data = nn.functional.normalize(keys.float(), dim=-1).to(device)
-        self.cache_values.data = nn.functional.one_hot(labels, self.labels.num_classes).float().to(device)
-        self.alpha.data.fill_(self.config.init_alpha)
-        self.beta.data.fill_(self.config.init_beta)
+        device = method.cache_keys.device
+        method.cache_keys.data = nn.functional.normalize(keys.float(), dim=-1).to(device)
+        method.cache_values.data = nn.functional.one_hot(labels, method.labels.num_classes).float().to(device)
+        method.alpha.data.fill_(method.config.init_alpha)
+        method.beta.data.fill_(method.config.init_beta)
 
-    def prepare(self, task: TaskData, trainer: Any) -> None:
+    @staticmethod
+    def prepare(method: ClipMethod, task: TaskData, trainer: Any) -> None:
         """Keys: the mean of each training image's cached views (raw features), then normalised."""
         features = trainer.cached_features(task.train, train=True)
         keys = features.mean(dim=0) if features.dim() == 3 else features
-        self.set_cache(keys, torch.tensor(task.train.labels, dtype=torch.long))
+        CacheModel.set_cache(method, keys, torch.tensor(task.train.labels, dtype=torch.long))
 
-    def on_fit_end(self, task: TaskData, trainer: Any) -> None:
+    @staticmethod
+    def search(method: ClipMethod, task: TaskData, trainer: Any) -> None:
         """α, β from the official grid on the validation features; the test split is never read."""
-        if not self.config.search:
+        config = method.config
+        if not config.search:
             return
         if task.val is None:
             log.warning("%s: the task has no validation split; keeping α=%.3g, β=%.3g (no search on test).",
-                        self.method_name, self.config.init_alpha, self.config.init_beta)
+                        method.method_name, config.init_alpha, config.init_beta)
             return
-        features = trainer.cached_features(task.val).to(self.cache_keys.device)
+        features = trainer.cached_features(task.val).to(method.cache_keys.device)
         labels = torch.tensor(task.val.labels, dtype=torch.long, device=features.device)
         with torch.no_grad():
-            clip_logits, affinity = self.logit_parts(features)
-        config = self.config
+            clip_logits, affinity = CacheModel.logit_parts(method, features)
         alpha, beta, accuracy = search_alpha_beta(
-            clip_logits, affinity, self.cache_values, labels,
+            clip_logits, affinity, method.cache_values, labels,
             search_grid(config.search_scale_alpha, config.search_steps_alpha),
             search_grid(config.search_scale_beta, config.search_steps_beta),
         )
-        self.alpha.data.fill_(alpha)
-        self.beta.data.fill_(beta)
+        method.alpha.data.fill_(alpha)
+        method.beta.data.fill_(beta)
         trainer.log_metrics({"tip_alpha": alpha, "tip_beta": beta, "val_accuracy": accuracy})
 
-    # ----- forward -----
-    def logit_parts(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def logit_parts(method: ClipMethod, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(zero-shot logits s·f·Wᵀ, affinity f·Kᵀ) for raw image features [B, D]."""
         image = nn.functional.normalize(features.float(), dim=-1)
-        class_features = self.hand_features(self.config.ensemble).to(image.device)
-        return self.clip_logits(image, class_features), image @ self.cache_keys.t()
+        class_features = method.hand_features(method.config.ensemble).to(image.device)
+        return method.clip_logits(image, class_features), image @ method.cache_keys.t()
 
-    def forward(self, batch: dict) -> dict:
+    @staticmethod
+    def outputs(method: ClipMethod, batch: dict) -> dict:
         features = batch.get("features")
         if features is None:
             with torch.no_grad():
-                features = self.image_features(batch["image"])
-        clip_logits, affinity = self.logit_parts(features)
-        logits = tip_logits(clip_logits, affinity, self.cache_values, self.alpha, self.beta)
-        return {"loss": self.cross_entropy(logits, batch), "logits": logits}
+                features = method.image_features(batch["image"])
+        clip_logits, affinity = CacheModel.logit_parts(method, features)
+        logits = tip_logits(clip_logits, affinity, method.cache_values, method.alpha, method.beta)
+        return {"loss": method.cross_entropy(logits, batch), "logits": logits}
 
 
-@register_method("tip-adapter-f")
-class TipAdapterF(TipAdapter):
-    """The cache keys train (initialised from the few-shot features, not renormalised while training)."""
+def _cache_method(name: str, fine_tune_keys: bool, doc: str, defaults: dict[str, Any]) -> type[ClipMethod]:
+    """One Tip-Adapter variant: a ClipMethod that composes a CacheModel and forwards every hook to it."""
 
-    fine_tune_keys = True
+    class Method(ClipMethod):
+        config_class = TipAdapterConfig
+        train_defaults: ClassVar[dict[str, Any]] = defaults
+
+        def __init__(self, backbone: Backbone, labels: LabelSpace, config: TipAdapterConfig) -> None:
+            super().__init__(backbone, labels, config)
+            self.cache = CacheModel(self, fine_tune_keys)
+
+        def trainable_parameters(self) -> list[nn.Parameter]:
+            return self.cache.trainable_parameters(self)
+
+        def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+            return CacheModel.state_dict(self)
+
+        def class_dependent_parameter_names(self) -> set[str]:
+            return set(CACHE_TENSORS)
+
+        def resize_for_checkpoint(self, shapes: dict[str, tuple]) -> None:
+            CacheModel.resize(self, shapes)
+
+        def set_cache(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
+            CacheModel.set_cache(self, keys, labels)
+
+        def prepare(self, task: TaskData, trainer: Any) -> None:
+            CacheModel.prepare(self, task, trainer)
+
+        def on_fit_end(self, task: TaskData, trainer: Any) -> None:
+            CacheModel.search(self, task, trainer)
+
+        def logit_parts(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return CacheModel.logit_parts(self, features)
+
+        def forward(self, batch: dict) -> dict:
+            return CacheModel.outputs(self, batch)
+
+    Method.__name__ = Method.__qualname__ = name
+    Method.__doc__ = doc
+    return Method
+
+
+TipAdapter = register_method("tip-adapter")(_cache_method(
+    "TipAdapter", fine_tune_keys=False,
+    doc="Training-free: the cache is built from the cached training views, α and β are searched on validation.",
+    # K = 10 augmented views per image (official augment_epoch), RandomResizedCrop(0.5-1) + flip as officially.
+    defaults={"augment": "crop_flip", "feature_views": 10},
+))
+
+TipAdapterF = register_method("tip-adapter-f")(_cache_method(
+    "TipAdapterF", fine_tune_keys=True,
+    doc="The cache keys train (initialised from the few-shot features, not renormalised while training).",
     # AdamW(lr 0.001, eps 1e-4; PyTorch's default weight decay 0.01), cosine without warm-up, 20 epochs, batch 256.
-    train_defaults: ClassVar[dict[str, Any]] = {
+    defaults={
         "optimizer": "adamw", "lr": 1e-3, "adam_eps": 1e-4, "weight_decay": 0.01, "epochs": 20, "batch_size": 256,
         "warmup_epochs": 0, "augment": "crop_flip", "feature_views": 10,
-    }
+    },
+))

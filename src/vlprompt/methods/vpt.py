@@ -7,16 +7,15 @@ SPT (methods/spt.py) is this same model with prompts initialised from the data's
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
 from vlprompt.prompts.visual import VisualPrompts, prompted_forward
 
@@ -24,43 +23,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class VPTConfig:
+class VPTConfig(ValidatedConfig):
     """VPT's options; each field's help says what it does (``vlprompt list methods --options vpt-deep``).
-    Per-block NMI during training is a trainer callback (analysis/nmi.py NMICallback), not a method option; a
-    run config builds it from ``method_options.nmi_every`` / ``nmi_images`` / ``nmi_normalization``."""
+    Per-block NMI during training is a trainer callback (analysis/nmi.py NMICallback) set by the run config's
+    ``nmi`` section, not a method option."""
 
-    num_tokens: int = field(default=10, metadata={"help": "prompt tokens p per insertion point"})
-    dropout: float | None = field(
-        default=None,
-        metadata={"help": "dropout on the prompts; unset means VPT's defaults (0.1 deep, 0 shallow)"},
+    num_tokens: int = option(10, help="prompt tokens p per insertion point (VPT uses 1-200)", range=(1, None))
+    dropout: float | None = option(
+        None, help="dropout on the prompts; unset means VPT's defaults (0.1 deep, 0 shallow)", range=(0.0, 0.99)
     )
-    projection_dim: int | None = field(
-        default=None,
-        metadata={"help": (
-            "learn prompts at width k, mapped to the backbone's width d by a Linear (unset: at d)"
-        )},
+    projection_dim: int | None = option(
+        None, help="learn prompts at width k, mapped to the backbone's width d by a Linear (unset: at d)",
+        range=(1, None),
     )
-    pool_prompts: bool = field(
-        default=True,
-        metadata={"help": (
-            "whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS "
-            "readouts ignore it)"
-        )},
+    pool_prompts: bool = option(
+        True,
+        help=("whether prompt tokens enter a mean-pooled readout (MAE backbones; VPT includes them; CLS "
+              "readouts ignore it)"),
     )
-
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        if self.num_tokens < 1:
-            raise ConfigError(
-                f"{where}.num_tokens = {self.num_tokens}: a visual prompt needs at least 1 token; VPT uses 1-200 "
-                "(try 10)."
-            )
-        if self.dropout is not None:
-            check_range(where, "dropout", self.dropout, 0.0, 0.99)
-        if self.projection_dim is not None and self.projection_dim < 1:
-            raise ConfigError(
-                f"{where}.projection_dim = {self.projection_dim}: use a positive width or leave it unset."
-            )
 
 
 class VisualPromptMethod(PromptMethod):

@@ -1,80 +1,23 @@
-"""Zero-shot CLIP, and the base every CLIP text method shares (cached image features, cached class features).
-
-Zero-shot logits are s·cos(v, t_c) with t_c from the task's hand-crafted template (``zeroshot``) or the mean
-of normalised features over all its templates (``zeroshot-ensemble``). The same hand-crafted features are
-the teacher of ProGrad and the anchor of KgCoOp, so they are computed here once per label space.
-"""
+"""Zero-shot CLIP: s·cos(v, t_c) with t_c from the task's hand-crafted template (``zeroshot``) or the mean of
+normalised features over all its templates (``zeroshot-ensemble``); nothing is trained."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-from vlprompt.backbones.base import Backbone
-from vlprompt.data.base import LabelSpace
-from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.prompts.text import ensemble_features, hand_crafted_features
-
-
-class ClipMethod(PromptMethod):
-    """A CLIP method whose image tower stays frozen: it consumes cached image features (batch["features"]).
-
-    Hand-crafted class features (one template, or the ensemble) are derived state: computed on first use,
-    recomputed when the label space changes, never saved in a checkpoint.
-    """
-
-    needs_text_tower = True
-    uses_image_features = True
-
-    def __init__(self, backbone: Backbone, labels: LabelSpace, config) -> None:
-        super().__init__(backbone, labels, config)
-        self.logit_scale = float(backbone.logit_scale)
-        self._hand_key: tuple | None = None
-        self._hand: torch.Tensor | None = None
-
-    def set_labels(self, labels: LabelSpace) -> None:
-        """Serve another class list (e.g. the new classes of base-to-new) with the same trained prompts."""
-        self.labels = labels
-
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.visual(images)
-
-    def normalized_image_features(self, batch: dict) -> torch.Tensor:
-        features = batch.get("features")
-        if features is None:
-            with torch.no_grad():
-                features = self.image_features(batch["image"])
-        return nn.functional.normalize(features.float(), dim=-1)
-
-    def text_device(self) -> torch.device:
-        return next(self.text.parameters()).device
-
-    def hand_features(self, ensemble: bool = False) -> torch.Tensor:
-        """Normalised hand-crafted class features [C, D]: templates[0], or the mean over all templates."""
-        templates = tuple(self.labels.templates if ensemble else self.labels.templates[:1])
-        key = (tuple(self.labels.classnames), templates, self.text_device())
-        if self._hand_key != key:
-            chunk = getattr(self.config, "class_chunk", 256)
-            per_template = hand_crafted_features(self.text, self.labels.classnames, templates, chunk)
-            self._hand = ensemble_features(per_template)
-            self._hand_key = key
-        return self._hand
-
-    def clip_logits(self, image_features: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
-        """s·cos for normalised features: [B, D] x [C, D] -> [B, C], or per-image classes [B, C, D]."""
-        if class_features.dim() == 3:
-            return self.logit_scale * torch.einsum("bd,bcd->bc", image_features, class_features)
-        return self.logit_scale * image_features @ class_features.t()
+from vlprompt.config_utils import ValidatedConfig
+from vlprompt.methods.base import register_method
+from vlprompt.methods.clip import ClipMethod
 
 
 @dataclass
-class ZeroShotConfig:
+class ZeroShotConfig(ValidatedConfig):
     """Zero-shot CLIP options."""
 
     class_chunk: int = field(
         default=256,
-        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)"},
+        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)", "range": (1, None)},
     )
 
 
@@ -83,19 +26,22 @@ class ZeroShot(ClipMethod):
     """Zero-shot CLIP with the task's single hand-crafted template; nothing is trained."""
 
     config_class = ZeroShotConfig
-    ensemble = False
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return []
 
     def forward(self, batch: dict) -> dict:
-        image = self.normalized_image_features(batch)
-        logits = self.clip_logits(image, self.hand_features(self.ensemble).to(image.device))
-        return {"loss": self.cross_entropy(logits, batch), "logits": logits}
+        return self.zero_shot_outputs(batch, ensemble=False)
 
 
 @register_method("zeroshot-ensemble")
-class ZeroShotEnsemble(ZeroShot):
+class ZeroShotEnsemble(ClipMethod):
     """Zero-shot CLIP with the mean of normalised class features over all of the task's templates."""
 
-    ensemble = True
+    config_class = ZeroShotConfig
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def forward(self, batch: dict) -> dict:
+        return self.zero_shot_outputs(batch, ensemble=True)

@@ -78,3 +78,62 @@ def apply_preset(values: dict) -> dict:
     if epochs is not None:
         base["train"]["epochs"] = epochs
     return deep_merge(base, values)
+
+
+def _dotted(values: dict, prefix: str = "") -> dict[str, object]:
+    """{'train': {'lr': 0.1}} -> {'train.lr': 0.1}; lists and scalars are leaves."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def preset_values(name: str, shots: int = DEFAULT_SHOTS) -> dict[str, object]:
+    """What ``preset=NAME`` sets for a run of ``shots`` shots, as dotted keys (method, method_options.*, train.*)."""
+    expanded = apply_preset({"preset": name, "shots": shots})
+    return {key: value for key, value in _dotted(expanded).items() if key not in ("preset", "shots")}
+
+
+def applied_preset_values(values: dict) -> tuple[dict[str, object], dict[str, object]]:
+    """(what the preset set, what the user's own keys replaced) for run-config ``values`` holding ``preset=``;
+    both as dotted keys. The CLI prints them so that a newcomer sees the recipe that actually ran."""
+    name = values.get("preset")
+    if not name:
+        return {}, {}
+    user = _dotted(values)
+    shots = int(values.get("shots", DEFAULT_SHOTS))
+    preset = preset_values(str(name), shots)
+    applied = {k: v for k, v in preset.items() if k not in user}
+    replaced = {k: user[k] for k in preset if k in user and user[k] != preset[k]}
+    return applied, replaced
+
+
+def describe_preset(name: str) -> str:
+    """The preset as ``vlprompt list presets NAME`` prints it: its description, the official source it was read
+    from, and every value it sets (epochs per shot count and the sweep grid where it has them)."""
+    import textwrap
+
+    preset = load_preset(name)
+    source = preset["source"]
+    files = ", ".join(source.get("files", [])) if isinstance(source, dict) else ""
+    origin = f"{source.get('repo', '')}" + (f" ({files})" if files else "") if isinstance(source, dict) else source
+    lines = [f"Preset '{name}': method '{preset['method']}'", ""]
+    lines += textwrap.wrap(" ".join(str(preset["description"]).split()), 100)
+    lines += ["", *textwrap.wrap(f"Official source: {origin}", 100, subsequent_indent="  "), "",
+              "Sets (any key you give on the command line or in a YAML config wins):"]
+    settings = _dotted({"method": preset["method"], "method_options": preset.get("method_options") or {},
+                        "train": preset.get("train") or {}})
+    if preset.get("epochs_by_shots"):
+        settings.pop("train.epochs", None)  # the by-shots line below says what it is
+    lines += [f"  {key} = {value!r}" for key, value in settings.items()]
+    if preset.get("epochs_by_shots"):
+        table = ", ".join(f"{shots} shots: {epochs}" for shots, epochs in preset["epochs_by_shots"].items())
+        lines.append(f"  train.epochs by shots (unless you set train.epochs): {table}")
+    if preset.get("grid"):
+        lines.append("Sweep grid (used by 'vlprompt sweep' and the protocol commands):")
+        lines += [f"  {key}: {values}" for key, values in preset["grid"].items()]
+    lines += ["", f"Use it: vlprompt train preset={name} dataset=... shots=16 [key=value ...]"]
+    return "\n".join(lines)

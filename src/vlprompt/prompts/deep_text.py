@@ -21,7 +21,7 @@ from torch import nn
 
 from vlprompt.backbones.base import TextTower
 from vlprompt.errors import ConfigError
-from vlprompt.prompts.text import ContextPrompt, token_count
+from vlprompt.prompts.text import ContextPrompt, EvalCache, token_count
 
 DEEP_INIT_STD = 0.02  # nn.init.normal_(std=0.02) for every deep prompt in the official code
 
@@ -98,6 +98,7 @@ class DeepTextPrompt(nn.Module):
             else None
         )
         self.classnames = list(classnames)
+        self._eval_cache = EvalCache()
 
     @property
     def n_ctx(self) -> int:
@@ -109,6 +110,7 @@ class DeepTextPrompt(nn.Module):
     def set_classnames(self, text: TextTower, classnames: Sequence[str]) -> None:
         self.context.set_classnames(text, self._prompt_names(classnames))
         self.classnames = list(classnames)
+        self._eval_cache.clear()
 
     def deep_prompts(self) -> tuple[torch.Tensor, ...]:
         return tuple(self.deep.unbind(0)) if self.deep is not None else ()
@@ -120,3 +122,11 @@ class DeepTextPrompt(nn.Module):
     def forward(self, text: TextTower, chunk: int | None = None) -> torch.Tensor:
         """Normalised class features [C, D], classes in chunks of ``class_chunk`` (bounded memory)."""
         return self.context(text, chunk=chunk, deep=self.deep_prompts())
+
+    def class_features(self, text: TextTower) -> torch.Tensor:
+        """Normalised class features [C, D]; while nothing can train (eval mode, no grad) computed once and
+        kept until the classes or any layer's prompts change."""
+        if self.training or torch.is_grad_enabled():
+            return self(text)
+        key = EvalCache.key_for(self.classnames, self.layer_prompts())
+        return self._eval_cache.get(key, lambda: self(text))

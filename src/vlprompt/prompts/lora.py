@@ -10,7 +10,9 @@ Open_clip / OpenAI CLIPs keep q, k and v fused in ``nn.MultiheadAttention.in_pro
 wrap, peft#761); ``LoRAMultiheadAttention`` re-implements that module's forward step by step (one fused input
 projection, the q/k/v deltas, PyTorch's scaled-dot-product attention, out_proj and its delta), so with B = 0 it
 returns the module's own output. transformers' CLIP has separate q/k/v/out Linears: each is wrapped by
-``LoRALinear``. Which module is which comes from the adapters' ``attention_projections`` seam.
+``LoRALinear``. Which module is which comes from the adapters' ``attention_projections`` seam. timm ViTs pack q, k,
+v into one ``nn.Linear`` d -> 3d (the ``attn_qkv`` block site): ``LoRAPackedLinear`` adds the deltas to its q / k / v
+output slices (``attach_lora_packed``), and the output projection (``attn_out``) is a plain ``LoRALinear``.
 
 "Merged" mode computes W + s·B·A as new tensors and runs one matmul per projection; it never writes into the frozen
 weights, which stay shared with the caller's backbone (``share_weights_copy``).
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbones.base import AttentionProjections
+from vlprompt.backbones.base import AttentionProjections, BlockSites
 from vlprompt.errors import VlpromptError
 
 RANK_SCALINGS = ("sqrt", "rank")
@@ -71,6 +73,64 @@ class LoRALinear(nn.Module):
         if self.merged:
             return F.linear(x, self.base.weight + self.delta.weight().to(self.base.weight.dtype), self.base.bias)
         return self.base(x) + self.delta(x)
+
+
+class LoRAPackedLinear(nn.Module):
+    """A frozen packed ``nn.Linear`` d -> 3d (outputs [q; k; v]) with LoRA branches on some of its three slices."""
+
+    def __init__(self, base: nn.Linear, deltas: dict[str, LoRADelta]) -> None:
+        super().__init__()
+        if base.out_features != 3 * base.in_features:
+            raise VlpromptError(
+                f"A packed qkv projection maps d -> 3d; this Linear maps {base.in_features} -> {base.out_features}."
+            )
+        self.base = base
+        self.deltas = nn.ModuleDict(deltas)
+        self.merged = False
+
+    def _merged_weight(self) -> torch.Tensor:
+        parts = list(self.base.weight.chunk(3))
+        for i, name in enumerate("qkv"):
+            if name in self.deltas:
+                parts[i] = parts[i] + self.deltas[name].weight().to(parts[i].dtype)
+        return torch.cat(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return F.linear(x, self._merged_weight(), self.base.bias)
+        out = self.base(x)
+        if not self.deltas:
+            return out
+        zeros = None
+        parts = []
+        for name in "qkv":
+            if name in self.deltas:
+                parts.append(self.deltas[name](x))
+            else:
+                zeros = zeros if zeros is not None else out.new_zeros(*out.shape[:-1], self.base.in_features)
+                parts.append(zeros)
+        return out + torch.cat(parts, dim=-1)
+
+
+def attach_lora_packed(owner_sites: BlockSites, targets: Sequence[str], rank: int, alpha: float, dropout: float,
+                       rank_scaling: str = "sqrt") -> list[nn.Module]:
+    """Wrap a block's packed ``attn_qkv`` (q, k, v targets) and ``attn_out`` ("o") through its ``BlockSites``."""
+    wrappers: list[nn.Module] = []
+    qkv = [name for name in targets if name in "qkv"]
+    if qkv:
+        base = owner_sites.get("attn_qkv")
+        width = base.in_features
+        deltas = {n: LoRADelta(width, width, rank, alpha, dropout, rank_scaling) for n in qkv} if rank > 0 else {}
+        wrapper = LoRAPackedLinear(base, deltas)
+        owner_sites.replace("attn_qkv", wrapper)
+        wrappers.append(wrapper)
+    if "o" in targets:
+        base = owner_sites.get("attn_out")
+        delta = LoRADelta(base.in_features, base.out_features, rank, alpha, dropout, rank_scaling) if rank > 0 else None
+        wrapper = LoRALinear(base, delta)
+        owner_sites.replace("attn_out", wrapper)
+        wrappers.append(wrapper)
+    return wrappers
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

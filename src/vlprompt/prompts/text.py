@@ -201,6 +201,7 @@ class ContextPrompt(nn.Module):
             vectors = vectors.unsqueeze(0).repeat(len(classnames), 1, 1)
         self.ctx = nn.Parameter(vectors)
         self.num_classes = 0
+        self._eval_cache = EvalCache()
         self.set_classnames(text, classnames)
 
     @torch.no_grad()
@@ -219,6 +220,15 @@ class ContextPrompt(nn.Module):
         self.register_buffer("slot", layout.slot.to(device), persistent=False)
         self.register_buffer("eot", layout.eot.to(device), persistent=False)
         self.register_buffer("base", text.embed_tokens(self.token_ids).detach(), persistent=False)
+        self._eval_cache.clear()
+
+    def class_features(self, text: TextTower) -> torch.Tensor:
+        """Normalised class features [C, D]; while nothing can train (eval mode, no grad) computed once and
+        kept until the classes or the context change, so evaluation does not re-encode every class per batch."""
+        if self.training or torch.is_grad_enabled():
+            return self(text)
+        key = EvalCache.key_for(self.classnames, [self.ctx])
+        return self._eval_cache.get(key, lambda: self(text))
 
     def _encode_chunk(
         self, text: TextTower, ctx: torch.Tensor, start: int, stop: int, deep: tuple[torch.Tensor, ...] = ()

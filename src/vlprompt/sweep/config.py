@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config_utils import build_config, check_choice, deep_merge, load_yaml_mapping
+from vlprompt.config_utils import build_config, check_choice, deep_merge, load_yaml_mapping, option
 from vlprompt.errors import ConfigError, VlpromptError
 from vlprompt.experiment import PROTOCOLS
 from vlprompt.methods import import_all, list_methods
@@ -24,36 +24,40 @@ GRID_ROOTS = ("backbone", "train", "method_options", "dataset_options")
 class MethodEntry:
     """One method of the grid, with its own options, training overrides and hyper-parameter grid."""
 
-    name: str
-    method_options: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    grid: dict = field(default_factory=dict)
-    # How the method is named in report tables (default: the method name, plus the grid values).
-    label: str | None = None
-    # A paper preset (vlprompt.presets) each run is built from; its epochs_by_shots follow each run's shots.
-    preset: str | None = None
+    name: str = option(help="registered method name")
+    method_options: dict = option(help="the method's options for every run of it", default_factory=dict)
+    train: dict = option(help="training settings over the sweep's train section", default_factory=dict)
+    grid: dict = option(help="this method's own grid: dotted run field -> values", default_factory=dict)
+    nmi: dict = option(help="NMI logging of this method's runs (the run config's nmi section)", default_factory=dict)
+    label: str | None = option(
+        None, help="how the method is named in report tables (default: the method name, plus the grid values)"
+    )
+    preset: str | None = option(
+        None, help="a paper preset (vlprompt.presets) each run is built from; its epochs_by_shots follow the shots"
+    )
 
 
 @dataclass
 class DatasetEntry:
     """One dataset of the grid; ``protocols``/``shots``/``seeds`` override the sweep's for this dataset."""
 
-    dataset: str
-    root: str | None = None
-    options: dict = field(default_factory=dict)
-    protocols: list[str] | None = None
-    shots: list[int] | None = None
-    seeds: list[int] | None = None
-    # Domain shift: target datasets sharing the classes, each {"dataset": ..., "root": ..., "options": {...}}.
-    targets: list = field(default_factory=list)
+    dataset: str = option(help="registered dataset name")
+    root: str | None = option(None, help="the dataset's data folder (default: the dataset's own location)")
+    options: dict = option(help="options of the dataset's loader", default_factory=dict)
+    protocols: list[str] | None = option(None, help="protocols for this dataset (default: the sweep's)")
+    shots: list[int] | None = option(None, help="shots for this dataset (default: the sweep's)")
+    seeds: list[int] | None = option(None, help="seeds for this dataset (default: the sweep's)")
+    targets: list = option(
+        help="domain-shift targets sharing the classes, each {dataset, root, options}", default_factory=list
+    )
 
 
 @dataclass
 class VtabConfig:
     """VTAB-1k stages: the seed of the selection runs and the seeds of the final runs."""
 
-    select_seed: int = 1
-    final_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    select_seed: int = option(1, help="seed of the hyper-parameter selection runs")
+    final_seeds: list[int] = option(help="seeds of the final runs", default_factory=lambda: [1, 2, 3, 4, 5])
 
 
 @dataclass
@@ -63,21 +67,26 @@ class SweepConfig:
     ``method_options.num_tokens``, ``backbone``...) to its values; a ``method_options`` key applies only to
     the methods whose config has that field. The lr/256*batch rule is ``train: {scale_lr_by_batch: true}``."""
 
-    name: str = "sweep"
-    backbone: str = "world:clip"
-    methods: list = field(default_factory=list)
-    datasets: list = field(default_factory=list)
-    protocols: list[str] = field(default_factory=lambda: ["fewshot"])
-    shots: list[int] = field(default_factory=lambda: [16])
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    train: dict = field(default_factory=dict)
-    grid: dict = field(default_factory=dict)
-    vtab: dict = field(default_factory=dict)
-    # Modules imported before any run (in every worker): plugins that register datasets or backbones.
-    imports: list[str] = field(default_factory=list)
-    # Share frozen image features between runs (<out>/features) unless a run sets train.cache_dir itself: the
-    # cache is keyed by backbone weights and data, so every frozen-feature method encodes each split once.
-    feature_cache: bool = True
+    name: str = option("sweep", help="the sweep's name (its report title)")
+    backbone: str = option("world:clip", help="backbone id of every run")
+    methods: list = option(help="method names or {name, method_options, train, grid, ...}; 'all' for every "
+                                "registered method", default_factory=list)
+    datasets: list = option(help="dataset names or {dataset, root, options, ...}", default_factory=list)
+    protocols: list[str] = option(help="evaluation protocols", default_factory=lambda: ["fewshot"])
+    shots: list[int] = option(help="shots per class of the runs", default_factory=lambda: [16])
+    seeds: list[int] = option(help="seeds of the runs", default_factory=lambda: [1, 2, 3])
+    train: dict = option(help="training settings of every run", default_factory=dict)
+    grid: dict = option(help="dotted run field (train.lr, method_options.num_tokens, ...) -> values",
+                        default_factory=dict)
+    vtab: dict = option(help="VTAB-1k stages (VtabConfig: select_seed, final_seeds)", default_factory=dict)
+    imports: list[str] = option(
+        help="modules imported before any run (in every worker): plugins that register datasets or backbones",
+        default_factory=list,
+    )
+    feature_cache: bool = option(
+        True, help=("share frozen image features between runs (<out>/features) unless a run sets train.cache_dir; "
+                    "the cache is keyed by backbone weights and data")
+    )
 
     def __post_init__(self) -> None:
         for module in self.imports:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config_utils import build_config
 from vlprompt.data.vtab_stages import VTAB_FINAL_DATASET, VTAB_SELECT_DATASET
 from vlprompt.errors import ConfigError, VlpromptError
 from vlprompt.experiment import run_config_from_dict
@@ -117,6 +116,8 @@ def _base_run(config: SweepConfig, method: MethodEntry, entry: DatasetEntry, poi
         "method_options": copy.deepcopy(method.method_options),
         "train": copy.deepcopy({**config.train, **method.train}),
     }
+    if method.nmi:
+        run["nmi"] = copy.deepcopy(method.nmi)
     if method.preset:  # expanded per run by run_config_from_dict, under the run's own keys and shots
         run["preset"] = method.preset
     for key, value in point.items():
@@ -187,11 +188,7 @@ def _vtab_spec(base: dict, stage: str, seed: int, variant: str, label: str, poin
 
 def _validate_run(spec: RunSpec) -> None:
     try:
-        config = run_config_from_dict(spec.run)
-        config.train_config()
-        build_config(
-            METHODS.get(config.method).config_class, config.method_options, where=f"method '{config.method}'"
-        )
+        run_config_from_dict(spec.run)  # resolves and validates training settings and method options
     except VlpromptError as error:
         raise type(error)(f"Run '{spec.folder}': {error}") from None
 

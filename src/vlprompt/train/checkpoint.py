@@ -184,8 +184,7 @@ def load_prompts(method, path: str | Path) -> dict:
             f"'{method.method_name}'. Create the method it was trained with."
         )
     tensors = read_tensors(path, meta)
-    if hasattr(method, "resize_for_checkpoint"):  # tensors sized by the training data (Tip-Adapter's cache)
-        method.resize_for_checkpoint({name: tuple(t.shape) for name, t in tensors.items()})
+    method.resize_for_checkpoint({name: tuple(t.shape) for name, t in tensors.items()})
     own = dict(method.named_parameters())
     class_dependent = set(meta.get("class_dependent", []))
     same_classes = list(meta.get("classnames", [])) == list(method.labels.classnames)

@@ -13,9 +13,10 @@ from vlprompt.seeding import rng_state, set_rng_state
 
 def diverged_error(trainer, what: str) -> VlpromptError:
     """The error for a loss or parameter that became non-finite, saying what to change and how to rerun."""
+    fp32 = "" if trainer.config.precision == "fp32" else f"use train.precision=fp32 (now {trainer.config.precision}), "
     return VlpromptError(
         f"{what} at step {trainer.step} (epoch {trainer.epoch + 1}) of method '{trainer.method.method_name}'. "
-        f"Lower the learning rate (now train.lr={trainer.config.lr}), use precision=fp32, or set "
+        f"Lower the learning rate (now train.lr={trainer.config.lr}), {fp32}or set "
         "train.max_grad_norm. Nothing non-finite was saved: the run folder keeps its last finite resume state. A "
         "changed lr is a new config, so rerun it with --restart (same --out) or into a new --out."
     )

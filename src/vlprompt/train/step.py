@@ -20,11 +20,15 @@ Two things that only multi-process runs meet are handled here rather than left t
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from vlprompt import distributed
 from vlprompt.train.checkpoint import tensors_checksum
+
+if TYPE_CHECKING:
+    from vlprompt.methods.base import PromptMethod
 
 
 def rank_slices(order: torch.Tensor, first: int, count: int, global_batch: int, rank: int,
@@ -47,7 +51,7 @@ class GradientAccumulator:
     ``grad_parts`` / ``combine_grads`` are the method's hooks (methods/base.py): a method whose update is not
     linear in the gradient (ProGrad's projection) splits it into parts that are summed separately."""
 
-    def __init__(self, method, params: list[torch.nn.Parameter], world_size: int) -> None:
+    def __init__(self, method: PromptMethod, params: list[torch.nn.Parameter], world_size: int) -> None:
         self.method = method
         self.params = params
         self.world_size = world_size
@@ -56,10 +60,7 @@ class GradientAccumulator:
     def add(self, outputs: dict, local_n: int, step_total: int) -> None:
         """Backward of one micro-batch's ``outputs``, weighted by its share ``local_n / step_total`` of the
         step's examples (times world_size: the ranks' sums are divided by world_size after the reduction)."""
-        if hasattr(self.method, "grad_parts"):
-            parts = self.method.grad_parts(outputs, self.params)
-        else:
-            parts = [torch.autograd.grad(outputs["loss"], self.params, allow_unused=True)]
+        parts = self.method.grad_parts(outputs, self.params)
         weight = local_n / step_total * self.world_size
         while len(self._sums) < len(parts):
             self._sums.append([None] * len(self.params))
@@ -76,9 +77,7 @@ class GradientAccumulator:
             sums = self._reduce(sums)
         if not sums:  # nothing computed anywhere (cannot happen with n >= 1, kept total for safety of callers)
             return [None] * len(self.params)
-        if hasattr(self.method, "combine_grads"):
-            return self.method.combine_grads(sums)
-        return sums[0]
+        return self.method.combine_grads(sums)
 
     def _reduce(self, sums: list[list[torch.Tensor | None]]) -> list[list[torch.Tensor | None]]:
         """Sum over ranks in one buffer of a layout every rank agrees on: for each part, a presence flag per

@@ -1,4 +1,5 @@
-"""The one training loop. Methods plug in through optional hooks; there is no trainer subclass per method.
+"""The one training loop. Methods plug in through the hooks PromptMethod declares (methods/base.py, each with a
+default); there is no trainer subclass per method.
 
 Determinism: the order of an epoch is a permutation drawn from a generator seeded by (seed, epoch); an
 image's augmentation is drawn from a generator seeded by (seed, epoch, index) in whichever DataLoader worker
@@ -129,7 +130,7 @@ class Trainer:
     def _train_source(self, dataset: ImageDataset):
         config = self.config
         preprocess = self.method.backbone.preprocess
-        if getattr(self.method, "uses_image_features", False):
+        if self.method.uses_image_features:
             labels = torch.tensor(dataset.labels, dtype=torch.long)
             return FeatureSource(self.cached_features(dataset, train=True), labels, config.seed)
         batches_per_epoch = math.ceil(len(dataset) / (config.batch_size * self.world_size))
@@ -156,18 +157,15 @@ class Trainer:
         started = time.perf_counter()
         preprocess = method.backbone.preprocess
         self._feature_memo = {}
-        if hasattr(method, "setup"):
-            method.setup(task.train.with_transform(eval_transform(preprocess)), self)
+        method.setup(task.train.with_transform(eval_transform(preprocess)), self)
         self.callbacks.on_fit_start(self, task)
-        if hasattr(method, "prepare"):  # built from the task's cached features (Tip-Adapter's cache, CLAP's λ)
-            method.prepare(task, self)
+        method.prepare(task, self)
         params = [p for p in method.trainable_parameters()]
         if not params or config.epochs == 0:
             # Nothing to train (zero-shot, training-free Tip-Adapter) or nothing asked (epochs=0): the checkpoint
             # holds what exists (no tensors, the initial values, or a fitted cache), so the folder evaluates like
             # any other.
-            if hasattr(method, "on_fit_end"):
-                method.on_fit_end(task, self)
+            method.on_fit_end(task, self)
             val = self.evaluate(task.val) if task.val is not None else None
             self._save_final(val)
             result = FitResult(val, time.perf_counter() - started, 0, self.history, self.out_dir)
@@ -207,8 +205,7 @@ class Trainer:
                 named = dict(method.named_parameters())
                 for name, tensor in best[1].items():
                     named[name].copy_(tensor)
-        if hasattr(method, "on_fit_end"):  # after training, before saving (Tip-Adapter's α/β search on val)
-            method.on_fit_end(task, self)
+        method.on_fit_end(task, self)  # after training, before saving (Tip-Adapter's α/β search on val)
         method.eval()
         seconds = time.perf_counter() - started
         val = best[0] if config.select == "best_val" and best[1] is not None else None
@@ -271,8 +268,7 @@ class Trainer:
                     accum_count = 0
                     self._optimizer_step(optimizer, params, accumulator.take(), base_lr, total_steps, warmup_steps)
                     bar.set_postfix(loss=f"{loss_value:.4f}")
-                    if hasattr(method, "on_step_end"):
-                        method.on_step_end(self.step, self)
+                    method.on_step_end(self.step, self)
                     self.callbacks.on_step_end(self, self.step)
                     if self.step % config.log_every == 0:
                         loss_mean = step.mean_loss(loss_value, len(local_indices))

@@ -55,7 +55,9 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
     ``check_command`` is the `vlprompt data check ...` line the error message suggests for the full list.
     """
     missing_roles = [
-        Problem(str(parsed.root), None, f"no {role} split was found ({parsed.roles[role]})", "missing")
+        Problem(str(parsed.class_source or parsed.root), None,
+                f"no {role} split was found" + (f" ({parsed.roles[role]})" if role in parsed.roles else ""),
+                "missing")
         for role in (("test",) if parsed.test_only else ("train", "test"))
         if role not in parsed.roles or parsed.roles[role] not in parsed.splits
     ]
@@ -63,7 +65,7 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
     problems = parsed.problems + ([] if already_refused else missing_roles)
     if not missing_roles:
         problems = problems + structural_problems(parsed, check_files=check_files)
-    if not parsed.classnames:
+    if not parsed.classnames and not already_refused:
         problems.append(Problem(str(parsed.root), None, "no labelled images were found", "empty_class"))
     refuse_errors(parsed, problems, check_command)
     loader = ImageLoader(parsed.image_root)

@@ -1,7 +1,7 @@
 """Dataset names for data on disk, registered with the data registry (which imports this module lazily).
 
 coop:<Name> for CoOp's 11 datasets and its 4 test-only ImageNet domain-shift targets (ImageNetV2, ImageNetSketch,
-ImageNetA, ImageNetR), vtab (task=...) and vtab:<task> for the 19 VTAB-1k tasks, fgvc, imagefolder and csv. Every loader takes (root, **options): options are checked against the format's options dataclass, and
+ImageNetA, ImageNetR), coop for any other data in that layout (a split_zhou_<Name>.json and its images), vtab (task=...) and vtab:<task> for the 19 VTAB-1k tasks, fgvc, imagefolder and csv. Every loader takes (root, **options): options are checked against the format's options dataclass, and
 ``check_files=False`` skips the up-front existence check of every image (for slow network disks).
 """
 
@@ -79,6 +79,7 @@ for _name in coop.coop_datasets():
         f"coop:{_name}",
         FormatEntry(coop.CoopOptions, coop.parse_coop, coop.expected_layout(_name), (("dataset", _name),)),
     )
+_register("coop", FormatEntry(coop.CoopOptions, coop.parse_coop, coop.OWN_LAYOUT))
 _register("vtab", FormatEntry(vtab.VtabOptions, vtab.parse_vtab, vtab.LAYOUT))
 for _task in vtab.vtab_tasks():
     _register(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from vlprompt.data.formats.parsed import ERROR, WARNING, ParsedDataset, Problem, Sample
+from vlprompt.data.base import display_name
+from vlprompt.data.formats.containment import ImageFolderBounds
+from vlprompt.data.formats.parsed import ERROR, WARNING, ParsedDataset, Problem, Sample, display_path
 
 
 def labels_in_range(parsed: ParsedDataset) -> None:
@@ -32,19 +34,12 @@ def labels_in_range(parsed: ParsedDataset) -> None:
 
 def structural_problems(parsed: ParsedDataset, check_files: bool = True) -> list[Problem]:
     """Problems visible without decoding images: duplicates, split overlap, empty classes, missing files."""
-    problems: list[Problem] = []
+    problems: list[Problem] = _colliding_class_names(parsed)
     for split, data in parsed.splits.items():
         first_seen: dict[str, Sample] = {}
         for sample in data.samples:
             if sample.path in first_seen:
-                file, line = parsed.locate(split, sample)
-                earlier = first_seen[sample.path].line
-                where = f" (first at line {earlier})" if earlier is not None else ""
-                problems.append(
-                    Problem(
-                        file, line, f"'{sample.path}' is listed twice in {split}{where}", "duplicate", WARNING
-                    )
-                )
+                problems.append(_listed_twice(parsed, split, first_seen[sample.path], sample))
             else:
                 first_seen[sample.path] = sample
     for left, right in parsed.disjoint_pairs():
@@ -67,8 +62,59 @@ def structural_problems(parsed: ParsedDataset, check_files: bool = True) -> list
             )
     problems += _empty_class_problems(parsed)
     if check_files:
-        problems += missing_file_problems(parsed)
+        problems += file_problems(parsed)
     return problems
+
+
+def _listed_twice(parsed: ParsedDataset, split: str, first: Sample, again: Sample) -> Problem:
+    """A repeated image: a warning when both rows agree (it only weighs twice), an error when they give it two
+    labels (one of them is wrong, and training on both teaches the model nothing about that image)."""
+    file, line = parsed.locate(split, again)
+    where = f" (first at line {first.line})" if first.line is not None else ""
+    if first.label == again.label:
+        return Problem(file, line, f"'{again.path}' is listed twice in {split}{where}", "duplicate", WARNING)
+
+    def named(label: int) -> str:
+        return f"'{parsed.classnames[label]}' (label {label})" if 0 <= label < parsed.num_classes else str(label)
+
+    first_at = f"line {first.line}" if first.line is not None else "its first row"
+    return Problem(
+        file, line,
+        f"'{again.path}' is listed twice in {split} with two labels: {named(first.label)} at {first_at} and "
+        f"{named(again.label)} here; keep the row with the right label and delete the other",
+        "duplicate",
+    )
+
+
+def _colliding_class_names(parsed: ParsedDataset) -> list[Problem]:
+    """Class names that differ on disk but read the same once '_' becomes ' ' ('dark_red' and 'dark red'): CLIP
+    methods would build identical prompts for both classes, so one of them could never be predicted."""
+    by_display: dict[str, list[int]] = {}
+    for label, name in enumerate(parsed.classnames):
+        by_display.setdefault(display_name(name).strip(), []).append(label)
+    problems = []
+    for display, labels in by_display.items():
+        if len(labels) < 2:
+            continue
+        fallback = (str(parsed.class_source or parsed.root), None)
+        where, line = parsed.class_locations.get(labels[1], fallback)
+        listed = " and ".join(
+            f"'{parsed.classnames[label]}' (label {label}{_at(parsed, label)})" for label in labels
+        )
+        problems.append(Problem(
+            where, line,
+            f"classes {listed} both read as '{display}' once underscores become spaces, so their text prompts "
+            "would be identical; rename or merge one of them",
+            "classname",
+        ))
+    return problems
+
+
+def _at(parsed: ParsedDataset, label: int) -> str:
+    where, line = parsed.class_locations.get(label, (None, None))
+    if where is None:
+        return ""
+    return f", {display_path(where, parsed.root)}" + (f" line {line}" if line is not None else "")
 
 
 def _empty_class_problems(parsed: ParsedDataset) -> list[Problem]:
@@ -102,22 +148,30 @@ def _empty_class_problems(parsed: ParsedDataset) -> list[Problem]:
     return problems
 
 
-def missing_file_problems(parsed: ParsedDataset) -> list[Problem]:
-    """Listed images that are not files. Splits read from a folder listing (no split file) exist by construction."""
+def file_problems(parsed: ParsedDataset) -> list[Problem]:
+    """Listed images that are not files, and images whose links lead out of the image folder (containment.py).
+    Splits read from a folder listing exist by construction, so only their links are checked."""
     problems: list[Problem] = []
-    checked: dict[str, bool] = {}
+    bounds = ImageFolderBounds(parsed.image_root)
+    checked: dict[str, tuple[str, str] | None] = {}
     for split, data in parsed.splits.items():
-        if data.file is None:
-            continue
         for sample in data.samples:
-            exists = checked.get(sample.path)
-            if exists is None:
-                exists = checked[sample.path] = (parsed.image_root / sample.path).is_file()
-            if not exists:
+            if sample.path not in checked:
+                checked[sample.path] = _file_problem(parsed, bounds, sample.path, listed=data.file is not None)
+            found = checked[sample.path]
+            if found is not None:
                 file, line = parsed.locate(split, sample)
-                problems.append(
-                    Problem(
-                        file, line, f"image '{sample.path}' is missing under {parsed.image_root}", "missing"
-                    )
-                )
+                problems.append(Problem(file, line, *found))
     return problems
+
+
+def _file_problem(
+    parsed: ParsedDataset, bounds: ImageFolderBounds, relative: str, listed: bool
+) -> tuple[str, str] | None:
+    """(message, kind) of what is wrong with one image file, or None."""
+    real = bounds.escape(relative)
+    if real is not None:
+        return bounds.message(relative, real), "path"
+    if listed and not (parsed.image_root / relative).is_file():
+        return f"image '{relative}' is missing under {parsed.image_root}", "missing"
+    return None

@@ -10,11 +10,12 @@ data: ``coop_datasets.json``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from vlprompt.data.formats.common import (
+    DEFAULT_TEMPLATE,
     WARNING,
     ParsedDataset,
     Problem,
@@ -28,7 +29,7 @@ from vlprompt.data.formats.common import (
     scan_class_folders,
 )
 from vlprompt.data.formats.coop_split import parse_split_file
-from vlprompt.errors import DataError
+from vlprompt.errors import DataError, unknown_name
 
 
 @lru_cache(maxsize=1)
@@ -37,11 +38,25 @@ def coop_datasets() -> dict[str, dict]:
     return packaged_table("coop_datasets.json")
 
 
+OWN_LAYOUT = (
+    "<root>/split_zhou_<Name>.json (or <root>/<folder>/split_zhou_<Name>.json) with images under the folder's "
+    "images/ (or beside the split file)"
+)
+
+
 @dataclass
 class CoopOptions:
-    """``dataset`` is fixed by the registered name (coop:<dataset>)."""
+    """``dataset`` is fixed by the registered name (coop:<dataset>); plain ``coop`` reads any data in the CoOp
+    layout, with the other three options."""
 
-    dataset: str = ""
+    dataset: str = field(default="", metadata={"help": "one of CoOp's datasets (fixed by the name coop:<Name>)"})
+    split_file: str | None = field(default=None, metadata={
+        "help": "plain coop: the split file, relative to root (default: the only split_zhou_*.json there)"})
+    image_dir: str | None = field(default=None, metadata={
+        "help": "plain coop: the folder split paths are relative to, relative to the split file's folder "
+                "(default: images/ when it exists, else that folder itself)"})
+    template: str | None = field(default=None, metadata={
+        "help": "plain coop: the hand-crafted template, with {} for the class name (default 'a photo of a {}.')"})
 
 
 def expected_layout(dataset: str) -> str:
@@ -82,6 +97,16 @@ def _dataset_folder(root: Path, dataset: str) -> Path:
 
 def parse_coop(root: Path, options: CoopOptions) -> ParsedDataset:
     dataset = options.dataset
+    if not dataset:
+        return _parse_own(root, options)
+    given = [name for name in ("split_file", "image_dir", "template") if getattr(options, name) is not None]
+    if given:
+        raise DataError(
+            f"coop:{dataset} reads its own split file, image folder and template (coop_datasets.json), so "
+            f"{', '.join(given)} cannot be set; for other data in the CoOp layout use dataset=coop."
+        )
+    if dataset not in coop_datasets():
+        raise unknown_name("CoOp dataset", dataset, coop_datasets())
     spec = coop_datasets()[dataset]
     folder = _dataset_folder(root, dataset)
     if "variant_of" in spec:
@@ -98,6 +123,37 @@ def parse_coop(root: Path, options: CoopOptions) -> ParsedDataset:
     else:
         raise DataError(f"coop:{dataset}: '{split_file}' is missing. Expected {expected_layout(dataset)}.")
     parsed.meta["coop_dataset"] = dataset
+    return parsed
+
+
+def _own_split_file(root: Path, options: CoopOptions) -> Path:
+    """The split file of plain ``coop``: the option, else the only split_zhou_*.json in root or one folder down."""
+    if options.split_file is not None:
+        path = Path(options.split_file).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise DataError(f"coop: split file '{path}' does not exist. Expected {OWN_LAYOUT}.")
+        return path
+    found = sorted(root.glob("split_zhou_*.json")) or sorted(root.glob("*/split_zhou_*.json"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DataError(f"coop: no split_zhou_*.json in '{root}' or its sub-folders. Expected {OWN_LAYOUT}.")
+    listed = ", ".join(str(p.relative_to(root)) for p in found[:5])
+    raise DataError(f"coop: '{root}' holds {len(found)} split files ({listed}); name one with "
+                    "dataset_options.split_file=... or use coop:<Name> for one of CoOp's datasets.")
+
+
+def _parse_own(root: Path, options: CoopOptions) -> ParsedDataset:
+    """Any dataset in the CoOp layout (a split file + its images), named after its split file."""
+    split_file = _own_split_file(root, options)
+    folder = split_file.parent
+    name = split_file.stem[len("split_zhou_"):] if split_file.stem.startswith("split_zhou_") else split_file.stem
+    image_dir = options.image_dir if options.image_dir is not None else (
+        "images" if (folder / "images").is_dir() else "")
+    spec = {"image_dir": image_dir, "template": options.template or DEFAULT_TEMPLATE}
+    parsed = parse_split_file(folder, split_file, name, spec)
+    parsed.meta["coop_dataset"] = name
     return parsed
 
 

@@ -14,7 +14,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ParsedDataset,
@@ -45,21 +45,22 @@ LAYOUT = "<root>/train.csv and <root>/test.csv (val.csv optional), or one CSV wi
 
 
 @dataclass
-class CsvOptions:
+class CsvOptions(ValidatedConfig):
     """file: a single CSV (relative to root); image_root: folder the paths are relative to; classnames: a
     class-name file; fractions and seed split a single CSV that has no split column."""
 
-    file: str | None = None
-    image_root: str | None = None
-    classnames: str | None = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    seed: int = 0
-    template: str | None = None
+    config_name = "csv"
+
+    file: str | None = option(None, help="a single CSV listing every split (relative to root)")
+    image_root: str | None = option(None, help="folder the image paths are relative to (default: the CSV's folder)")
+    classnames: str | None = option(None, help="a class-name file, one name per line (integer labels index it)")
+    val_fraction: float = option(0.1, help="share of a split-less CSV held out for validation", range=(0.0, 1.0))
+    test_fraction: float = option(0.2, help="share of a split-less CSV held out for testing", range=(0.0, 1.0))
+    seed: int = option(0, help="seed of the split of a CSV without a split column")
+    template: str | None = option(None, help="the hand-crafted prompt template with {} for the class name")
 
     def __post_init__(self) -> None:
-        check_range("csv", "val_fraction", self.val_fraction, 0.0, 1.0)
-        check_range("csv", "test_fraction", self.test_fraction, 0.0, 1.0)
+        super().__post_init__()
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(
                 "csv: val_fraction + test_fraction must stay below 1 so that training keeps images."
@@ -247,6 +248,7 @@ def _label_rows(
         classnames = sorted({row.label for row in all_rows})
     index_of = {name: label for label, name in enumerate(classnames)}
     labelled: dict[str, list[Sample]] = {}
+    first_label: dict[str, tuple[int, _Row]] = {}  # path -> the first row that labelled it, over every split
     for split, rows in rows_by_split.items():
         samples = labelled.setdefault(split, [])
         for row in rows:
@@ -273,6 +275,27 @@ def _label_rows(
                             "classname",
                         )
                     )
-            if label is not None and row.path is not None:
-                samples.append(Sample(row.path, label, row.line))
+            if label is None or row.path is None:
+                continue
+            earlier = first_label.setdefault(row.path, (label, row))
+            if earlier[0] != label:
+                problems.append(_two_labels(row, earlier[1]))
+                continue
+            samples.append(Sample(row.path, label, row.line))
     return classnames, labelled, class_source
+
+
+def _two_labels(row: _Row, first_row: _Row) -> Problem:
+    """One image under two labels: found here, before a seeded split can send the two rows to different splits
+    (where they would read as leakage rather than as the labelling mistake they are)."""
+
+    def named(at: _Row) -> str:
+        where = f"line {at.line}" if at.file == row.file else f"{at.file.name} line {at.line}"
+        return f"'{at.label}' ({where})"
+
+    return Problem(
+        str(row.file), row.line,
+        f"image '{row.path}' is listed under two labels: {named(first_row)} and {named(row)}; keep "
+        "the row with the right label and delete the other",
+        "duplicate",
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import check_range
+from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     WARNING,
@@ -30,17 +30,18 @@ LAYOUT = "<root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg (val/ optiona
 
 
 @dataclass
-class ImageFolderOptions:
+class ImageFolderOptions(ValidatedConfig):
     """Fractions and seed apply only to the flat layout (no split folders)."""
 
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    seed: int = 0
-    template: str | None = None
+    config_name = "imagefolder"
+
+    val_fraction: float = option(0.1, help="share of a flat layout held out for validation", range=(0.0, 1.0))
+    test_fraction: float = option(0.2, help="share of a flat layout held out for testing", range=(0.0, 1.0))
+    seed: int = option(0, help="seed of the split of a flat layout")
+    template: str | None = option(None, help="the hand-crafted prompt template with {} for the class name")
 
     def __post_init__(self) -> None:
-        check_range("imagefolder", "val_fraction", self.val_fraction, 0.0, 1.0)
-        check_range("imagefolder", "test_fraction", self.test_fraction, 0.0, 1.0)
+        super().__post_init__()
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(
                 "imagefolder: val_fraction + test_fraction must stay below 1 so that training keeps images; "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlprompt.data.formats.containment import ImageFolderBounds
 from vlprompt.data.formats.parsed import ERROR, IMAGE_SUFFIXES, Problem, Sample
 from vlprompt.errors import DataError
 
@@ -16,12 +17,16 @@ class ImageLoader:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.bounds = ImageFolderBounds(self.root)
 
     def path(self, source: str) -> Path:
         return self.root / source
 
     def __call__(self, source: str) -> Image.Image:
         path = self.root / source
+        real = self.bounds.escape(source)  # also enforced here: check_files=false skips the up-front check
+        if real is not None:
+            raise DataError(f"{self.bounds.message(source, real)}.")
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")

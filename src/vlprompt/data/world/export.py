@@ -1,4 +1,4 @@
-"""Write a world task to disk in a distributed dataset layout (ImageFolder or VTAB-1k txt).
+"""Write a world task to disk in a distributed dataset layout (ImageFolder, VTAB-1k txt or CoOp's split JSON).
 
 This makes every README workflow runnable offline as written: the files are real PNGs (or JPEGs) read back
 through the same format readers and validator as a user's own data. ``image_size`` resizes the world's small
@@ -6,6 +6,7 @@ renders (e.g. to 224 px, to measure decoding at the size a ViT-B/16 reads).
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from vlprompt.data.registry import load_dataset
 from vlprompt.errors import ConfigError
 from vlprompt.io_utils import atomic_write_text, check_writable_dir
 
-FORMATS = ("imagefolder", "vtab")
+FORMATS = ("imagefolder", "vtab", "coop")
 IMAGE_FORMATS = {"png": ".png", "jpeg": ".jpg"}
 
 
@@ -74,6 +75,8 @@ def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder",
         for split, data in (("train", task.train), ("val", task.val), ("test", task.test)):
             _write_images(data.with_transform(None), out / split, names, by_class=True, **images)
         return out
+    if fmt == "coop":
+        return _export_coop(name, out, per_class, seed, images)
     # VTAB-1k: 800 train + 200 val images whatever the class count, as the benchmark defines them.
     task = load_dataset(name, train_per_class=math.ceil(1000 / len(task_classes(name))),
                         val_per_class=1, test_per_class=per_class, seed=seed)
@@ -89,6 +92,29 @@ def export_world_task(task_name: str, out: str | Path, fmt: str = "imagefolder",
     for split, rows in lines.items():
         atomic_write_text(folder / f"{split}.txt", "".join(f"{path} {label}\n" for path, label in rows))
     atomic_write_text(folder / "classnames.txt", "".join(f"{c}\n" for c in task.labels.classnames))
+    return out
+
+
+def coop_names(task_name: str) -> tuple[str, str]:
+    """(split-file name, folder) of a world task in the CoOp layout: world-object -> (WorldObject, world_object)."""
+    parts = task_name.split("-")
+    return "".join(part.capitalize() for part in parts), "_".join(parts)
+
+
+def _export_coop(name: str, out: Path, per_class: int, seed: int, images: dict) -> Path:
+    """CoOp's layout: <out>/<folder>/images/<raw class>/<image> and split_zhou_<Name>.json holding
+    {"train"|"val"|"test": [[path relative to images/, label, raw class name], ...]}, with raw class names
+    underscored as CoOp's released split files write them (readers turn '_' back into spaces)."""
+    task = load_dataset(name, train_per_class=per_class, val_per_class=max(per_class // 4, 1),
+                        test_per_class=per_class, seed=seed)
+    split_name, folder_name = coop_names(name)
+    folder = out / folder_name
+    raw = [c.replace(" ", "_") for c in task.labels.classnames]
+    document = {}
+    for split, data in (("train", task.train), ("val", task.val), ("test", task.test)):
+        rows = _write_images(data.with_transform(None), folder / "images", raw, by_class=True, **images)
+        document[split] = [[path, label, raw[label]] for path, label in rows]
+    atomic_write_text(folder / f"split_zhou_{split_name}.json", json.dumps(document, indent=4) + "\n")
     return out
 
 
