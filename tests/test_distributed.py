@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent(
     from vlprompt.backbones.tiny import tiny_timm_vit
     from vlprompt.methods import create_method
     from vlprompt.seeding import seed_everything
-    from vlprompt.train import TrainConfig, Trainer, distributed
+    from vlprompt import distributed
+    from vlprompt.train import TrainConfig, Trainer
 
     distributed.init_from_env()
     seed_everything(5)
@@ -44,8 +45,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     two = load_file(str(tmp_path / "two" / "prompts.safetensors"))
     one = load_file(str(tmp_path / "one" / "prompts.safetensors"))
     assert two.keys() == one.keys()
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
+    for name in one:  # not bit-identical: two partial sums per step instead of one (README, "bit-identical")
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-7)
     # Only rank 0 wrote: one metrics file whose losses are the mean over ranks.
     lines_two = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     lines_one = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()

@@ -192,7 +192,7 @@ def test_a_locked_folder_is_refused_while_its_holder_lives_and_free_once_it_dies
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}, alive"):
             train(out)
         from vlprompt.sweep import RunSpec, execute_run
 
@@ -317,8 +317,8 @@ def test_a_really_full_disk_is_one_clear_error_and_the_rerun_finishes_identicall
     out = small_disk / "run"
     with pytest.raises(WriteError) as error:
         train(out)
-    text = str(error.value)  # torch.save's C++ writer fails first, on resume.pt
-    assert "resume.pt" in text and "the disk is full" in text and str(out) in text and "free" in text
+    text = str(error.value)  # safetensors' writer fails first, on resume.safetensors
+    assert "resume.safetensors" in text and "the disk is full" in text and str(out) in text and "free" in text
     assert "intact" in text
     assert RunDir(out).read_config()["run"]["method"] == "linear"  # complete, readable
     assert not RunDir(out).is_finished() and not list(out.glob(".*.tmp"))
@@ -327,14 +327,17 @@ def test_a_really_full_disk_is_one_clear_error_and_the_rerun_finishes_identicall
     same_result(out, straight[0])
 
 
-def test_torch_save_failure_is_the_same_clear_error(tmp_path, monkeypatch):
-    from vlprompt.train import checkpoint
+def test_safetensors_write_failure_is_the_same_clear_error(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
 
-    def full(obj, path):
-        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+    from vlprompt.artifacts import resume_state
 
-    monkeypatch.setattr(checkpoint.torch, "save", full)
-    with pytest.raises(WriteError, match="resume.pt") as error:
+    def full(tensors, path, metadata=None):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+                              'space left on device" })')
+
+    monkeypatch.setattr(resume_state, "save_file", full)
+    with pytest.raises(WriteError, match="resume.safetensors") as error:
         train(tmp_path / "run")
     assert "free" in str(error.value)
 

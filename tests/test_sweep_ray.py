@@ -47,7 +47,7 @@ def test_ray_sweep_resumes_an_interrupted_sweep_to_the_local_results(plugin, ray
     with pytest.raises(KeyboardInterrupt):
         run_sweep(config, tmp_path / "ray")
     monkeypatch.setattr(trainer_module.Trainer, "_save_resume", original)
-    interrupted = [p.parent for p in (tmp_path / "ray" / RUNS_DIR).glob("*/resume.pt")]
+    interrupted = [p.parent for p in (tmp_path / "ray" / RUNS_DIR).glob("*/resume.safetensors")]
     assert len(interrupted) == 1
 
     resumed = run_sweep(config, tmp_path / "ray", launcher=RayLauncher())

@@ -99,43 +99,65 @@ KILL_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_trainer import make_task
     from vlprompt.backbones.tiny import tiny_timm_vit
+    from vlprompt.errors import Preempted
     from vlprompt.methods import create_method
     from vlprompt.seeding import seed_everything
     from vlprompt.train import TrainConfig, Trainer
 
-    kill_at = int(sys.argv[2])
+    kill_at, signum = int(sys.argv[2]), int(sys.argv[3])
     seed_everything(3)
     task = make_task()
     method = create_method("vpt-deep", tiny_timm_vit(seed=0), task.labels)
     if kill_at > 0:
         def on_step_end(step, trainer):
             if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signum)
         method.on_step_end = on_step_end
+    # Two DataLoader workers: forked while the run folder is locked, they must not keep it locked after a kill.
     config = TrainConfig(epochs=3, batch_size=4, lr=0.05, seed=3, progress=False, checkpoint_every=1,
-                         augment="flip")
-    Trainer(method, config, out_dir=sys.argv[1]).fit(task)
+                         augment="flip", num_workers=2)
+    try:
+        Trainer(method, config, out_dir=sys.argv[1]).fit(task)
+    except Preempted as error:
+        print(error, file=sys.stderr)
+        sys.exit(143)
     """
 )
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path):
-    script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
+def run_script(script: Path, out: Path, kill_at: int, signum: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), "7"], env=env, check=False)
-    assert killed.returncode == -signal.SIGKILL
-    assert (tmp_path / "a" / "resume.pt").exists()  # state of step 6, in the middle of epoch 2 (5 steps/epoch)
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), "0"], env=env, check=False)
-    assert resumed.returncode == 0
-    straight = subprocess.run([sys.executable, str(script), str(tmp_path / "b"), "0"], env=env, check=False)
-    assert straight.returncode == 0
+    return subprocess.run([sys.executable, str(script), str(out), str(kill_at), str(signum)], env=env,
+                          capture_output=True, text=True, check=False, timeout=600)
+
+
+def test_sigkill_or_sigterm_mid_epoch_then_resume_is_bit_identical(tmp_path: Path):
+    """SIGKILL: the rerun resumes from the last saved state (checkpoint_every=1), at once — the killed
+    process's DataLoader workers may still be alive, and they do not hold the run folder's lock. SIGTERM (what
+    SLURM and Kubernetes send): the run saves the state of the step boundary it reaches, says a rerun resumes,
+    and stops. Both reruns end bit-identical to a run never interrupted."""
     from safetensors.torch import load_file
 
-    a = load_file(str(tmp_path / "a" / "prompts.safetensors"))
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
+    killed = run_script(script, tmp_path / "a", 7, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "a" / "resume.safetensors").exists()  # step 6, mid epoch 2 (5 steps/epoch)
+    resumed = run_script(script, tmp_path / "a", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step 6" in resumed.stderr  # killed inside step 7, before its state was saved
+    terminated = run_script(script, tmp_path / "c", 7, signal.SIGTERM)
+    assert terminated.returncode == 143, terminated.stderr[-2000:]
+    assert "Stopped on SIGTERM after step 7" in terminated.stderr and "resume" in terminated.stderr
+    resumed = run_script(script, tmp_path / "c", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step 7" in resumed.stderr  # the boundary SIGTERM was caught at: no step lost
+    straight = run_script(script, tmp_path / "b", 0)
+    assert straight.returncode == 0, straight.stderr[-2000:]
     b = load_file(str(tmp_path / "b" / "prompts.safetensors"))
-    assert_same_state(a, b)
-    assert not (tmp_path / "a" / "resume.pt").exists()
+    for run in ("a", "c"):
+        assert_same_state(load_file(str(tmp_path / run / "prompts.safetensors")), b)
+        assert not (tmp_path / run / "resume.safetensors").exists()
 
 
 def test_prompt_checkpoint_round_trip_holds_no_backbone_weight(tmp_path: Path):

@@ -12,7 +12,7 @@ from vlprompt import __version__
 from vlprompt.analysis.markdown import format_table
 from vlprompt.cli_artifacts import add_artifact_commands
 from vlprompt.config_utils import deep_merge, load_yaml_mapping
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.errors import ConfigError, Preempted, VlpromptError
 
 log = logging.getLogger("vlprompt")
 
@@ -136,8 +136,8 @@ def cmd_train(args) -> int:
         values["out"] = args.out
     values.setdefault("out", "runs/latest")
     config = run_config_from_dict(values)
+    from vlprompt.distributed import is_main_process
     from vlprompt.run_dir import RunDir
-    from vlprompt.train.distributed import is_main_process
 
     if config.preset and is_main_process():
         print(_preset_note(values))
@@ -378,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, where it is handled, not in the interpreter's exit
         return code
+    except Preempted as error:  # SIGTERM (SLURM, Kubernetes): 128 + 15, as if the signal had ended the process
+        print(str(error), file=sys.stderr)
+        return 143
     except VlpromptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

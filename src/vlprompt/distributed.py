@@ -1,4 +1,13 @@
-"""torch.distributed helpers for torchrun launches: rank, this rank's device, gradient and metric reduction.
+"""torch.distributed helpers for torchrun launches: rank, this rank's device, collectives, and how rank 0's
+decisions reach the others.
+
+This is the one distributed module (data/ shards the feature cache with it, train/ reduces gradients with it); it
+imports nothing of vlprompt but its errors, so that it can sit at the bottom of the import graph.
+
+Two rules keep ranks from diverging silently. Every collective has the same layout on every rank whatever
+that rank computed (a rank with nothing to contribute sends zeros, never a shorter buffer). And a decision only
+rank 0 can make (what to do with a run folder, whether to stop) is made once and sent to the others
+(``broadcast_json``, ``any_rank``), never re-derived from files another rank may be changing.
 
 Under torchrun every process sees every GPU; LOCAL_RANK says which one is its own. Collectives run on the
 backend's device: NCCL only reduces CUDA tensors (on the rank's current device), gloo reduces CPU tensors, so
@@ -11,7 +20,11 @@ import os
 import torch
 import torch.distributed as dist
 
-from vlprompt.errors import ConfigError
+from vlprompt.errors import ConfigError, VlpromptError
+
+
+class DistributedError(VlpromptError):
+    """Ranks disagree on something they must share (their trained tensors, a decision of rank 0)."""
 
 
 def is_distributed() -> bool:
@@ -118,3 +131,86 @@ def all_gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on at least one rank (every rank gets the same answer): how all ranks agree to
+    stop at the same step when only some of them received SIGTERM."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([int(flag)], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def max_int(value: int) -> int:
+    """The largest ``value`` over ranks."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def broadcast_json(value=None):
+    """Rank 0's ``value`` (anything JSON can hold) on every rank; other ranks pass nothing.
+
+    JSON bytes in a uint8 tensor, not ``broadcast_object_list``: that one pickles, and nothing vlprompt passes
+    around is a pickle. The call is also a synchronisation point: a rank returns only once rank 0 has decided,
+    so whatever rank 0 did to the run folder before deciding is done before any other rank reads it."""
+    if not is_distributed():
+        return value
+    import json
+
+    device = collective_device()
+    payload = json.dumps(value).encode("utf-8") if rank() == 0 else b""
+    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buffer = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
+    if rank() == 0:
+        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    dist.broadcast(buffer, src=0)
+    return json.loads(bytes(buffer.cpu().tolist()).decode("utf-8"))
+
+
+def check_same_on_all_ranks(digest: str, what: str) -> None:
+    """Raise DistributedError on every rank unless all ranks hold the same ``digest`` (a hex sha256) of
+    ``what``: ranks that start from different tensors would train different models and average their gradients
+    as if they were one."""
+    if not is_distributed():
+        return
+    local = torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8, device=collective_device())
+    gathered = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(gathered, local)
+    digests = [bytes(t.cpu().tolist()).hex() for t in gathered]
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise DistributedError(
+            f"Rank(s) {differ} hold other {what} than rank 0 at the start of training (sha256 {digests[0][:12]} "
+            f"on rank 0, {digests[differ[0]][:12]} on rank {differ[0]}). Every rank must build the same model: "
+            "seed it the same way (seed_everything before creating the method), load the same checkpoint, and "
+            "let only rank 0 decide about the run folder (run_experiment does). Nothing was trained."
+        )
+
+
+def decided_by_rank_zero(decide):
+    """Run ``decide()`` on rank 0 only and return its JSON-able result on every rank.
+
+    For decisions that read or change shared files (resume, restart or overwrite a run folder): the other
+    ranks never re-derive them from files rank 0 may be changing at that moment. If ``decide`` raises on rank
+    0, rank 0 re-raises it and every other rank raises DistributedError with its message, instead of waiting
+    forever in the next collective."""
+    if not is_distributed():
+        return decide()
+    if rank() == 0:
+        try:
+            value = decide()
+        except Exception as error:
+            broadcast_json({"error": f"{error}"})
+            raise
+        broadcast_json({"value": value})
+        return value
+    message = broadcast_json()
+    if "error" in message:
+        raise DistributedError(f"Rank 0 stopped before training, so this rank stops too: {message['error']}")
+    return message["value"]

@@ -21,6 +21,10 @@ class CheckpointError(VlpromptError):
     """A checkpoint that does not fit the backbone, method or class set it is loaded into."""
 
 
+class Preempted(VlpromptError):
+    """Training stopped on SIGTERM (SLURM, Kubernetes) after saving its resume state; a rerun resumes."""
+
+
 class MissingExtraError(VlpromptError):
     """An optional feature's package is not installed; the message names the pip extra that brings it."""
 

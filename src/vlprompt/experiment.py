@@ -13,12 +13,14 @@ import logging
 import os
 import shutil
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vlprompt import distributed
 from vlprompt.analysis.nmi import NMICallback, NMIOptions
 from vlprompt.artifacts.card import write_model_card
 from vlprompt.backbones.registry import create_backbone
@@ -30,9 +32,8 @@ from vlprompt.errors import ConfigError, VlpromptError
 from vlprompt.io_utils import check_writable_dir
 from vlprompt.methods import import_all
 from vlprompt.methods.base import METHODS, PromptMethod, create_method
-from vlprompt.run_dir import RunDir, config_document, fingerprint_fields, mismatch_error
+from vlprompt.run_dir import LOCK_NAME, RunDir, config_document, fingerprint_fields, mismatch_error
 from vlprompt.seeding import seed_everything
-from vlprompt.train import distributed
 from vlprompt.train.config import TrainConfig
 from vlprompt.train.tasks import scores
 from vlprompt.train.trainer import Trainer
@@ -216,47 +217,92 @@ def run_experiment(config: RunConfig, *, restart: bool = False, overwrite: bool 
     out = Path(config.out)
     run_dir = RunDir(out)
     fields = run_fingerprint(config, train_config)
-    if not distributed.is_main_process():  # rank 0 owns the folder; the others follow its decision
-        if run_dir.is_finished() and run_dir.stored_fingerprint() == fields and not overwrite:
-            return run_dir.read_results()
-        return _run(config, train_config, None, fields)
-    check_writable_dir(out)
-    with run_dir.lock():
-        stored = run_dir.stored_fingerprint()
-        if run_dir.is_finished():
-            if stored == fields and not overwrite:
-                log.warning("'%s' already holds this run, finished with the same config: nothing to do", out)
-                return run_dir.read_results()
-            if not overwrite:
-                raise mismatch_error(out, stored or {}, fields, finished=True)
-            return _replace_finished(config, train_config, fields, given_root)
-        if stored is not None and stored != fields and not (restart or overwrite):
-            raise mismatch_error(out, stored, fields, finished=False)
-        if restart or overwrite or stored != fields:
-            # Progress discarded on request, or left by an attempt without a config.json to check it against.
-            run_dir.clear_attempt()
+    with ExitStack() as held:  # rank 0's locks, held until its training ends
+
+        def decide() -> dict:
+            """Rank 0 alone looks at the folder, changes it, then tells the others (broadcast below)."""
+            check_writable_dir(out)
+            held.enter_context(run_dir.lock())
+            remove_leftovers(out)
+            stored = run_dir.stored_fingerprint()
+            if run_dir.is_finished():
+                if stored == fields and not overwrite:
+                    log.warning("'%s' already holds this run, finished with the same config: nothing to do", out)
+                    return {"action": "done", "records": run_dir.read_results()}
+                if not overwrite:
+                    raise mismatch_error(out, stored or {}, fields, finished=True)
+                staging = RunDir(staging_path(out))
+                held.enter_context(staging.lock())
+                empty_folder(staging.path)
+                return {"action": "replace", "out": str(staging.path)}
+            if stored is not None and stored != fields and not (restart or overwrite):
+                raise mismatch_error(out, stored, fields, finished=False)
+            if restart or overwrite or stored != fields:
+                # Progress discarded on request, or left by an attempt without a config.json to check it against.
+                run_dir.clear_attempt()
+                return {"action": "start", "out": str(out)}
+            return {"action": "resume", "out": str(out)}
+
+        decision = distributed.decided_by_rank_zero(decide)
+        if decision["action"] == "done":
+            return decision["records"]
+        if not distributed.is_main_process():  # trains beside rank 0 and writes nothing
+            return _run(config, train_config, None, fields, out=Path(decision["out"]))
+        if decision["action"] == "replace":
+            return _replace_finished(config, train_config, fields, given_root, RunDir(decision["out"]))
         return _run(config, train_config, run_dir, fields, given_root)
 
 
-def _replace_finished(config: RunConfig, train_config: TrainConfig, fields: dict, given_root: str | None) -> list:
-    """--overwrite of a finished run: train into a staging folder beside it, then swap the folders, so the old
-    run stays complete until the new one is."""
+def staging_path(out: Path) -> Path:
+    """Where --overwrite trains the replacement of a finished run, beside it."""
+    return out.parent / f".{out.name}.overwrite"
+
+
+def empty_folder(folder: Path) -> None:
+    """Remove everything in ``folder`` but its lock file (held by this process: deleting it would let another
+    process lock a new file of the same name)."""
+    for entry in folder.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def remove_leftovers(out: Path) -> None:
+    """What a killed ``--overwrite`` of ``out`` left behind: its staging folder (killed while training) and
+    the replaced run moved aside (killed between the swap and the clean-up). Called with ``out``'s lock held,
+    which every overwrite of ``out`` holds for its whole duration, so nothing found here is in use."""
+    staging = staging_path(out)
+    if staging.exists():
+        log.warning("removing '%s', left by an --overwrite of '%s' that was stopped before it finished", staging, out)
+        shutil.rmtree(staging, ignore_errors=True)
+    if RunDir(out).is_finished():
+        for trash in out.parent.glob(f".{out.name}.replaced-*"):
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def _replace_finished(config: RunConfig, train_config: TrainConfig, fields: dict, given_root: str | None,
+                      staging: RunDir) -> list:
+    """--overwrite of a finished run: train into a staging folder beside it (locked and emptied by the caller),
+    then swap the folders, so the old run stays complete until the new one is."""
     out = Path(config.out)
-    staging = RunDir(out.parent / f".{out.name}.overwrite")
-    with staging.lock():
-        shutil.rmtree(staging.path, ignore_errors=True)
-        records = _run(config, train_config, staging, fields, given_root)
-        trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        os.replace(out, trash)
-        os.replace(staging.path, out)
-        shutil.rmtree(trash, ignore_errors=True)
+    records = _run(config, train_config, staging, fields, given_root)
+    trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    os.replace(out, trash)
+    os.replace(staging.path, out)
+    shutil.rmtree(trash, ignore_errors=True)
     log.warning("replaced the finished run in '%s' (--overwrite)", out)
     return records
 
 
 def _run(config: RunConfig, train_config: TrainConfig, run_dir: RunDir | None, fields: dict | None,
-         given_root: str | None = None) -> list[dict]:
-    out = run_dir.path if run_dir is not None else (Path(config.out) if config.out else None)
+         given_root: str | None = None, out: Path | None = None) -> list[dict]:
+    """Train and evaluate; files go to ``run_dir`` (rank 0), or nowhere with ``out`` naming the folder whose
+    resume state a rank > 0 reads (the one rank 0 trains)."""
+    if out is None:
+        out = run_dir.path if run_dir is not None else (Path(config.out) if config.out else None)
     seed_everything(config.seed)
     task = _load_task(config)
     if config.protocol == "base2new":

@@ -8,7 +8,6 @@ shape export, and image-conditioned ones (CoCoOp's meta-net, the mixture's route
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from vlprompt import __version__
 from vlprompt.artifacts.files import CLASSIFIER_META_NAME, CLASSIFIER_WEIGHTS_NAME
 from vlprompt.errors import CheckpointError, VlpromptError
-from vlprompt.io_utils import atomic_write, atomic_write_json
+from vlprompt.io_utils import atomic_write, atomic_write_json, read_json
 from vlprompt.train.checkpoint import backbone_spec, tensors_checksum
 
 EXPORT_FORMATS = ("classifier",)
@@ -126,8 +125,11 @@ def load_classifier(folder: str | Path) -> tuple[ClassifierHead, dict]:
     if not meta_path.exists() or not weights_path.exists():
         raise VlpromptError(f"'{folder}' holds no exported classifier ({CLASSIFIER_WEIGHTS_NAME} + "
                             f"{CLASSIFIER_META_NAME}); write one with 'vlprompt export RUN --format classifier'.")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    tensors = load_file(str(weights_path))
+    meta = read_json(meta_path, "the exported classifier is damaged; export it again.", CheckpointError)
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as error:  # noqa: BLE001  (safetensors raises several types for damaged files)
+        raise CheckpointError(f"Cannot read '{weights_path}' ({error}); export the classifier again.") from None
     if tensors_checksum(tensors) != meta.get("tensors_sha256"):
         raise CheckpointError(f"'{weights_path}' does not match the checksum in '{meta_path}'; copy both together.")
     head = ClassifierHead(tensors["class_features"], float(tensors["logit_scale"]), tensors.get("bias"),

@@ -1,31 +1,31 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never half of one.
 
-A failed write (a full disk raises OSError from Python and RuntimeError from torch.save's C++ writer) becomes one
+A failed write (a full disk raises OSError from Python, RuntimeError from torch.save's C++ writer and
+SafetensorError from safetensors' Rust one) becomes one
 WriteError naming the file, its folder and the free space there; the previous complete file stays as it was.
-Files follow the process umask like any ``open()`` would (mkstemp alone would create them 0600).
+Files follow the process umask (and a folder's default ACL) like any ``open()`` would: the temporary file is
+created by ``os.open`` with mode 0666 and the kernel applies the umask, so the umask is never read by flipping
+it (``os.umask(0)`` then back would leave a window in which another thread's files are created 0666).
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from vlprompt.errors import VlpromptError
 
 
 class WriteError(VlpromptError, OSError):
     """A file could not be written (full disk, quota, permissions); earlier complete files are intact."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def free_bytes(folder: str | Path) -> int | None:
@@ -52,7 +52,7 @@ def write_failed(path: Path, error: BaseException) -> WriteError:
     full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
         free is not None and free < 1024 * 1024)
     detail = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
-    reason = f"the disk is full: {detail[:160]}" if full and "space" not in detail else detail[:200]
+    reason = f"the disk is full: {detail[:160]}" if full else detail[:200]
     space = "free space unknown" if free is None else f"{_size(free)} free"
     return WriteError(
         f"Could not write '{path.name}' in '{path.parent}' ({reason}; {space}). The previous complete files "
@@ -61,20 +61,35 @@ def write_failed(path: Path, error: BaseException) -> WriteError:
     )
 
 
+def _new_temp(path: Path) -> Path:
+    """A new empty file beside ``path`` with the mode a plain ``open(path, "w")`` would give it (mkstemp would
+    give 0600); O_EXCL with a random name, so two writers never share one."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise write_failed(path, error) from error
+        os.close(fd)
+        return tmp
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename over ``path`` (same folder, so the rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(path)
     try:
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        mode = os.stat(tmp_path).st_mode & 0o7777  # what the kernel gave a new file here (umask, default ACL)
         write(tmp_path)
+        if os.stat(tmp_path).st_mode & 0o7777 != mode:  # a writer that recreated the file (safetensors: 0600)
+            os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, SafetensorError) as error:
         if isinstance(error, WriteError):
             raise
         raise write_failed(path, error) from error
@@ -108,6 +123,17 @@ def append_jsonl(path: str | Path, record: dict) -> None:
             raise write_failed(path, error) from error
     finally:
         os.close(fd)
+
+
+def read_json(path: str | Path, remedy: str, error: type[VlpromptError] = VlpromptError) -> Any:
+    """JSON from a file the library wrote and may find damaged or replaced (a run folder is copied and shared):
+    bytes that are not UTF-8 JSON (a planted pickle included) become one ``error`` naming the file and saying
+    ``remedy``; nothing but JSON is ever parsed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"'{path}' is not valid JSON ({type(problem).__name__}: {str(problem)[:120]}); {remedy}") from None
 
 
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:

@@ -9,11 +9,14 @@ only when ``results.json`` is written.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import platform
+import struct
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.errors import VlpromptError
-from vlprompt.io_utils import append_jsonl, atomic_write_json, atomic_write_text
+from vlprompt.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_json
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 RESULTS_NAME = "results.json"
-RESUME_NAME = "resume.pt"
+RESUME_NAME = "resume.safetensors"  # artifacts/resume_state.py: tensors + JSON header, no pickle
+LEGACY_RESUME_NAME = "resume.pt"  # the pickle vlprompt 0.1 wrote: refused, never loaded; --restart removes it
 PROMPTS_NAME = "prompts.safetensors"
 PROMPTS_META_NAME = "prompt_config.json"  # the prompt artifact's config (artifacts/files.py); 0.1 wrote prompts.json
 ERROR_NAME = "error.txt"
@@ -36,12 +40,14 @@ LOCK_NAME = ".lock"
 INDEX_DIR = "indices"
 
 # Files of an unfinished attempt: removed by --restart, never by a resume.
-ATTEMPT_FILES = (CONFIG_NAME, METRICS_NAME, RESUME_NAME, PROMPTS_NAME, PROMPTS_META_NAME, ERROR_NAME, RESULTS_NAME)
+ATTEMPT_FILES = (CONFIG_NAME, METRICS_NAME, RESUME_NAME, LEGACY_RESUME_NAME, PROMPTS_NAME, PROMPTS_META_NAME, ERROR_NAME,
+                 RESULTS_NAME)
 
 # Fields that do not change what a run computes: where files go, how often it logs or saves, how it is shown.
 NON_RESULT_FIELDS = frozenset({
     "out", "index_dir", "train.device", "train.progress", "train.cache_dir", "train.resume",
     "train.checkpoint_every", "train.log_every", "train.eval_batch_size", "train.num_workers", "train.tensorboard",
+    "train.deterministic",
 })
 
 
@@ -146,6 +152,7 @@ class RunDir:
     metrics = property(lambda self: self.path / METRICS_NAME)
     results = property(lambda self: self.path / RESULTS_NAME)
     resume = property(lambda self: self.path / RESUME_NAME)
+    legacy_resume = property(lambda self: self.path / LEGACY_RESUME_NAME)
     prompts = property(lambda self: self.path / PROMPTS_NAME)
     prompts_meta = property(lambda self: self.path / PROMPTS_META_NAME)
     error = property(lambda self: self.path / ERROR_NAME)
@@ -159,10 +166,8 @@ class RunDir:
         return self.results.is_file()
 
     def read_json(self, path: Path) -> Any:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise VlpromptError(f"'{path}' is not valid JSON ({error}); the run folder is damaged.") from None
+        return read_json(path, "the run folder is damaged: rerun with --restart (or --overwrite when it was "
+                               "finished), or write to a new --out.")
 
     def read_config(self) -> dict | None:
         return self.read_json(self.config) if self.config.is_file() else None
@@ -247,9 +252,15 @@ class RunDir:
     # ----- lock -----
     @contextmanager
     def lock(self, wait: bool = False) -> Iterator[None]:
-        """Hold the folder's OS lock (fcntl.flock) while training it; the kernel releases it when this process
-        dies, so a killed run never leaves a stale lock. Without ``wait`` a locked folder raises
-        RunLockedError naming the holder's pid."""
+        """Hold the folder's OS lock while training it. Without ``wait`` a locked folder raises RunLockedError
+        naming the holder's pid and whether that process is alive.
+
+        A POSIX record lock (fcntl.lockf), not flock: a record lock belongs to the process, so DataLoader
+        workers forked while it is held do not hold it, and the kernel releases it the moment the process dies,
+        even while its workers linger for a few seconds (a flock is shared by every forked copy of the
+        descriptor: a rerun right after kill -9 was refused). Its caveat: closing ANY descriptor of the lock
+        file in this process releases the lock; this process opens it once (``_HELD``) and nothing else here
+        opens ``.lock``."""
         key = str(self.path.resolve())
         if key in _HELD:
             yield
@@ -258,13 +269,11 @@ class RunDir:
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise RunLockedError(
-                    f"The run folder '{self.path}' is being trained by another process (pid {holder}). Wait for "
-                    "it to finish (the rerun then finds it finished), or choose another --out."
-                ) from None
+                fcntl.lockf(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                raise RunLockedError(self._locked_message(fd)) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             _HELD[key] = fd
@@ -273,4 +282,45 @@ class RunDir:
             finally:
                 del _HELD[key]
         finally:
-            os.close(fd)  # closing the descriptor releases the flock
+            os.close(fd)  # releases the lock
+
+    def _locked_message(self, fd: int) -> str:
+        """Who holds the lock: the kernel's answer (F_GETLK, Linux) before the pid the holder wrote in the file."""
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        written = int(text) if text.isdigit() else None
+        holder = lock_holder(fd)
+        pid = holder or written
+        if pid is None:
+            who = "another process (pid unknown)"
+        elif pid_alive(pid):
+            who = f"another process (pid {pid}, alive)"
+        else:
+            who = (f"another process (pid {pid}, which is no longer running: the lock was released just now, "
+                   "rerun)")
+        return (f"The run folder '{self.path}' is being trained by {who}. Wait for it to finish (the rerun then "
+                "finds it finished), or choose another --out.")
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid holding a record lock on ``fd``'s file, as the kernel reports it (Linux ``struct flock``:
+    short type, short whence, off_t start, off_t len, pid_t pid); None elsewhere or when nobody holds it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    query = struct.pack("@hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    except OSError:
+        return None
+    kind, _, _, _, pid = struct.unpack("@hhqqi", answer)
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -1,7 +1,8 @@
-"""One seed for everything: Python, NumPy and torch generators."""
+"""One seed for everything: Python, NumPy and torch generators; and the switch to deterministic kernels."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import numpy as np
@@ -46,3 +47,23 @@ def derived_seed(*parts: int) -> int:
     for part in parts:
         value = (value ^ (int(part) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & ((1 << 63) - 1)
     return value
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels (TrainConfig.deterministic); False leaves torch's settings as the caller made them.
+
+    Seeds fix what is drawn; they do not fix how a GPU adds numbers up. cuBLAS splits reductions by a workspace
+    size (CUBLAS_WORKSPACE_CONFIG=:4096:8 makes it fixed), cuDNN autotunes its algorithm per run (benchmark)
+    and some backward kernels add with atomics (use_deterministic_algorithms makes torch pick a deterministic
+    one or raise). cuBLAS reads the variable when it creates its handle, so it is set before the first CUDA
+    matrix product; a process that already made one is warned that the setting may come too late."""
+    if not enabled:
+        return
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            log.warning("train.deterministic: CUDA was initialised before CUBLAS_WORKSPACE_CONFIG could be set; "
+                        "set CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment for bit-identical GPU runs.")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"

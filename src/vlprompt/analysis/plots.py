@@ -113,7 +113,7 @@ def read_nmi(folder: Path) -> dict[int, list[tuple[int, float]]]:
     if not path.exists():
         return {}
     by_block: dict[int, dict[int, float]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # bad bytes: a skipped line
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

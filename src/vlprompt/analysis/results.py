@@ -7,13 +7,13 @@ from this frame, so a number in a table is a groupby away from the records it ca
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
 from vlprompt.errors import VlpromptError
+from vlprompt.io_utils import read_json
 from vlprompt.run_dir import CONFIG_NAME, RESULTS_NAME, SPEC_NAME
 
 log = logging.getLogger(__name__)
@@ -24,11 +24,9 @@ RUN_COLUMNS = ("run", "path", "backbone", "label", "stage", "variant", "sweep")
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise VlpromptError(
-            f"Cannot read '{path}' ({error}); re-run that run or remove its folder."
-        ) from None
+        return read_json(path, "re-run that run or remove its folder.")
+    except OSError as error:
+        raise VlpromptError(f"Cannot read '{path}' ({error}); re-run that run or remove its folder.") from None
 
 
 def _integer_columns(rows: list[dict]) -> list[str]:

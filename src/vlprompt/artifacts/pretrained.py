@@ -6,7 +6,6 @@ library version, tensor checksum) and a generated ``README.md``. Loading reads o
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 from vlprompt.artifacts.card import write_model_card
 from vlprompt.artifacts.files import CONFIG_NAME
 from vlprompt.errors import CheckpointError, VlpromptError
+from vlprompt.io_utils import read_json
 from vlprompt.train.checkpoint import load_prompts, read_prompt_meta, save_prompts, stored_backbone
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _legacy_templates(folder: Path) -> tuple[list[str], dict]:
     if run_config.exists():
         from vlprompt.data.registry import load_dataset
 
-        run = json.loads(run_config.read_text(encoding="utf-8")).get("run", {})
+        run = read_json(run_config, "the 0.1 run folder is damaged.", CheckpointError).get("run", {})
         try:
             labels = load_dataset(run["dataset"], root=run.get("root"), **run.get("dataset_options", {})).labels
             return list(labels.templates), dict(labels.template_groups)

@@ -7,7 +7,6 @@ sampling something else.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.errors import DataError
-from vlprompt.io_utils import atomic_write_json
+from vlprompt.io_utils import atomic_write_json, read_json
 from vlprompt.seeding import derived_seed
 
 log = logging.getLogger(__name__)
@@ -61,10 +60,7 @@ def few_shot_indices(
     checksum = split_checksum(dataset)
     if index_path is not None and Path(index_path).exists():
         path = Path(index_path)
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise DataError(f"Few-shot index '{path}' is not valid JSON ({error}). Delete it to resample.") from None
+        record = read_json(path, "this few-shot index is damaged: delete it to resample.", DataError)
         if record.get("source_checksum") != checksum:
             raise DataError(
                 f"Few-shot index '{path}' was sampled from a different version of split '{dataset.name}' (checksum "

@@ -83,7 +83,7 @@ def execute_run(folder: str | Path) -> str:
 
 def _first_error_line(run_dir: RunDir) -> str:
     try:
-        lines = run_dir.error.read_text(encoding="utf-8").strip().splitlines()
+        lines = run_dir.error.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     except OSError:
         return f"unknown error ({ERROR_NAME} could not be written or read; see {LOG_NAME} if any)"
     return lines[0] if lines else "unknown error"

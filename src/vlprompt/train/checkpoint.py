@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from vlprompt import __version__
 from vlprompt.artifacts.files import CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, LEGACY_META_NAME, WEIGHTS_NAME
 from vlprompt.errors import CheckpointError
-from vlprompt.io_utils import atomic_write, atomic_write_json
+from vlprompt.io_utils import atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +113,8 @@ def read_prompt_meta(path: str | Path) -> dict:
             f"No prompt checkpoint at '{path}': expected {weights_path.name} and {CONFIG_NAME} there. "
             "Point to the run folder (or its .safetensors file) written by 'vlprompt train' or save_pretrained."
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"'{meta_path}' is not valid JSON ({error}); the checkpoint is damaged.") from None
+    meta = read_json(meta_path, "the checkpoint is damaged; copy the folder again from where it was trained, or "
+                                "retrain.", CheckpointError)
     if not isinstance(meta, dict) or "method" not in meta:
         raise CheckpointError(f"'{meta_path}' is not a vlprompt prompt config (no 'method' field).")
     return meta
@@ -216,19 +213,3 @@ def load_prompts(method, path: str | Path) -> dict:
         for name, tensor in tensors.items():
             own[name].copy_(tensor.to(own[name].device, own[name].dtype))
     return meta
-
-
-def save_resume_state(path: str | Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_resume_state(path: str | Path) -> dict | None:
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001  (any unreadable state: say so, never train from half a state)
-        raise CheckpointError(
-            f"The resume state '{path}' cannot be read ({error}). Delete it to start the run afresh."
-        ) from None

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 from vlprompt.config_utils import ValidatedConfig, check_choice, option
+from vlprompt.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "constant")
@@ -64,7 +65,7 @@ class TrainConfig(ValidatedConfig):
         range=(1, None),
     )
     eval_batch_size: int = option(256, help="examples per evaluation batch", range=(1, None))
-    device: str = option("auto", help="auto, cpu, cuda, cuda:N or mps")
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N (mps is refused)")
     num_workers: int | None = option(
         None, range=(0, None),
         help=("processes decoding and augmenting images (0 = the training process; unset = min(8, CPU count)); "
@@ -85,10 +86,21 @@ class TrainConfig(ValidatedConfig):
         False, help="TensorBoard event files under <out>/tensorboard beside metrics.jsonl (needs vlprompt[tensorboard])"
     )
     cache_dir: str | None = option(None, help="folder of the frozen-feature cache (unset: no disk cache)")
+    deterministic: bool = option(False, help=(
+        "deterministic kernels: torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8 and "
+        "cuDNN's deterministic mode without benchmarking, so that the same seed on the same GPU gives bit-identical "
+        "results; costs speed on GPU only (no cuDNN autotuning, slower deterministic kernels for scatter/index-add "
+        "backwards), changes nothing on CPU; an op without a deterministic implementation raises"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("TrainConfig", "device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        if self.device.split(":")[0] == "mps":
+            raise ConfigError(
+                "train.device = 'mps' (Apple GPUs) is not supported: vlprompt's bf16 autocast, its generators' "
+                "resume state and its distributed paths are written and tested for CPU and CUDA only. Use "
+                "device=cpu on a Mac."
+            )
+        check_choice("TrainConfig", "device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
 
     def resolved_num_workers(self) -> int:
         return min(8, os.cpu_count() or 1) if self.num_workers is None else self.num_workers

@@ -8,9 +8,8 @@ from torch's global RNGs, CPU and CUDA, whose states are saved in the resume sta
 optimizer and the position in the epoch. Killing a run and resuming it therefore replays exactly the same
 steps, and on CPU gives bit-identical parameters.
 
-Gradients: a method may split its gradient into parts (``grad_parts``, e.g. ProGrad's G_d and G_g) that are
-accumulated and reduced over micro-batches and ranks separately and only combined (``combine_grads``) once
-they are the full batch's, so a rule that is not linear sees the same gradients as one process, one batch.
+What one optimizer step computes on each rank, and how gradients are accumulated and reduced, is train/step.py;
+SIGTERM handling (save at the next step boundary, then stop) is train/preemption.py.
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ import copy
 import logging
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,18 +25,20 @@ import torch
 from tqdm.auto import tqdm
 
 from vlprompt import distributed
+from vlprompt.artifacts.resume_state import load_resume_state, refuse_legacy_pickle, save_resume_state
 from vlprompt.data.base import ImageDataset, TaskData
 from vlprompt.data.features import encode_dataset
 from vlprompt.data.loading import workers_for
 from vlprompt.data.transforms import eval_transform, train_transform
 from vlprompt.io_utils import check_writable_dir
 from vlprompt.run_dir import RunDir
-from vlprompt.seeding import derived_seed
-from vlprompt.train import resume
+from vlprompt.seeding import derived_seed, set_deterministic
+from vlprompt.train import resume, step
 from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
-from vlprompt.train.checkpoint import load_resume_state, save_prompts, save_resume_state
+from vlprompt.train.checkpoint import save_prompts
 from vlprompt.train.config import TrainConfig
 from vlprompt.train.predict import predict
+from vlprompt.train.preemption import preempted_error, stop_on_sigterm
 from vlprompt.train.schedule import build_optimizer, lr_at
 from vlprompt.train.sources import FeatureSource, ImageSource, cache_key
 from vlprompt.train.tasks import evaluate, task_type_of
@@ -73,14 +75,13 @@ class Trainer:
         self.run_dir = RunDir(self.out_dir) if self.out_dir is not None else None
         self.fingerprint = fingerprint
         self.owns_folder = fingerprint is None
+        set_deterministic(self.config.deterministic)  # before the device: cuBLAS reads its workspace setting once
         self.device = distributed.resolve_device(self.config.device)
         self.rank = distributed.rank()
         self.world_size = distributed.world_size()
         self.is_main = self.rank == 0
         self.step = 0
         self.epoch = 0
-        # Running weighted sums of the gradient parts of the current optimizer step (see _accumulate).
-        self._grad_sums: list[list[torch.Tensor | None]] | None = None
         self.history: list[dict] = []
         self._feature_memo: dict[tuple, torch.Tensor] = {}
         if self.out_dir is not None and self.is_main:
@@ -141,10 +142,15 @@ class Trainer:
 
     # ----- the loop -----
     def fit(self, task: TaskData) -> FitResult:
-        if self.run_dir is None or not self.is_main or not self.owns_folder:
+        if self.run_dir is None or not self.owns_folder:
             return self._fit(task)
-        with self.run_dir.lock():
-            self.fingerprint = self.run_dir.start_api_run(self.method, self.config, task)
+        with ExitStack() as held:  # rank 0 holds the folder's lock until training ends
+
+            def decide() -> dict:
+                held.enter_context(self.run_dir.lock())
+                return self.run_dir.start_api_run(self.method, self.config, task)
+
+            self.fingerprint = distributed.decided_by_rank_zero(decide)
             return self._fit(task)
 
     def _fit(self, task: TaskData) -> FitResult:
@@ -180,61 +186,21 @@ class Trainer:
 
         start_epoch, start_micro, best = 0, 0, (-1.0, None)
         resume_path = self.run_dir.resume if self.run_dir is not None else None
+        if resume_path is not None and config.resume:
+            refuse_legacy_pickle(self.run_dir.legacy_resume)
         state = load_resume_state(resume_path) if resume_path is not None and config.resume else None
         if state is not None:
             start_epoch, start_micro, best = resume.restore(self, state, optimizer)
             log.warning("resuming from step %d (epoch %d, batch %d) of the run in '%s'", self.step,
                         start_epoch + 1, start_micro, self.out_dir)
+        # Every rank has read what it needed from the folder: rank 0 may now rewrite or delete files in it.
+        step.check_same_start(method)
         if self.run_dir is not None and self.is_main:
             self.run_dir.rewrite_metrics(self.history)  # one history: the restored one, or none
 
-        method.train()
-        accum_count = 0
-        for epoch in range(start_epoch, config.epochs):
-            self.epoch = epoch
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(config.seed, epoch)))
-            first = start_micro if epoch == start_epoch else 0
-            bar = tqdm(
-                range(first, micro_per_epoch),
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                # None lets tqdm switch itself off when stderr is not a terminal (logs, CI).
-                disable=None if config.progress and self.is_main else True,
-                leave=False,
-            )
-            local = [order[m * global_batch : (m + 1) * global_batch][self.rank :: self.world_size]
-                     for m in range(first, micro_per_epoch)]
-            for micro, local_indices, batch in zip(bar, local, source.batches(epoch, local)):
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                group = micro // config.grad_accum * config.grad_accum * global_batch
-                group_total = min(group + config.grad_accum * global_batch, n) - group
-                loss_value = self._accumulate(batch, params, len(local_indices), group_total)
-                accum_count += 1
-                last_micro = micro == micro_per_epoch - 1
-                if accum_count < config.grad_accum and not last_micro:
-                    continue
-                accum_count = 0
-                self._optimizer_step(optimizer, params, base_lr, total_steps, warmup_steps)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                method.on_step_end(self.step, self)
-                self.callbacks.on_step_end(self, self.step)
-                if self.step % config.log_every == 0:
-                    loss_mean = distributed.sum_scalar(loss_value) / self.world_size
-                    self.log_metrics({"loss": loss_mean, "lr": optimizer.param_groups[0]["lr"]})
-                if config.checkpoint_every and self.step % config.checkpoint_every == 0 and not last_micro:
-                    self._save_resume(resume_path, optimizer, epoch, micro + 1, best)
-            method.on_epoch_end(epoch, self)
-            log.info("epoch %d/%d done (%d steps, %.0f s)", epoch + 1, config.epochs, self.step,
-                     time.perf_counter() - started)
-            if task.val is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                accuracy = self.evaluate(task.val)
-                method.train()
-                self.log_metrics({"val_accuracy": accuracy})
-                self.callbacks.on_eval(self, epoch, accuracy)
-                if config.select == "best_val" and accuracy > best[0]:
-                    best = (accuracy, copy.deepcopy(method.trainable_state_dict()))
-            self.callbacks.on_epoch_end(self, epoch)
-            self._save_resume(resume_path, optimizer, epoch + 1, 0, best)
-        source.close()
+        with stop_on_sigterm() as stop:
+            best = self._loop(task, source, optimizer, params, (start_epoch, start_micro, best), stop,
+                              (micro_per_epoch, total_steps, warmup_steps, base_lr), started)
 
         if config.select == "best_val" and best[1] is not None:
             with torch.no_grad():
@@ -260,38 +226,82 @@ class Trainer:
         if self.owns_folder:  # otherwise the caller removes it once results are written (RunDir.write_results)
             self.run_dir.resume.unlink(missing_ok=True)
 
-    def _accumulate(self, batch: dict, params: list, local_n: int, step_total: int) -> float:
-        """Forward + backward of one micro-batch; each gradient part is added to its running sum weighted by
-        the micro-batch's share of the examples of this optimizer step (all micro-batches, all ranks), so that
-        accumulation and multi-process training average exactly like one big batch."""
-        config = self.config
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-        with autocast:
-            outputs = self.method(batch)
-        loss = outputs["loss"]
-        if loss is None or not torch.isfinite(loss.detach()).all():
-            raise resume.diverged_error(self, f"The training loss became {None if loss is None else loss.item()}")
-        parts = self.method.grad_parts(outputs, params)
-        # Ranks' gradients are summed then divided by world_size in _optimizer_step.
-        weight = local_n / step_total * self.world_size
-        if self._grad_sums is None:
-            self._grad_sums = [[None] * len(params) for _ in parts]
-        for sums, part in zip(self._grad_sums, parts):
-            for i, grad in enumerate(part):
-                if grad is not None:
-                    grad = grad.detach() * weight
-                    sums[i] = grad if sums[i] is None else sums[i] + grad
-        return float(loss.detach())
+    def _loop(self, task: TaskData, source, optimizer, params: list, start: tuple, stop, schedule: tuple,
+              started: float):
+        """The epochs from ``start`` = (epoch, micro-batch, best) on; returns the best-val record. A SIGTERM
+        (``stop``) ends it at the next step boundary, after the resume state of that boundary is saved."""
+        config, method = self.config, self.method
+        start_epoch, start_micro, best = start
+        micro_per_epoch, total_steps, warmup_steps, base_lr = schedule
+        n = len(source)
+        global_batch = config.batch_size * self.world_size
+        resume_path = self.run_dir.resume if self.run_dir is not None else None
+        accumulator = step.GradientAccumulator(method, params, self.world_size)
+        diverged = lambda what: resume.diverged_error(self, what)
+        method.train()
+        accum_count = 0
+        try:
+            for epoch in range(start_epoch, config.epochs):
+                self.epoch = epoch
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(config.seed, epoch)))
+                first = start_micro if epoch == start_epoch else 0
+                bar = tqdm(
+                    range(first, micro_per_epoch),
+                    desc=f"epoch {epoch + 1}/{config.epochs}",
+                    # None lets tqdm switch itself off when stderr is not a terminal (logs, CI).
+                    disable=None if config.progress and self.is_main else True,
+                    leave=False,
+                )
+                local = step.rank_slices(order, first, micro_per_epoch, global_batch, self.rank, self.world_size)
+                batches = source.batches(epoch, [indices for indices in local if len(indices)])
+                for micro, local_indices in zip(bar, local):
+                    group = micro // config.grad_accum * config.grad_accum * global_batch
+                    group_total = min(group + config.grad_accum * global_batch, n) - group
+                    loss_value = 0.0
+                    if len(local_indices):  # an empty share runs nothing but still joins the reduction
+                        batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+                        outputs, loss_value = step.forward_loss(method, batch, config.precision, self.device,
+                                                                diverged)
+                        accumulator.add(outputs, len(local_indices), group_total)
+                    accum_count += 1
+                    last_micro = micro == micro_per_epoch - 1
+                    if accum_count < config.grad_accum and not last_micro:
+                        continue
+                    accum_count = 0
+                    self._optimizer_step(optimizer, params, accumulator.take(), base_lr, total_steps, warmup_steps)
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                    method.on_step_end(self.step, self)
+                    self.callbacks.on_step_end(self, self.step)
+                    if self.step % config.log_every == 0:
+                        loss_mean = step.mean_loss(loss_value, len(local_indices))
+                        self.log_metrics({"loss": loss_mean, "lr": optimizer.param_groups[0]["lr"]})
+                    if last_micro:  # the epoch's end saves (and stops) below
+                        continue
+                    stopping = distributed.any_rank(stop.requested)
+                    if stopping or (config.checkpoint_every and self.step % config.checkpoint_every == 0):
+                        self._save_resume(resume_path, optimizer, epoch, micro + 1, best)
+                    if stopping:
+                        raise preempted_error(self.out_dir, self.step, saved=resume_path is not None)
+                method.on_epoch_end(epoch, self)
+                log.info("epoch %d/%d done (%d steps, %.0f s)", epoch + 1, config.epochs, self.step,
+                         time.perf_counter() - started)
+                if task.val is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+                    accuracy = self.evaluate(task.val)
+                    method.train()
+                    self.log_metrics({"val_accuracy": accuracy})
+                    self.callbacks.on_eval(self, epoch, accuracy)
+                    if config.select == "best_val" and accuracy > best[0]:
+                        best = (accuracy, copy.deepcopy(method.trainable_state_dict()))
+                self.callbacks.on_epoch_end(self, epoch)
+                self._save_resume(resume_path, optimizer, epoch + 1, 0, best)
+                if distributed.any_rank(stop.requested):
+                    raise preempted_error(self.out_dir, self.step, saved=resume_path is not None)
+        finally:
+            source.close()
+        return best
 
-    def _optimizer_step(self, optimizer, params, base_lr: float, total: int, warmup: int) -> None:
-        """Reduce each gradient part over ranks, combine the parts (full-batch gradients), then step."""
-        sums, self._grad_sums = self._grad_sums or [[None] * len(params)], None
-        if self.world_size > 1:
-            flat = [g for part in sums for g in part if g is not None]
-            distributed.all_reduce_sum_(flat)
-            for g in flat:
-                g.div_(self.world_size)
-        grads = self.method.combine_grads(sums)
+    def _optimizer_step(self, optimizer, params, grads: list, base_lr: float, total: int, warmup: int) -> None:
+        """Set the step's reduced gradients (train/step.py), clip, set the lr, step."""
         for param, grad in zip(params, grads):
             param.grad = grad
         if self.config.max_grad_norm is not None:
