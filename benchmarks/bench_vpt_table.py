@@ -79,8 +79,8 @@ def main() -> None:
     lines = [
         f"# VPT Table 1 on the offline world ({config.backbone}, seeds {config.seeds}, test accuracy %)",
         "",
-        f"Schedule: {json.dumps(config.train)}; tasks {', '.join(f'{d} ({g})' for d, g in GROUPS.items())}. "
-        f"Tuned parameters as % of the backbone's {backbone_size:,} (head excluded / included).",
+        (f"Schedule: {json.dumps(config.train)}; tasks {', '.join(f'{d} ({g})' for d, g in GROUPS.items())}. "
+         f"Tuned parameters as % of the backbone's {backbone_size:,} (head excluded / included)."),
         "",
         "| method | tuned % (no head) | tuned % (with head) | " + " | ".join(GROUPS) + " | mean of groups |",
         "|---|---|---|" + "---|" * len(GROUPS) + "---|",

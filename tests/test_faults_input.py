@@ -140,8 +140,8 @@ def test_split_file_listing_an_image_under_two_labels_is_an_error_and_same_label
     val_at = next(i for i, text in enumerate(lines, 1) if '"abyssinian_val_0.jpg"' in text)
     report = check_dataset("coop:OxfordPets", str(tmp_path))
     assert [(p.line, p.message) for p in report.errors] == [(again_at,
-        f"'abyssinian_train_0.jpg' is listed twice in train with two labels: 'abyssinian' (label 0) at line "
-        f"{train_at} and 'beagle' (label 1) here; keep the row with the right label and delete the other")]
+        (f"'abyssinian_train_0.jpg' is listed twice in train with two labels: 'abyssinian' (label 0) at line "
+         f"{train_at} and 'beagle' (label 1) here; keep the row with the right label and delete the other"))]
     assert [p.message for p in report.warnings] == [
         f"'abyssinian_val_0.jpg' is listed twice in val (first at line {val_at})"]
 

@@ -121,7 +121,7 @@ def test_report_over_unrelated_runs_groups_them(tmp_path, capsys):
     make_run(runs, "lin", [{"method": "linear", "dataset": "world-paint", "accuracy": 0.8}])
     assert main(["report", str(runs), "--no-plots"]) == 0
     out = capsys.readouterr().out
-    tables = [line for line in out.splitlines() if line.startswith("## ") or line.startswith("| ")]
+    tables = [line for line in out.splitlines() if line.startswith(("## ", "| "))]
     assert tables == [
         "## Few-shot: world-object", "| Method | 16 |", "| coop (coop-a) | 50.00 |", "| coop (coop-b) | 75.00 |",
         "## Few-shot: world-paint", "| Method | 16 |", "| linear | 80.00 |",

@@ -71,13 +71,13 @@ def demo_report(out: Path, records: list[dict], defaults: dict, total: float) ->
     note = next((line for line in full.splitlines() if line.startswith("Tables only, no plots")), "")
     lines = [
         "# vlprompt demo", "",
-        f"Task: `{defaults['dataset']}` {defaults.get('options', {})} on `{defaults['backbone']}`, {DEMO_SHOTS} "
-        f"shots, seed {DEMO_SEED}; test accuracy in %. Total time {total:.1f} s.", "",
+        (f"Task: `{defaults['dataset']}` {defaults.get('options', {})} on `{defaults['backbone']}`, {DEMO_SHOTS} "
+         f"shots, seed {DEMO_SEED}; test accuracy in %. Total time {total:.1f} s."), "",
         percent_table(records), "",
         *(f"![{name}](report/{name})\n" for name in figures),
         *([note, ""] if note else []),
-        "The full report of every run under `runs/` (tables as CSV, each number traced to its run folder): "
-        "[report/report.md](report/report.md).",
+        ("The full report of every run under `runs/` (tables as CSV, each number traced to its run folder): "
+         "[report/report.md](report/report.md)."),
     ]
     return "\n".join(lines) + "\n"
 

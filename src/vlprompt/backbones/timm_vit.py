@@ -25,8 +25,8 @@ from vlprompt.backbones.base import (
 )
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
-from vlprompt.backbones.timm_readout import head_width, map_pool, timm_pooling
 from vlprompt.backbones.prompt_support import InputStem, PromptSupport
+from vlprompt.backbones.timm_readout import head_width, map_pool, timm_pooling
 from vlprompt.errors import VlpromptError
 
 

@@ -17,7 +17,7 @@ from vlprompt.data.formats.build import (
     seeded_split,
     split_checksum,
 )
-from vlprompt.data.formats.checks import labels_in_range, file_problems, structural_problems
+from vlprompt.data.formats.checks import file_problems, labels_in_range, structural_problems
 from vlprompt.data.formats.images import ImageLoader, list_images, list_subfolders, scan_class_folders
 from vlprompt.data.formats.parsed import (
     DEFAULT_TEMPLATE,
@@ -41,9 +41,33 @@ from vlprompt.data.formats.reading import (
 )
 
 __all__ = [
-    "DEFAULT_TEMPLATE", "ERROR", "IMAGE_SUFFIXES", "ROLES", "WARNING", "ImageLoader", "JsonDocument",
-    "ParsedDataset", "Problem", "Sample", "SplitData", "build_task", "display_path", "labels_in_range",
-    "list_images", "list_subfolders", "load_json_document", "file_problems", "normalise_relpath",
-    "packaged_table", "parse_int", "read_classnames_file", "read_text_lines", "refuse_errors",
-    "resolve_option_path", "scan_class_folders", "seeded_split", "split_checksum", "structural_problems",
+    "DEFAULT_TEMPLATE",
+    "ERROR",
+    "IMAGE_SUFFIXES",
+    "ROLES",
+    "WARNING",
+    "ImageLoader",
+    "JsonDocument",
+    "ParsedDataset",
+    "Problem",
+    "Sample",
+    "SplitData",
+    "build_task",
+    "display_path",
+    "file_problems",
+    "labels_in_range",
+    "list_images",
+    "list_subfolders",
+    "load_json_document",
+    "normalise_relpath",
+    "packaged_table",
+    "parse_int",
+    "read_classnames_file",
+    "read_text_lines",
+    "refuse_errors",
+    "resolve_option_path",
+    "scan_class_folders",
+    "seeded_split",
+    "split_checksum",
+    "structural_problems",
 ]

@@ -148,7 +148,7 @@ def _parse_own(root: Path, options: CoopOptions) -> ParsedDataset:
     """Any dataset in the CoOp layout (a split file + its images), named after its split file."""
     split_file = _own_split_file(root, options)
     folder = split_file.parent
-    name = split_file.stem[len("split_zhou_"):] if split_file.stem.startswith("split_zhou_") else split_file.stem
+    name = split_file.stem.removeprefix("split_zhou_")
     image_dir = options.image_dir if options.image_dir is not None else (
         "images" if (folder / "images").is_dir() else "")
     spec = {"image_dir": image_dir, "template": options.template or DEFAULT_TEMPLATE}
