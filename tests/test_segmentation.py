@@ -159,7 +159,7 @@ EVAL_SCRIPT = textwrap.dedent(
     from vlprompt.backbones.tiny import tiny_timm_vit
     from vlprompt.data.registry import load_dataset
     from vlprompt.methods import create_method
-    from vlprompt.train import distributed
+    from vlprompt import distributed
     from vlprompt.train.tasks import scores
 
     distributed.init_from_env()
