@@ -323,7 +323,7 @@ def test_world_sweep_configs_plan_every_method():
 def test_sweep_configs_are_packaged_and_found_by_name(tmp_path, monkeypatch, capsys):
     from vlprompt.cli import main
 
-    assert list_sweeps() == ["vtab1k", "world", "world_quick", "world_small"]
+    assert list_sweeps() == ["vpt_table", "vtab1k", "world", "world_quick", "world_small"]
     assert packaged_sweeps_dir().parent.parent.name == "vlprompt"  # inside the package, so inside the wheel
     # a file given by path wins over a packaged name
     monkeypatch.chdir(tmp_path)
