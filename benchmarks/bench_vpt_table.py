@@ -28,7 +28,8 @@ def tuned_parameters(config, entry, dataset: str) -> tuple[int, int, int]:
     from vlprompt.methods.base import create_method
 
     backbone = create_backbone(config.backbone)
-    backbone_size = sum(p.numel() for module in backbone.modules() for p in module.parameters())
+    # the image tower: every method here trains on it alone (a CLIP's text tower is not used)
+    backbone_size = sum(p.numel() for p in backbone.visual.parameters())
     task = load_dataset(dataset, **next(d.options for d in config.dataset_entries if d.dataset == dataset))
     method = create_method(entry.name, backbone, task.labels, **entry.method_options)
     tuned = {n: p.numel() for n, p in method.named_parameters() if p.requires_grad}
@@ -80,7 +81,7 @@ def main() -> None:
         f"# VPT Table 1 on the offline world ({config.backbone}, seeds {config.seeds}, test accuracy %)",
         "",
         (f"Schedule: {json.dumps(config.train)}; tasks {', '.join(f'{d} ({g})' for d, g in GROUPS.items())}. "
-         f"Tuned parameters as % of the backbone's {backbone_size:,} (head excluded / included)."),
+         f"Tuned parameters as % of the image tower's {backbone_size:,} (head excluded / included)."),
         "",
         "| method | tuned % (no head) | tuned % (with head) | " + " | ".join(GROUPS) + " | mean of groups |",
         "|---|---|---|" + "---|" * len(GROUPS) + "---|",
