@@ -116,7 +116,7 @@ def test_every_image_method_trains_a_segmentation_head(task, name):
         assert trained - {n for n in trained if n.startswith("head.")} == {"prompts.tokens"}
     before = {n: p.detach().clone() for n, p in method.named_parameters() if p.requires_grad}
     result = Trainer(method, TrainConfig(epochs=1, batch_size=4, num_workers=0, progress=False)).fit(task)
-    assert result.steps == 2 and 0.0 <= result.val_accuracy <= 1.0
+    assert result.steps == 2
     changed = {n for n, p in method.named_parameters() if n in before and not torch.equal(before[n], p)}
     assert "head.decoder.classifier.weight" in changed
     assert result.val_accuracy == evaluate(method, task.val)  # validation selects on mIoU
