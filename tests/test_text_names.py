@@ -21,7 +21,8 @@ from vlprompt.backbones.tiny import tiny_open_clip
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods import import_all
 from vlprompt.methods.base import create_method
-from vlprompt.prompts.text import CLASS_POSITIONS, ContextPrompt
+from vlprompt.prompts.text import ContextPrompt
+from vlprompt.prompts.text_layout import CLASS_POSITIONS
 
 MERGED = [
     "kite (bird of prey)", "ram (adult male sheep)", "impala (antelope)", "Mexican hairless dog (xoloitzcuintli)",
@@ -83,7 +84,7 @@ def test_the_name_lists_hold_every_imagenet_class_and_the_merged_names(names):
 @pytest.mark.parametrize("position", CLASS_POSITIONS)
 def test_layout_equals_the_official_prompt_for_every_name(clip, names, position, caplog):
     text = clip.text
-    with caplog.at_level(logging.WARNING, logger="vlprompt.prompts.text"):
+    with caplog.at_level(logging.WARNING, logger="vlprompt.prompts.text_layout"):
         prompt = ContextPrompt(text, names, n_ctx=N_CTX, position=position)
     expected, eot = official_rows(text, names, position)
     length = prompt.token_ids.shape[1]

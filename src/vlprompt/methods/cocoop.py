@@ -17,7 +17,7 @@ from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
 from vlprompt.methods.coop import build_context_prompt
-from vlprompt.prompts.text import CLASS_POSITIONS
+from vlprompt.prompts.text_layout import CLASS_POSITIONS
 
 
 @dataclass

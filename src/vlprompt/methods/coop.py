@@ -17,12 +17,8 @@ from vlprompt.data.base import LabelSpace
 from vlprompt.losses import CLASSIFICATION_LOSSES, grouped_text_ce
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
-from vlprompt.prompts.text import (
-    CLASS_POSITIONS,
-    INIT_ALIGNS,
-    ContextPrompt,
-    split_template,
-)
+from vlprompt.prompts.text import INIT_ALIGNS, ContextPrompt
+from vlprompt.prompts.text_layout import CLASS_POSITIONS, split_template
 from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB
 
 TEMPLATE_INIT = "template"

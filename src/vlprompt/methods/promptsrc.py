@@ -32,7 +32,8 @@ from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
 from vlprompt.methods.ivlp import IVLPConfig, deep_text_prompt, deep_vl_outputs, encode_prompted_images
 from vlprompt.prompts.deep_vision import DeepVisionPrompts
-from vlprompt.prompts.text import check_fits, encode_text_embeddings, split_template, token_count
+from vlprompt.prompts.text import check_fits, encode_text_embeddings, token_count
+from vlprompt.prompts.text_layout import split_template
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from vlprompt.backbones.base import TextTower
 from vlprompt.errors import ConfigError
-from vlprompt.prompts.text import ContextPrompt, split_template
+from vlprompt.prompts.text import ContextPrompt
+from vlprompt.prompts.text_layout import split_template
 
 
 @dataclass
