@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from vlprompt.analysis.nmi import NMIOptions
-from vlprompt.cli import format_method_options
+from vlprompt.cli_list import format_method_options
 from vlprompt.config_utils import ValidatedConfig, build_config, option, validate_fields
 from vlprompt.data.formats.csvfile import CsvOptions
 from vlprompt.data.formats.imagefolder import ImageFolderOptions
