@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import TOWER_SITES, AttentionProjections, BlockSites, VisionTower
-from vlprompt.backbones.timm_readout import head_width, map_pool, timm_pooling
+from vlprompt.backbones.timm_readout import adopt_timm_model, map_pool
 from vlprompt.backbones.timm_vit import pool_tokens
 from vlprompt.errors import VlpromptError
 
@@ -72,18 +72,8 @@ class EvaVisionTower(VisionTower):
                 "This timm EVA model drops patches (patch_drop_rate > 0), which reorders the rope table per image; "
                 "create it with patch_drop_rate=0."
             )
-        self.pooling = timm_pooling(model, pooling)
-        if not keep_head and not isinstance(model.get_classifier(), nn.Identity):
-            model.reset_classifier(0)
-        self.model = model
-        self.keep_head = keep_head
-        self.width = int(model.embed_dim)
-        self.num_blocks = len(model.blocks)
-        self.num_prefix_tokens = int(model.num_prefix_tokens)
-        self.patch_size = int(model.patch_embed.patch_size[0])
-        self.feature_dim = head_width(model, keep_head)
+        adopt_timm_model(self, model, pooling, keep_head)
         self.num_patches = int(model.patch_embed.num_patches)
-        self._pool_include_prefix = bool(getattr(model, "pool_include_prefix", False))
         for index, block in enumerate(model.blocks):
             if int(getattr(block.attn, "num_prefix_tokens", self.num_prefix_tokens)) != self.num_prefix_tokens:
                 raise VlpromptError(

@@ -64,3 +64,21 @@ def head_width(model: nn.Module, keep_head: bool) -> int:
     if keep_head and isinstance(head, nn.Linear):
         return int(head.out_features)
     return int(model.num_features)
+
+
+def adopt_timm_model(tower: nn.Module, model: nn.Module, pooling: str | None, keep_head: bool) -> None:
+    """Set the shape a VisionTower declares from a timm ViT-family model (VisionTransformer, Eva): width, blocks,
+    prefix tokens, patch size, readout and feature width; without ``keep_head`` the classifier is dropped (the
+    adapter outputs pre-logits features; methods own their heads)."""
+    tower.pooling = timm_pooling(model, pooling)
+    classifier = model.get_classifier()
+    if not keep_head and classifier is not None and not isinstance(classifier, nn.Identity):
+        model.reset_classifier(0)
+    tower.model = model
+    tower.keep_head = keep_head
+    tower.width = int(model.embed_dim)
+    tower.num_blocks = len(model.blocks)
+    tower.num_prefix_tokens = int(model.num_prefix_tokens)
+    tower.patch_size = int(model.patch_embed.patch_size[0])
+    tower.feature_dim = head_width(model, keep_head)
+    tower._pool_include_prefix = bool(getattr(model, "pool_include_prefix", False))

@@ -26,7 +26,7 @@ from vlprompt.backbones.base import (
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
 from vlprompt.backbones.prompt_support import InputStem, PromptSupport
-from vlprompt.backbones.timm_readout import head_width, map_pool, timm_pooling
+from vlprompt.backbones.timm_readout import adopt_timm_model, map_pool
 from vlprompt.errors import VlpromptError
 
 
@@ -65,18 +65,7 @@ class TimmVisionTower(VisionTower):
                 "This timm ViT is a distilled DeiT (class + distillation token, averaged heads); vlprompt reads out "
                 "one class token. Use the non-distilled variant (e.g. 'deit_base_patch16_224')."
             )
-        pooling = timm_pooling(model, pooling)
-        if not keep_head and model.get_classifier() is not None and not isinstance(model.get_classifier(), nn.Identity):
-            model.reset_classifier(0)  # the adapter outputs pre-logits features; methods own their heads
-        self.model = model
-        self.pooling = pooling
-        self.keep_head = keep_head
-        self.width = int(model.embed_dim)
-        self.num_blocks = len(model.blocks)
-        self.num_prefix_tokens = int(model.num_prefix_tokens)
-        self.patch_size = int(model.patch_embed.patch_size[0])
-        self.feature_dim = head_width(model, keep_head)
-        self._pool_include_prefix = bool(getattr(model, "pool_include_prefix", False))
+        adopt_timm_model(self, model, pooling, keep_head)
 
     def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.norm_pre(tokens)
