@@ -92,33 +92,29 @@ class TowerTuningMethod(PromptMethod, abc.ABC):
 
 
 @dataclass
-class BiasConfig:
-    """BitFit has no options: every bias of the image tower trains, with the head (official ``tinytl-bias``)."""
+class HeadOnlyConfig:
+    """The options of a tuning method whose trained tensors the method itself fixes (bias, ln-tune, cls-tune, ssf):
+    only the task head's."""
     head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
 
 @register_method("bias")
 class BiasTuning(TowerTuningMethod):
-    """Only the tower's biases (Linear, Conv, norms, attention in-projection) and the head train."""
+    """Only the tower's biases (Linear, Conv, norms, attention in-projection) and the head train (official
+    ``tinytl-bias``)."""
 
-    config_class = BiasConfig
+    config_class = HeadOnlyConfig
 
     def attach(self, tower: nn.Module) -> list[nn.Module]:
         tune_biases(tower)
         return []
 
 
-@dataclass
-class LayerNormTuningConfig:
-    """LayerNorm tuning has no options: the weight and bias of every LayerNorm of the image tower train."""
-    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
-
-
 @register_method("ln-tune")
 class LayerNormTuning(TowerTuningMethod):
     """Only the LayerNorms' affine parameters and the head train."""
 
-    config_class = LayerNormTuningConfig
+    config_class = HeadOnlyConfig
     head_kind = "timm"
 
     def attach(self, tower: nn.Module) -> list[nn.Module]:
@@ -126,17 +122,11 @@ class LayerNormTuning(TowerTuningMethod):
         return []
 
 
-@dataclass
-class ClassTokenTuningConfig:
-    """CLS-token tuning has no options: the class token and the head train (official transfer type ``cls``)."""
-    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
-
-
 @register_method("cls-tune")
 class ClassTokenTuning(TowerTuningMethod):
-    """Only the class token (the tower's ``class_token`` site) and the head train."""
+    """Only the class token (the tower's ``class_token`` site) and the head train (official transfer type ``cls``)."""
 
-    config_class = ClassTokenTuningConfig
+    config_class = HeadOnlyConfig
 
     def attach(self, tower: nn.Module) -> list[nn.Module]:
         tune_class_token(tower)

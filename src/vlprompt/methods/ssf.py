@@ -8,28 +8,20 @@ own architecture, no extra cost at inference. The official VTAB recipe is the ``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
 
 from vlprompt.methods.base import register_method
-from vlprompt.methods.heads import HEAD_OPTION_HELP
-from vlprompt.methods.peft import TowerTuningMethod
+from vlprompt.methods.peft import HeadOnlyConfig, TowerTuningMethod
 from vlprompt.prompts.adapters import attach_ssf, merge_ssf
-
-
-@dataclass
-class SSFConfig:
-    """SSF has no options: a scale and a shift after every operation the tower exposes, and a Linear head."""
-    head: dict = field(default_factory=dict, metadata={"help": HEAD_OPTION_HELP})
 
 
 @register_method("ssf")
 class SSFTuning(TowerTuningMethod):
     """Only the scales, shifts and the head train."""
 
-    config_class = SSFConfig
+    config_class = HeadOnlyConfig
     head_kind = "timm"
     train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 5e-5}
 
