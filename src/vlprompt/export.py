@@ -18,6 +18,7 @@ from vlprompt import __version__
 from vlprompt.artifacts.files import CLASSIFIER_META_NAME, CLASSIFIER_WEIGHTS_NAME
 from vlprompt.errors import CheckpointError, VlpromptError
 from vlprompt.io_utils import atomic_write, atomic_write_json, read_json
+from vlprompt.mask_outputs import refuse_segmentation
 from vlprompt.train.checkpoint import backbone_spec, tensors_checksum
 
 EXPORT_FORMATS = ("classifier",)
@@ -61,6 +62,7 @@ def _agrees(expected: torch.Tensor, actual: torch.Tensor) -> bool:
 @torch.no_grad()
 def classifier_head(method) -> ClassifierHead:
     """Read the affine head off ``method`` and verify it; raise CheckpointError when there is none."""
+    refuse_segmentation(method, "export", f"Method '{method.method_name}'")
     if not method.uses_image_features:
         raise _refuse(method, "its prompts or trained weights sit inside the image tower (VPT, SPT, fine-tuning), "
                               "so the plain backbone's features are not the ones it classifies.")

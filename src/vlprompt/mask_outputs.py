@@ -12,12 +12,36 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlprompt.errors import DataError
+from vlprompt.errors import CheckpointError, DataError
 from vlprompt.io_utils import atomic_write
 
 MASK_SUFFIX = ".mask.png"
 OVERLAY_SUFFIX = ".overlay.png"
 OVERLAY_ALPHA = 0.5
+
+
+# Why export and serve-batch refuse a segmentation run rather than produce something else: their outputs (an affine
+# head on the pooled feature; one top-k row per image) cannot carry a mask, and the run folder already is the
+# deployable artifact for masks (from_pretrained + predict_masks, or 'vlprompt predict').
+_REFUSALS = {
+    "export": "'vlprompt export' writes an image-independent classifier (class features + logit scale on the plain "
+              "backbone's pooled feature), and a segmentation head is a SETR decoder on the patch grid, which no "
+              "such matrix can express",
+    "serve-batch": "'vlprompt serve-batch' returns one top-k label row per image from a shared pass of pooled "
+                   "features, and a segmentation task answers with a per-pixel mask at the image's own size",
+}
+
+
+def refuse_segmentation(method, command: str, where: str) -> None:
+    """Raise CheckpointError when ``method`` segments: ``command`` (export, serve-batch) has no mask output."""
+    if method.labels.task_type != "segmentation":
+        return
+    raise CheckpointError(
+        f"{where} is a segmentation run ('{method.method_name}'); {_REFUSALS[command]}. Its run folder is already "
+        "the deployable artifact: write masks with 'vlprompt predict RUN_FOLDER IMAGES --output OUT_DIR' (a "
+        "class-index PNG and a colour overlay per image, --inference slide for sliding windows), or in Python "
+        "vlprompt.from_pretrained(RUN_FOLDER) with vlprompt.train.segment_predict.predict_masks."
+    )
 
 
 def mask_image(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:

@@ -26,6 +26,7 @@ import torch
 
 from vlprompt.errors import CheckpointError, VlpromptError
 from vlprompt.inference import image_batches, topk_records
+from vlprompt.mask_outputs import refuse_segmentation
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class MultiTaskPredictor:
                 method = source
                 if backbone is not None and method.backbone is not backbone:
                     raise VlpromptError(f"Task '{name}' is built on another Backbone object than the shared one.")
+            refuse_segmentation(method, "serve-batch", f"Task '{name}' ({source})" if isinstance(source, (str, Path))
+                                else f"Task '{name}'")
             backbone = method.backbone
             trained_in_backbone = [n for n in method.trainable_state_dict() if n.startswith(BACKBONE_PREFIXES)]
             if trained_in_backbone:

@@ -122,6 +122,12 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
         parameter with requires_grad; override to pin the order or to train nothing (zero-shot)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def lr_scales(self) -> list[float]:
+        """Per tensor of ``trainable_parameters()`` (same order), the multiplier of the scheduled learning rate.
+        Default 1 for every tensor; a segmentation head trained beside tower weights runs at SETR's x10
+        (methods/heads.py ``head_lr_scales``), since it starts from scratch while they start pretrained."""
+        return [1.0] * len(self.trainable_parameters())
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what was trained: the tensors a prompt checkpoint holds, with the running statistics that training
         updates in trained BatchNorm layers (a SETR segmentation head's: without them it predicts otherwise).

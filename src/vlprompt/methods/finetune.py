@@ -18,7 +18,7 @@ from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, head_lr_scales, task_head
 
 
 @dataclass
@@ -68,6 +68,10 @@ class _TunedTower(PromptMethod):
             tokens = self.visual.block(index, tokens)
             outputs[index] = tokens
         return {b: outputs[b] for b in blocks}
+
+    def lr_scales(self) -> list[float]:
+        """A segmentation head at SETR's 10x the tower's lr (methods/heads.py)."""
+        return head_lr_scales(self.trainable_parameters(), self.head, 10.0)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled image features (the classification readout's input)."""

@@ -47,6 +47,10 @@ class SegmentationHeadConfig:
                 "scaled to the depth), 'none', or a list of 0-based block indices"})
     aux_weight: float = field(default=0.4, metadata={
         "help": "weight of each auxiliary head's loss (SETR: 0.4)", "range": (0.0, None)})
+    lr_mult: float | None = field(default=None, metadata={
+        "help": "the head's learning-rate multiplier; unset: 10 (SETR's head lr_mult) for methods whose lr is a "
+                "pretrained weights' lr (finetune, partial-k, bias, adapter, lora, ssf...), 1 for linear, VPT and SPT "
+                "(their lr already suits a head trained from scratch)", "range": (0.0, None)})
 
     def __post_init__(self) -> None:
         if isinstance(self.aux_blocks, str) and self.aux_blocks not in ("setr", "none"):
@@ -74,6 +78,7 @@ class SegmentationHead(nn.Module):
         self.aux = nn.ModuleList(SetrUpHead(visual.width, num_classes, aux_spec) for _ in self.aux_block_ids)
         self.ignore_index = ignore_index
         self.aux_weight = config.aux_weight
+        self.lr_mult = config.lr_mult
 
     def blocks(self, num_blocks: int) -> tuple[int, ...]:
         return (*self.aux_block_ids, self.main_block) if self.training else (self.main_block,)
@@ -116,6 +121,18 @@ def dense_forward(head: SegmentationHead, visual: VisionTower,
     image_size = tuple(batch["image"].shape[-2:])
     read = head.read(visual, block_outputs(head.blocks(visual.num_blocks)), num_prompts, image_size)
     return {"loss": head.loss(read, batch), "logits": read["logits"]}
+
+
+def head_lr_scales(params: list[nn.Parameter], head: nn.Module, default_mult: float) -> list[float]:
+    """A method's ``lr_scales()``: ``head.lr_mult`` (unset: ``default_mult``) for a segmentation head's tensors, 1
+    for the rest. SETR trains its decoder at 10x the backbone's lr (mmsegmentation ``paramwise_cfg`` head
+    lr_mult=10): the decoder starts from scratch, the tower from pretrained weights; at one small lr the head stays
+    on the all-background prediction for hundreds of steps. A classification head keeps the method's lr."""
+    if not isinstance(head, SegmentationHead):
+        return [1.0] * len(params)
+    scale = head.lr_mult if head.lr_mult is not None else default_mult
+    owned = {id(p) for p in head.parameters()}
+    return [scale if id(p) in owned else 1.0 for p in params]
 
 
 def task_head(visual: VisionTower, labels: LabelSpace, head_options: dict,

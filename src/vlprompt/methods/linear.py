@@ -13,7 +13,7 @@ from vlprompt.config_utils import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, head_lr_scales, task_head
 from vlprompt.prompts.visual import prompted_block_outputs
 
 
@@ -51,6 +51,10 @@ class LinearProbe(PromptMethod):
                 raise ConfigError("LinearConfig.normalize applies to pooled features; a segmentation head reads the "
                                   "patch grid. Drop normalize for segmentation tasks.")
             self.uses_image_features = False  # per-pixel training reads images (aligned crops), not cached features
+
+    def lr_scales(self) -> list[float]:
+        """Only the head trains, at the method's lr unless ``head.lr_mult`` says otherwise."""
+        return head_lr_scales(self.trainable_parameters(), self.head, 1.0)
 
     @torch.no_grad()
     def _frozen_outputs(self, images: torch.Tensor, blocks: tuple[int, ...]) -> dict[int, torch.Tensor]:

@@ -27,7 +27,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, head_lr_scales, task_head
 from vlprompt.prompts.adapters import tune_biases, tune_class_token, tune_layernorms
 from vlprompt.prompts.heads import VPTHead, frozen_statistics, mae_probe_head
 from vlprompt.prompts.lora import share_weights_copy
@@ -70,6 +70,10 @@ class TowerTuningMethod(PromptMethod, abc.ABC):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)
+
+    def lr_scales(self) -> list[float]:
+        """A segmentation head at SETR's 10x the lr of the tuned tower tensors (methods/heads.py)."""
+        return head_lr_scales(self.trainable_parameters(), self.head, 10.0)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained tensors plus the head's BatchNorm statistics (VPT Mlp heads, AdaptFormer's probe)."""

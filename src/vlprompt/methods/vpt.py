@@ -24,7 +24,7 @@ from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
-from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
+from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, head_lr_scales, task_head
 from vlprompt.prompts.below import BelowPrompts
 from vlprompt.prompts.pixel import PadPrompts, PixelTokenPrompts
 from vlprompt.prompts.visual import (
@@ -189,6 +189,10 @@ class VisualPromptMethod(PromptMethod):
                 f"ViT token pipeline with prepended prompts; location={location} on a '{self.support.kind}' tower "
                 "has no such grid. Use location=prepend on a ViT backbone."
             )
+
+    def lr_scales(self) -> list[float]:
+        """Prompts and a segmentation head at one lr (VPT's lr suits both), unless ``head.lr_mult`` is set."""
+        return head_lr_scales(self.trainable_parameters(), self.head, 1.0)
 
     def _check_options(self, config: Any) -> None:
         """Refuse, with the reason, every option this backbone's tower cannot carry."""

@@ -8,12 +8,21 @@ import torch
 from vlprompt.train.config import TrainConfig
 
 
-def build_optimizer(config: TrainConfig, params: list, world_size: int) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW at the config's lr scaled for ``world_size`` processes."""
+def build_optimizer(config: TrainConfig, params: list, world_size: int,
+                    lr_scales: list[float] | None = None) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW at the config's lr scaled for ``world_size`` processes.
+
+    ``lr_scales`` (one per tensor, the method's ``lr_scales()``) puts tensors into one param group per multiplier,
+    each group carrying its ``lr_scale``; the Trainer sets every group's lr to the scheduled lr times it."""
     lr = config.effective_lr(world_size)
+    scales = lr_scales if lr_scales is not None else [1.0] * len(params)
+    if len(scales) != len(params):
+        raise ValueError(f"lr_scales has {len(scales)} entries for {len(params)} trainable tensors")
+    groups = [{"params": [p for p, s in zip(params, scales) if s == scale], "lr_scale": scale, "lr": lr * scale}
+              for scale in sorted(set(scales))]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, eps=config.adam_eps, weight_decay=config.weight_decay)
 
 
 def lr_at(config: TrainConfig, step: int, base_lr: float, total: int, warmup: int) -> float:

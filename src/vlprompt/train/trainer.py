@@ -181,7 +181,7 @@ class Trainer:
         steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
         total_steps = steps_per_epoch * config.epochs
         warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
-        optimizer = build_optimizer(config, params, self.world_size)
+        optimizer = build_optimizer(config, params, self.world_size, method.lr_scales())
         base_lr = config.effective_lr(self.world_size)
 
         start_epoch, start_micro, best = 0, 0, (-1.0, None)
@@ -274,7 +274,8 @@ class Trainer:
                     self.callbacks.on_step_end(self, self.step)
                     if self.step % config.log_every == 0:
                         loss_mean = step.mean_loss(loss_value, len(local_indices))
-                        self.log_metrics({"loss": loss_mean, "lr": optimizer.param_groups[0]["lr"]})
+                        self.log_metrics({"loss": loss_mean, "lr": lr_at(config, self.step - 1, base_lr, total_steps,
+                                                                         warmup_steps)})
                     if last_micro:  # the epoch's end saves (and stops) below
                         continue
                     stopping = distributed.any_rank(stop.requested)
@@ -307,7 +308,7 @@ class Trainer:
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(self.config, self.step, base_lr, total, warmup)
+            group["lr"] = lr_at(self.config, self.step, base_lr, total, warmup) * group["lr_scale"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.step += 1

@@ -4,8 +4,17 @@ The renderer knows every object's pixels (``render_with_objects``), so masks are
 datasets ``world-seg`` (the five styles the backbones saw) and ``world-seg-<style>`` for each of the seven styles
 (same classes: a style-shift split, e.g. train on ``world-seg`` and evaluate on ``world-seg-sketch``).
 Scenes hold one object (small to large) or, half of the time, two or three small ones in distinct grid cells.
+
+``classes`` picks what a pixel's label names: ``shape`` (24 classes, the default) or ``colour`` (the object's
+paint, 8 classes). Shape is the hard task: at the world's 32 pixels an object covers a few 4-pixel patches and the
+two world towers' patch tokens barely tell 24 shapes apart from a few hundred images (benchmarks/results/
+segmentation_notes.md gives the figures); ``colour`` is the task on which methods separate at that scale. Both
+keep the exact object masks (a striped or dotted object's background-coloured pixels still belong to it, so the
+label needs more than the pixel's own colour).
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -18,8 +27,10 @@ from vlprompt.data.world.vocab import VOCAB
 from vlprompt.errors import ConfigError
 
 BACKGROUND = "background"
-CLASSNAMES = (BACKGROUND, *VOCAB.shapes)
-OPTIONS = ("train_images", "val_images", "test_images", "seed", "image_size")
+# What a labelled pixel names: the attribute of the object seen there, and that attribute's vocabulary.
+CLASS_ATTRIBUTES = {"shape": tuple(VOCAB.shapes), "colour": tuple(VOCAB.colours)}
+CLASSNAMES = (BACKGROUND, *CLASS_ATTRIBUTES["shape"])
+OPTIONS = ("train_images", "val_images", "test_images", "seed", "image_size", "classes")
 
 
 def _distribution(styles: tuple[str, ...]) -> SceneDistribution:
@@ -32,38 +43,53 @@ def world_seg_scene(name: str, styles: tuple[str, ...], split: str, index: int, 
 
 
 def world_seg_pair(name: str, styles: tuple[str, ...], split: str, index: int, seed: int,
-                   size: int) -> tuple[Image.Image, Image.Image]:
-    """The image and its label mask (0 background, 1 + shape index for an object) at ``size`` pixels."""
+                   size: int, classes: str = "shape") -> tuple[Image.Image, Image.Image]:
+    """The image and its label mask (0 background, 1 + the index of the object's ``classes`` attribute: its shape
+    or its colour) at ``size`` pixels."""
+    pixels, owner, objects = _rendered(name, styles, split, index, seed, size)
+    vocabulary = CLASS_ATTRIBUTES[classes]
+    classes = np.array([0] + [1 + vocabulary.index(getattr(obj, classes)) for obj in objects], dtype=np.uint8)
+    return Image.fromarray(pixels.copy()), Image.fromarray(classes[owner.astype(np.int64) + 1], mode="L")
+
+
+@lru_cache(maxsize=2048)
+def _rendered(name: str, styles: tuple[str, ...], split: str, index: int, seed: int, size: int):
+    """The rendered scene, kept per process: training reads every image once per epoch and rendering (~15 ms at
+    32 pixels) would otherwise cost more than the small towers' steps. ~4 KB per 32-pixel image; never mutated."""
     scene = world_seg_scene(name, styles, split, index, seed)
     pixels, owner = render_with_objects(scene, size)
-    classes = np.array([0] + [1 + VOCAB.shapes.index(obj.shape) for obj in scene.objects], dtype=np.uint8)
-    return Image.fromarray(pixels), Image.fromarray(classes[owner + 1], mode="L")
+    return pixels, owner.astype(np.int8), scene.objects
 
 
 class WorldSegLoader:
     """Source id ``"<split>/<index>"`` -> the image (``part="image"``) or its mask (``part="mask"``); picklable."""
 
-    def __init__(self, name: str, styles: tuple[str, ...], seed: int, size: int, part: str) -> None:
+    def __init__(self, name: str, styles: tuple[str, ...], seed: int, size: int, part: str,
+                 classes: str = "shape") -> None:
         self.name, self.styles, self.seed, self.size, self.part = name, styles, seed, size, part
+        self.classes = classes
 
     def __call__(self, source: str) -> Image.Image:
         split, index = source.rsplit("/", 1)
-        image, mask = world_seg_pair(self.name, self.styles, split, int(index), self.seed, self.size)
+        image, mask = world_seg_pair(self.name, self.styles, split, int(index), self.seed, self.size,
+                                     self.classes)
         return image if self.part == "image" else mask
 
 
-def _split(name: str, styles: tuple[str, ...], split: str, count: int, seed: int, size: int) -> SegmentationDataset:
+def _split(name: str, styles: tuple[str, ...], split: str, count: int, seed: int, size: int,
+           classes: str) -> SegmentationDataset:
     sources = [f"{split}/{i:06d}" for i in range(count)]
-    return SegmentationDataset(sources, sources, WorldSegLoader(name, styles, seed, size, "image"),
-                               WorldSegLoader(name, styles, seed, size, "mask"), name=f"world-{name}:{split}",
+    return SegmentationDataset(sources, sources, WorldSegLoader(name, styles, seed, size, "image", classes),
+                               WorldSegLoader(name, styles, seed, size, "mask", classes), name=f"world-{name}:{split}",
                                ids=[f"{name}/{s}" for s in sources])
 
 
 def load_world_segmentation(name: str = "seg", styles: tuple[str, ...] | None = None, train_images: int = 256,
                             val_images: int = 64, test_images: int = 256, seed: int = 0,
-                            image_size: int | None = None) -> TaskData:
+                            image_size: int | None = None, classes: str = "shape") -> TaskData:
     """A world segmentation task; the same (name, seed) always draws the same scenes, and growing a split keeps
-    its first images. Scenes of a style-shift split differ from ``world-seg``'s (seeded by the name)."""
+    its first images. Scenes of a style-shift split differ from ``world-seg``'s (seeded by the name); ``classes``
+    changes the labels, never the scenes."""
     styles = styles or VOCAB.seen_styles
     size = image_size or VOCAB.image_size
     for field_name, value in (("train_images", train_images), ("test_images", test_images)):
@@ -73,15 +99,19 @@ def load_world_segmentation(name: str = "seg", styles: tuple[str, ...] | None = 
         raise ConfigError(f"world segmentation val_images = {val_images} must be 0 (no val split) or more.")
     if size % 2 or size < 8:
         raise ConfigError(f"world segmentation image_size = {size} must be an even number of pixels, 8 or more.")
-    labels = SegmentationLabels(list(CLASSNAMES), ["a photo of a {}."])
+    if classes not in CLASS_ATTRIBUTES:
+        raise ConfigError(f"world segmentation classes = {classes!r}; choose one of {list(CLASS_ATTRIBUTES)} (what "
+                          "a labelled pixel names: the object's shape or its colour).")
+    labels = SegmentationLabels([BACKGROUND, *CLASS_ATTRIBUTES[classes]], ["a photo of a {}."])
     return TaskData(
         name=f"world-{name}",
         labels=labels,
-        train=_split(name, styles, "train", train_images, seed, size),
-        val=_split(name, styles, "val", val_images, seed, size) if val_images else None,
-        test=_split(name, styles, "test", test_images, seed, size),
-        meta={"world_seed": seed, "styles": list(styles), "task_type": "segmentation",
-              "description": "per-pixel shape class (24 shapes) or background"},
+        train=_split(name, styles, "train", train_images, seed, size, classes),
+        val=_split(name, styles, "val", val_images, seed, size, classes) if val_images else None,
+        test=_split(name, styles, "test", test_images, seed, size, classes),
+        meta={"world_seed": seed, "styles": list(styles), "task_type": "segmentation", "classes": classes,
+              "description": f"per-pixel object {classes} ({len(CLASS_ATTRIBUTES[classes])} classes) or "
+                             "background"},
     )
 
 
