@@ -97,6 +97,7 @@ def test_a_setr_head_overfits_eight_world_images():
     method = create_method("linear", create_backbone("world:mae"), task.labels,
                            head={"channels": 32, "aux_blocks": "none"})
     config = TrainConfig(epochs=200, batch_size=8, lr=1e-2, optimizer="adamw", weight_decay=1e-4, augment="none",
-                         num_workers=0, progress=False, val_every=1000, seed=0)
+                         scheduler="constant", warmup_epochs=0.0, num_workers=0, progress=False, val_every=1000,
+                         seed=0)
     Trainer(method, config).fit(task)
     assert scores(method, task.train)["mIoU"] >= 0.9

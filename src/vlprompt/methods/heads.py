@@ -23,7 +23,7 @@ from vlprompt.prompts.setr import SETR_KINDS, SetrHeadSpec, SetrUpHead, setr_aux
 
 HEAD_OPTION_HELP = (
     "segmentation head options (SegmentationHeadConfig: kind setr-pup|setr-naive, channels, num_convs, "
-    "kernel_size, up_scale, aux_blocks, aux_weight); only for segmentation tasks"
+    "kernel_size, up_scale, aux_blocks, aux_weight, lr_mult); only for segmentation tasks"
 )
 
 
