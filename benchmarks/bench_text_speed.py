@@ -47,7 +47,7 @@ def world_backbone() -> tuple[object, bool]:
     """The shipped world CLIP when its weights exist, else the same architecture with random weights."""
     from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
     from vlprompt.backbones.world import CLIP_DIR, build_world_clip, world_clip_tokenizer
-    from vlprompt.errors import VlpromptError
+    from vlprompt.core.errors import VlpromptError
 
     try:
         from vlprompt.backbones.registry import create_backbone

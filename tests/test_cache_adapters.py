@@ -191,7 +191,7 @@ def test_paper_presets_build_valid_configs():
 
     import yaml
 
-    from vlprompt.config_utils import build_config
+    from vlprompt.core.config import build_config
     from vlprompt.methods import METHODS, import_all
     from vlprompt.train import TrainConfig
 

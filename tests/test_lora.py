@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vlprompt.backbones import tiny
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.experiment import transfer_to_labels
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.lora import LoRADelta, LoRALinear, LoRAMultiheadAttention

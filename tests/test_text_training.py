@@ -14,8 +14,8 @@ import vlprompt.methods.mocoop
 import vlprompt.methods.prograd
 import vlprompt.methods.zeroshot  # noqa: F401
 from vlprompt.backbones.tiny import tiny_open_clip
+from vlprompt.core.errors import CheckpointError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
-from vlprompt.errors import CheckpointError
 from vlprompt.methods.base import create_method
 from vlprompt.train import TrainConfig, Trainer, evaluate, load_prompts, save_prompts
 from vlprompt.train.trainer import predict

@@ -23,11 +23,11 @@ _EXPORTS = {
     "load_prompts": "vlprompt.train",
     "RunConfig": "vlprompt.experiment",
     "run_experiment": "vlprompt.experiment",
-    "seed_everything": "vlprompt.seeding",
+    "seed_everything": "vlprompt.core.seeding",
     "load_results": "vlprompt.analysis.results",
     "save_pretrained": "vlprompt.artifacts.pretrained",
     "from_pretrained": "vlprompt.artifacts.pretrained",
-    "MultiTaskPredictor": "vlprompt.serving",
+    "MultiTaskPredictor": "vlprompt.serve.serving",
 }
 
 __all__ = [  # noqa: RUF022  (grouped as in _EXPORTS)

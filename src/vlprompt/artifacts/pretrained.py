@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.artifacts.card import write_model_card
+from vlprompt.artifacts.checkpoint import load_prompts, read_prompt_meta, save_prompts, stored_backbone
 from vlprompt.artifacts.files import CONFIG_NAME
-from vlprompt.errors import CheckpointError, VlpromptError
-from vlprompt.io_utils import read_json
-from vlprompt.train.checkpoint import load_prompts, read_prompt_meta, save_prompts, stored_backbone
+from vlprompt.core.errors import CheckpointError, VlpromptError
+from vlprompt.core.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def from_pretrained(path: str | Path, backbone: Any = None, classnames: Sequence
     method.pretrained_config = meta
     method.eval()
     if device is not None:
-        from vlprompt.distributed import resolve_device
+        from vlprompt.core.distributed import resolve_device
 
         method.to(resolve_device(device))
     log.info("loaded %s from %s (%s)", meta["method"], folder, CONFIG_NAME)

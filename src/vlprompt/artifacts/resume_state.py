@@ -21,8 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vlprompt.errors import CheckpointError
-from vlprompt.io_utils import atomic_write
+from vlprompt.core.errors import CheckpointError
+from vlprompt.core.io import atomic_write
 
 FORMAT = "vlprompt-resume"
 FORMAT_VERSION = 1

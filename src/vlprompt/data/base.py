@@ -8,7 +8,7 @@ from typing import ClassVar
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 CLASSNAME_CLEANINGS = ("underscores", "none")
 

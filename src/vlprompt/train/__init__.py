@@ -1,6 +1,6 @@
 """The single training loop and its configuration."""
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
 from vlprompt.train.callbacks import Callback, TensorBoardCallback
-from vlprompt.train.checkpoint import load_prompts, save_prompts
 from vlprompt.train.config import TrainConfig
 from vlprompt.train.trainer import FitResult, Trainer, evaluate, predict
 

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from vlprompt import __version__
 from vlprompt.artifacts.files import CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, LEGACY_META_NAME, WEIGHTS_NAME
-from vlprompt.errors import CheckpointError
-from vlprompt.io_utils import atomic_write, atomic_write_json, read_json
+from vlprompt.core.errors import CheckpointError
+from vlprompt.core.io import atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError
-from vlprompt.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_json
+from vlprompt.core.errors import VlpromptError
+from vlprompt.core.io import append_jsonl, atomic_write_json, atomic_write_text, read_json
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
