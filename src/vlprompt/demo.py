@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from vlprompt.analysis.markdown import format_table
-from vlprompt.artifacts.run_dir import RESULTS_NAME
+from vlprompt.artifacts.files import RESULTS_NAME
 from vlprompt.core.errors import VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text, check_writable_dir
 from vlprompt.experiment import RunConfig, run_experiment

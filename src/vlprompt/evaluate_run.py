@@ -5,7 +5,8 @@ import dataclasses
 from pathlib import Path
 
 from vlprompt.artifacts.checkpoint import load_prompts
-from vlprompt.artifacts.run_dir import CONFIG_NAME, RunDir
+from vlprompt.artifacts.files import CONFIG_NAME
+from vlprompt.artifacts.run_dir import RunDir
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.core.errors import VlpromptError
 from vlprompt.data.fewshot import base_new_split

@@ -22,7 +22,8 @@ import torch
 
 from vlprompt.analysis.nmi import NMICallback, NMIOptions
 from vlprompt.artifacts.card import write_model_card
-from vlprompt.artifacts.run_dir import LOCK_NAME, RunDir, config_document, fingerprint_fields, mismatch_error
+from vlprompt.artifacts.files import LOCK_NAME
+from vlprompt.artifacts.run_dir import RunDir, config_document, fingerprint_fields, mismatch_error
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.core import distributed
 from vlprompt.core.config import ValidatedConfig, build_config, option

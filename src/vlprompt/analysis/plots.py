@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from vlprompt.artifacts.run_dir import METRICS_NAME
+from vlprompt.artifacts.files import METRICS_NAME
 from vlprompt.core.errors import missing_extra
 
 try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlprompt.artifacts.run_dir import CONFIG_NAME, RESULTS_NAME, SPEC_NAME
+from vlprompt.artifacts.files import CONFIG_NAME, RESULTS_NAME, SPEC_NAME
 from vlprompt.core.errors import VlpromptError
 from vlprompt.core.io import read_json
 
