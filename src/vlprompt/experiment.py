@@ -2,7 +2,7 @@
 
 The CLI, the demo and sweeps all go through ``run_experiment``; it saves the resolved config, the library
 version and the backbone id beside every result, so each number in a table traces to its run folder. The run
-folder's rules (run_dir.py): the same config resumes an unfinished run and leaves a finished one as it is; another
+folder's rules (artifacts/run_dir.py): the same config resumes an unfinished run and leaves a finished one as it is; another
 config is refused unless ``restart`` (unfinished) or ``overwrite`` (finished; replaced only once the new run has
 finished); one process at a time trains a folder.
 """

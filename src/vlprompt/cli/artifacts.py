@@ -1,5 +1,5 @@
 """The command line's artifact commands: predict, export and serve-batch, what a user does with a trained prompt
-folder (part of the CLI layer; cli.py adds them to its parser)."""
+folder (part of the CLI layer; cli/parser.py adds them to its parser)."""
 from __future__ import annotations
 
 from vlprompt.core.errors import ConfigError

@@ -114,7 +114,7 @@ def _read(path: Path, key: str) -> torch.Tensor | None:
 
 
 def _write(path: Path, features: torch.Tensor, key: str) -> None:
-    """Atomic (io_utils.atomic_write): a reader sees no cache file or a complete one with its checksum."""
+    """Atomic (core/io.py atomic_write): a reader sees no cache file or a complete one with its checksum."""
     metadata = {"key": key, "checksum": _checksum(features)}
     atomic_write(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp), metadata=metadata))
 
