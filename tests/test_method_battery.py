@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from vlprompt.artifacts.checkpoint import load_prompts
 from vlprompt.artifacts.run_dir import RunDir
 from vlprompt.backbones.tiny import tiny_open_clip
 from vlprompt.core.errors import CheckpointError
@@ -21,7 +22,7 @@ from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.methods import list_methods
 from vlprompt.methods.base import create_method
 from vlprompt.serve.export import classifier_head
-from vlprompt.train import TrainConfig, Trainer, load_prompts
+from vlprompt.train import TrainConfig, Trainer
 from vlprompt.train.trainer import predict
 
 CLASSES = ["red circle", "green square", "blue triangle"]

@@ -399,8 +399,9 @@ def test_python_api_writes_the_folder_the_cli_evaluates(tmp_path, capsys):
     from vlprompt.cli import main
     from vlprompt.data.fewshot import few_shot_task
     from vlprompt.data.registry import load_dataset
+    from vlprompt.eval.tasks import evaluate
     from vlprompt.methods import create_method
-    from vlprompt.train import TrainConfig, Trainer, evaluate
+    from vlprompt.train import TrainConfig, Trainer
 
     task = load_dataset("world-object", **SMALL)
     method = create_method("linear", create_backbone("world:mae"), task.labels)

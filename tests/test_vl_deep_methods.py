@@ -12,14 +12,16 @@ from optional_extras import needs_transformers  # pytest puts tests/ on sys.path
 from PIL import Image
 from safetensors.torch import load_file
 
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
 from vlprompt.backbones.tiny import tiny_hf_clip, tiny_open_clip
 from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
+from vlprompt.eval.tasks import evaluate
 from vlprompt.losses import gaussian_epoch_weights, logit_kl_per_entry
 from vlprompt.methods import create_method, list_methods
 from vlprompt.methods.promptsrc import official_templates
 from vlprompt.prompts.text import encode_texts
-from vlprompt.train import TrainConfig, Trainer, evaluate, load_prompts, save_prompts
+from vlprompt.train import TrainConfig, Trainer
 
 CLASSES = ["circle", "square", "triangle"]
 
