@@ -9,16 +9,16 @@ import torch
 
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.backbones.tiny import tiny_timm_vit
+from vlprompt.core.errors import CheckpointError, ConfigError
 from vlprompt.data.registry import load_dataset
 from vlprompt.data.world.segmentation import world_seg_pair, world_seg_scene
 from vlprompt.data.world.vocab import VOCAB
-from vlprompt.errors import CheckpointError, ConfigError
-from vlprompt.export import classifier_head
+from vlprompt.eval.tasks import scores
 from vlprompt.methods import create_method
-from vlprompt.serving import MultiTaskPredictor
+from vlprompt.serve.export import classifier_head
+from vlprompt.serve.serving import MultiTaskPredictor
 from vlprompt.train import TrainConfig, Trainer
 from vlprompt.train.schedule import build_optimizer
-from vlprompt.train.tasks import scores
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from vlprompt.errors import CheckpointError, VlpromptError
-from vlprompt.inference import image_batches, topk_records
-from vlprompt.mask_outputs import refuse_segmentation
+from vlprompt.core.errors import CheckpointError, VlpromptError
+from vlprompt.eval.inference import image_batches, topk_records
+from vlprompt.eval.mask_outputs import refuse_segmentation
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class MultiTaskPredictor:
         self.backbone = backbone
         self.kinds = {name: _kind(m) for name, m in self.methods.items()}
         if device:
-            from vlprompt.distributed import resolve_device
+            from vlprompt.core.distributed import resolve_device
 
             self.device = resolve_device(device)
         else:

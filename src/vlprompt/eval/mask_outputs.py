@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlprompt.errors import CheckpointError, DataError
-from vlprompt.io_utils import atomic_write
+from vlprompt.core.errors import CheckpointError, DataError
+from vlprompt.core.io import atomic_write
 
 MASK_SUFFIX = ".mask.png"
 OVERLAY_SUFFIX = ".overlay.png"
@@ -40,7 +40,7 @@ def refuse_segmentation(method, command: str, where: str) -> None:
         f"{where} is a segmentation run ('{method.method_name}'); {_REFUSALS[command]}. Its run folder is already "
         "the deployable artifact: write masks with 'vlprompt predict RUN_FOLDER IMAGES --output OUT_DIR' (a "
         "class-index PNG and a colour overlay per image, --inference slide for sliding windows), or in Python "
-        "vlprompt.from_pretrained(RUN_FOLDER) with vlprompt.train.segment_predict.predict_masks."
+        "vlprompt.from_pretrained(RUN_FOLDER) with vlprompt.eval.segment_predict.predict_masks."
     )
 
 
@@ -78,7 +78,7 @@ def write_mask_predictions(method, inputs: Sequence[Path], out_dir: str | Path |
                            device: str = "cpu") -> list[dict]:
     """Predict a mask per image and write its mask and overlay PNGs; returns one record per image (paths and the
     share of pixels of each predicted class)."""
-    from vlprompt.train.segment_predict import predict_masks
+    from vlprompt.eval.segment_predict import predict_masks
 
     labels = method.labels
     out = Path(out_dir) if out_dir is not None else None
