@@ -60,7 +60,7 @@ def test_segmentation_head_trains_at_setrs_multiplier_beside_tower_weights(task)
         (1.0, 1e-3, len(params) - len(head)), (10.0, pytest.approx(1e-2), len(head))]
 
 
-def test_the_trainer_steps_each_group_at_the_scheduled_lr_times_its_scale(task):
+def test_the_trainer_steps_each_group_at_the_scheduled_lr_times_its_scale(task, monkeypatch):
     torch.manual_seed(0)
     method = create_method("finetune", tiny_timm_vit(), task.labels, head={"channels": 8, "lr_mult": 4.0})
     seen: list[tuple[float, float]] = []
@@ -70,13 +70,10 @@ def test_the_trainer_steps_each_group_at_the_scheduled_lr_times_its_scale(task):
         seen.append(tuple(g["lr"] for g in self.param_groups))
         return step(self, *args, **kwargs)
 
-    torch.optim.AdamW.step = recording_step
-    try:
-        config = TrainConfig(epochs=1, batch_size=2, lr=1e-3, optimizer="adamw", scheduler="constant",
-                             warmup_epochs=0.0, num_workers=0, progress=False, augment="none")
-        Trainer(method, config).fit(task)
-    finally:
-        torch.optim.AdamW.step = step
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    config = TrainConfig(epochs=1, batch_size=2, lr=1e-3, optimizer="adamw", scheduler="constant",
+                         warmup_epochs=0.0, num_workers=0, progress=False, augment="none")
+    Trainer(method, config).fit(task)
     assert seen == [(1e-3, 4e-3), (1e-3, 4e-3)]
 
 
