@@ -15,7 +15,9 @@ from pathlib import Path
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.formats.checks import structural_problems
 from vlprompt.data.formats.images import ImageLoader
-from vlprompt.data.formats.parsed import ERROR, ParsedDataset, Problem, Sample
+from vlprompt.data.formats.parsed import ParsedDataset, Sample
+from vlprompt.data.formats.problems import ERROR, Problem
+from vlprompt.data.formats.splits import required_roles
 from vlprompt.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
         Problem(str(parsed.class_source or parsed.root), None,
                 f"no {role} split was found" + (f" ({parsed.roles[role]})" if role in parsed.roles else ""),
                 "missing")
-        for role in (("test",) if parsed.test_only else ("train", "test"))
+        for role in required_roles(parsed.test_only)
         if role not in parsed.roles or parsed.roles[role] not in parsed.splits
     ]
     already_refused = any(p.severity == ERROR for p in parsed.problems)

@@ -17,20 +17,22 @@ from pathlib import Path
 from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
+    ROLES,
     ParsedDataset,
     Problem,
     Sample,
     SplitData,
     labels_in_range,
+    names_by_label,
     normalise_relpath,
     parse_int,
     read_classnames_file,
+    read_text,
     resolve_option_path,
     seeded_split,
 )
 from vlprompt.errors import ConfigError, DataError
 
-SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -78,15 +80,8 @@ class _Row:
 
 def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[_Row], bool]:
     """Rows of one CSV and whether it has a split column."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        problems.append(
-            Problem(str(path), None, f"cannot read the file ({error.strerror or error})", "missing")
-        )
-        return [], False
-    except UnicodeDecodeError:
-        problems.append(Problem(str(path), None, "the file is not UTF-8 text; save it as UTF-8", "format"))
+    text = read_text(path, problems)
+    if text is None:
         return [], False
     rows: list[_Row] = []
     columns = {"path": 0, "label": 1, "split": None}
@@ -153,7 +148,7 @@ def _locate_files(root: Path, options: CsvOptions) -> tuple[Path, dict[str, Path
         if not single.is_file():
             raise DataError(f"csv: file '{single}' does not exist. Expected {LAYOUT}.")
         return root, single
-    per_split = {split: root / f"{split}.csv" for split in SPLITS if (root / f"{split}.csv").is_file()}
+    per_split = {split: root / f"{split}.csv" for split in ROLES if (root / f"{split}.csv").is_file()}
     if per_split:
         return root, per_split
     candidates = sorted(root.glob("*.csv")) if root.is_dir() else []
@@ -178,7 +173,7 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
         files = dict(located)
     else:
         rows, has_split = _read_csv(located, problems)
-        files = {split: located for split in SPLITS}
+        files = {split: located for split in ROLES}
         if has_split:
             for row in rows:
                 split = SPLIT_NAMES.get((row.split or "").lower())
@@ -205,9 +200,7 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
             "val_fraction": options.val_fraction,
             "test_fraction": options.test_fraction,
         }
-    splits = {
-        split: SplitData(labelled.get(split, []), files.get(split)) for split in SPLITS if split in labelled
-    }
+    splits = {split: SplitData(labelled[split], files.get(split)) for split in ROLES if split in labelled}
     parsed = ParsedDataset(
         name=f"csv:{folder.name}",
         format="csv",
@@ -215,7 +208,6 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
         image_root=image_root,
         classnames=classnames,
         splits=splits,
-        roles={split: split for split in SPLITS if split in splits or split != "val"},
         templates=[options.template or DEFAULT_TEMPLATE],
         problems=problems,
         meta=meta,
@@ -238,10 +230,10 @@ def _label_rows(
     integers = sum(parse_int(row.label) is not None for row in all_rows)
     integer_mode = integers * 2 >= len(all_rows) if all_rows else True
     if integer_mode and names:
-        classnames = [names.get(i, (f"class_{i}", 0))[0] for i in range(max(names) + 1)]
+        classnames = names_by_label(names)
     elif integer_mode:
         found = [value for row in all_rows if (value := parse_int(row.label)) is not None]
-        classnames = [f"class_{i}" for i in range(max(found) + 1)] if found else []
+        classnames = names_by_label({}, max(found) + 1 if found else 0)
     elif names:
         classnames = [names[i][0] for i in sorted(names)]
     else:

@@ -15,21 +15,22 @@ from pathlib import Path
 
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
-    ERROR,
+    ROLES,
     WARNING,
     ParsedDataset,
     Problem,
     Sample,
     SplitData,
+    absence_severity,
     load_json_document,
     normalise_relpath,
     parse_int,
+    placeholder_name,
     read_classnames_file,
     resolve_option_path,
 )
 from vlprompt.errors import DataError
 
-SPLITS = ("train", "val", "test")
 IMAGE_DIRS = ("images", "Images", "")
 CLASSNAME_FILES = ("classnames.txt", "classes.txt", "classnames.json")
 LAYOUT = "<root>/{train,val,test}.json, each {relative_image_path: class_id}, images under <root>/images/ or <root>/"
@@ -52,16 +53,17 @@ def clean_classname(name: str) -> str:
 
 
 def parse_fgvc(root: Path, options: FgvcOptions) -> ParsedDataset:
-    if not any((root / f"{split}.json").is_file() for split in SPLITS):
+    if not any((root / f"{split}.json").is_file() for split in ROLES):
         raise DataError(f"fgvc: '{root}' holds none of train.json, val.json, test.json. Expected {LAYOUT}.")
     problems: list[Problem] = []
     raw: dict[str, list[tuple[str, object, int | None]]] = {}
     files: dict[str, Path] = {}
-    for split in SPLITS:
+    for split in ROLES:
         split_file = root / f"{split}.json"
         if not split_file.is_file():
-            severity = WARNING if split == "val" else ERROR
-            problems.append(Problem(str(split_file), None, f"{split}.json is missing", "missing", severity))
+            problems.append(
+                Problem(str(split_file), None, f"{split}.json is missing", "missing", absence_severity(split))
+            )
             continue
         document = load_json_document(split_file, problems, depth=1)
         if document is None:
@@ -120,7 +122,6 @@ def parse_fgvc(root: Path, options: FgvcOptions) -> ParsedDataset:
         image_root=image_root,
         classnames=classnames,
         splits=splits,
-        roles={split: split for split in SPLITS if split in splits or split != "val"},
         templates=[options.template or DEFAULT_TEMPLATE],
         problems=problems,
         meta={"class_ids": train_ids},
@@ -143,7 +144,7 @@ def _image_root(root: Path, image_dir: str | None, splits: dict[str, SplitData])
 def _classnames(
     root: Path, option: str | None, train_ids: list[int], problems: list[Problem]
 ) -> tuple[list[str], Path | None]:
-    default = [f"class_{class_id}" for class_id in train_ids]
+    default = [placeholder_name(class_id) for class_id in train_ids]
     if option is not None:
         source = resolve_option_path(option, root)
     else:

@@ -13,6 +13,7 @@ from pathlib import Path
 from vlprompt.config_utils import ValidatedConfig, option
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
+    ROLES,
     WARNING,
     ParsedDataset,
     Problem,
@@ -25,7 +26,6 @@ from vlprompt.data.formats.common import (
 )
 from vlprompt.errors import ConfigError, DataError
 
-SPLITS = ("train", "val", "test")
 LAYOUT = "<root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg (val/ optional), or <root>/<class>/*.jpg"
 
 
@@ -66,7 +66,7 @@ def _parse_split_folders(root: Path, options: ImageFolderOptions) -> ParsedDatas
     classes = [folder.name for folder in list_subfolders(root / "train")]
     label_of = {name: label for label, name in enumerate(classes)}
     splits: dict[str, SplitData] = {}
-    for split in SPLITS:
+    for split in ROLES:
         split_dir = root / split
         if not split_dir.is_dir():
             if split == "test":
@@ -84,7 +84,7 @@ def _parse_split_folders(root: Path, options: ImageFolderOptions) -> ParsedDatas
             f"class folder '{{name}}' in {split}/ has no folder of that name in train/",
         )
         splits[split] = SplitData(samples)
-    for split in (s for s in SPLITS if (root / s).is_dir()):
+    for split in (s for s in ROLES if (root / s).is_dir()):
         stray = list_images(root / split)
         if stray:
             problems.append(
@@ -103,7 +103,6 @@ def _parse_split_folders(root: Path, options: ImageFolderOptions) -> ParsedDatas
         image_root=root,
         classnames=classes,
         splits=splits,
-        roles={split: split for split in SPLITS if split in splits or split == "test"},
         templates=[options.template or DEFAULT_TEMPLATE],
         problems=problems,
         class_source=root / "train",
@@ -132,7 +131,6 @@ def _parse_flat(root: Path, options: ImageFolderOptions) -> ParsedDataset:
         image_root=root,
         classnames=classes,
         splits=splits,
-        roles={split: split for split in splits},
         templates=[options.template or DEFAULT_TEMPLATE],
         problems=[],
         meta=meta,

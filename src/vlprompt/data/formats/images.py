@@ -8,7 +8,8 @@ from pathlib import Path
 from PIL import Image
 
 from vlprompt.data.formats.containment import ImageFolderBounds
-from vlprompt.data.formats.parsed import ERROR, IMAGE_SUFFIXES, Problem, Sample
+from vlprompt.data.formats.parsed import IMAGE_SUFFIXES, Sample
+from vlprompt.data.formats.problems import ERROR, Problem
 from vlprompt.errors import DataError
 
 
