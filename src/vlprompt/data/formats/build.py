@@ -1,5 +1,6 @@
-"""From a parsed dataset to a TaskData: refusing one with errors, split checksums, seeded splits of one pool, and
-the small helpers formats share (option paths, packaged JSON tables)."""
+"""From a parsed dataset to a TaskData: its root, refusing one with errors (and the check command that lists them),
+split checksums, seeded splits of one pool, and the small helpers formats share (option paths, packaged JSON
+tables)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import json
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.formats.checks import structural_problems
@@ -21,6 +23,23 @@ from vlprompt.data.formats.splits import required_roles
 from vlprompt.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+def dataset_root(name: str, root: str | Path | None, layout: str, folder_only: bool = False) -> Path:
+    """The resolved root of dataset ``name``, or a DataError naming the layout it expects. A CSV dataset's root
+    may be the CSV itself; ``folder_only`` formats need a folder."""
+    if root is None or str(root) == "":
+        raise DataError(f"Dataset '{name}' is read from disk: give its root folder. Expected {layout}.")
+    path = Path(root).expanduser().resolve()
+    if not (path.is_dir() if folder_only else path.exists()):
+        raise DataError(f"Dataset root '{path}' does not exist. Dataset '{name}' expects {layout}.")
+    return path
+
+
+def check_command(name: str, root: str | Path | None, options: Mapping[str, Any]) -> str:
+    """The `vlprompt data check` line a refusal suggests, with the options the dataset was loaded with."""
+    extra = "".join(f" {key}={value}" for key, value in options.items())
+    return f"vlprompt data check {name} {root}{extra}"
+
 
 def split_checksum(sources: Sequence[str], labels: Sequence[int]) -> str:
     """SHA-256 over (relative path, label) in split order: a few-shot index file records it to detect a changed split."""

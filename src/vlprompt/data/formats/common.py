@@ -13,6 +13,8 @@ from __future__ import annotations
 from vlprompt.data.base import DEFAULT_TEMPLATE
 from vlprompt.data.formats.build import (
     build_task,
+    check_command,
+    dataset_root,
     packaged_table,
     refuse_errors,
     resolve_option_path,
@@ -54,6 +56,8 @@ __all__ = [
     "SplitData",
     "absence_severity",
     "build_task",
+    "check_command",
+    "dataset_root",
     "display_path",
     "file_problems",
     "labels_in_range",
