@@ -1,14 +1,11 @@
 """From a parsed dataset to a TaskData: its root, refusing one with errors (and the check command that lists them),
-split checksums, seeded splits of one pool, and the small helpers formats share (option paths, packaged JSON
-tables)."""
+split checksums, and the small helpers formats share (option paths, packaged JSON tables)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import random
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -17,7 +14,7 @@ from typing import Any
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.formats.checks import structural_problems
 from vlprompt.data.formats.images import ImageLoader
-from vlprompt.data.formats.parsed import ParsedDataset, Sample
+from vlprompt.data.formats.parsed import ParsedDataset
 from vlprompt.data.formats.problems import ERROR, Problem
 from vlprompt.data.formats.splits import required_roles
 from vlprompt.errors import DataError
@@ -121,32 +118,6 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
         val=datasets.get("val"),
         meta=meta,
     )
-
-
-def seeded_split(
-    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, list[Sample]]:
-    """Split one pool per class into train/val/test, reproducibly from ``seed``.
-
-    Each class is sorted by path, shuffled with its own RNG seeded by (seed, label), and cut into
-    round(n*test_fraction) test and round(n*val_fraction) val images; at least one image always stays in train.
-    """
-    by_class: dict[int, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        by_class[sample.label].append(sample)
-    out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    for label in sorted(by_class):
-        pool = sorted(by_class[label], key=lambda s: s.path)
-        random.Random(f"{seed}:{label}").shuffle(pool)
-        n = len(pool)
-        n_test = min(round(n * test_fraction), n - 1)
-        n_val = min(round(n * val_fraction), n - 1 - n_test)
-        out["test"] += pool[:n_test]
-        out["val"] += pool[n_test : n_test + n_val]
-        out["train"] += pool[n_test + n_val :]
-    for samples_of_split in out.values():
-        samples_of_split.sort(key=lambda s: (s.label, s.path))
-    return out
 
 
 def resolve_option_path(value: str, base: Path) -> Path:

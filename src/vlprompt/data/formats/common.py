@@ -18,7 +18,6 @@ from vlprompt.data.formats.build import (
     packaged_table,
     refuse_errors,
     resolve_option_path,
-    seeded_split,
     split_checksum,
 )
 from vlprompt.data.formats.checks import file_problems, labels_in_range, structural_problems
@@ -40,6 +39,7 @@ from vlprompt.data.formats.reading import (
     read_text,
     read_text_lines,
 )
+from vlprompt.data.formats.seeded import SeededSplitOptions, seeded_split, split_pool
 from vlprompt.data.formats.splits import ROLES, absence_severity, required_roles, roles_of
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "ParsedDataset",
     "Problem",
     "Sample",
+    "SeededSplitOptions",
     "SplitData",
     "absence_severity",
     "build_task",
@@ -80,6 +81,7 @@ __all__ = [
     "scan_class_folders",
     "seeded_split",
     "split_checksum",
+    "split_pool",
     "structural_problems",
     "unique_lines",
 ]

@@ -26,6 +26,7 @@ from vlprompt.data.formats.common import (
     packaged_table,
     parse_list_file,
     read_text_lines,
+    resolve_option_path,
     scan_class_folders,
     unique_lines,
 )
@@ -130,8 +131,7 @@ def parse_coop(root: Path, options: CoopOptions) -> ParsedDataset:
 def _own_split_file(root: Path, options: CoopOptions) -> Path:
     """The split file of plain ``coop``: the option, else the only split_zhou_*.json in root or one folder down."""
     if options.split_file is not None:
-        path = Path(options.split_file).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = resolve_option_path(options.split_file, root)
         if not path.is_file():
             raise DataError(f"coop: split file '{path}' does not exist. Expected {OWN_LAYOUT}.")
         return path

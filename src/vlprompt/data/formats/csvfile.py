@@ -14,13 +14,14 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.config_utils import option
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ROLES,
     ParsedDataset,
     Problem,
     Sample,
+    SeededSplitOptions,
     SplitData,
     labels_in_range,
     names_by_label,
@@ -29,9 +30,9 @@ from vlprompt.data.formats.common import (
     read_classnames_file,
     read_text,
     resolve_option_path,
-    seeded_split,
+    split_pool,
 )
-from vlprompt.errors import ConfigError, DataError
+from vlprompt.errors import DataError
 
 SPLIT_NAMES = {
     "train": "train",
@@ -47,7 +48,7 @@ LAYOUT = "<root>/train.csv and <root>/test.csv (val.csv optional), or one CSV wi
 
 
 @dataclass
-class CsvOptions(ValidatedConfig):
+class CsvOptions(SeededSplitOptions):
     """file: a single CSV (relative to root); image_root: folder the paths are relative to; classnames: a
     class-name file; fractions and seed split a single CSV that has no split column."""
 
@@ -56,17 +57,7 @@ class CsvOptions(ValidatedConfig):
     file: str | None = option(None, help="a single CSV listing every split (relative to root)")
     image_root: str | None = option(None, help="folder the image paths are relative to (default: the CSV's folder)")
     classnames: str | None = option(None, help="a class-name file, one name per line (integer labels index it)")
-    val_fraction: float = option(0.1, help="share of a split-less CSV held out for validation", range=(0.0, 1.0))
-    test_fraction: float = option(0.2, help="share of a split-less CSV held out for testing", range=(0.0, 1.0))
-    seed: int = option(0, help="seed of the split of a CSV without a split column")
     template: str | None = option(None, help="the hand-crafted prompt template with {} for the class name")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ConfigError(
-                "csv: val_fraction + test_fraction must stay below 1 so that training keeps images."
-            )
 
 
 @dataclass
@@ -182,7 +173,7 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
                         Problem(
                             str(located),
                             row.line,
-                            f"split {row.split!r} is not one of train, val, test",
+                            f"split {row.split!r} is not one of {', '.join(ROLES)}",
                             "format",
                         )
                     )
@@ -193,13 +184,7 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
     image_root = resolve_option_path(options.image_root, folder) if options.image_root else folder
     classnames, labelled, class_source = _label_rows(folder, options, rows_by_split, problems)
     if "all" in labelled:
-        parts = seeded_split(labelled.pop("all"), options.val_fraction, options.test_fraction, options.seed)
-        labelled = {split: samples for split, samples in parts.items() if samples or split != "val"}
-        meta["seeded_split"] = {
-            "seed": options.seed,
-            "val_fraction": options.val_fraction,
-            "test_fraction": options.test_fraction,
-        }
+        labelled, meta["seeded_split"] = split_pool(labelled.pop("all"), options)
     splits = {split: SplitData(labelled[split], files.get(split)) for split in ROLES if split in labelled}
     parsed = ParsedDataset(
         name=f"csv:{folder.name}",

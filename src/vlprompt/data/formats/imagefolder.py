@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.config_utils import option
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ROLES,
@@ -18,35 +18,25 @@ from vlprompt.data.formats.common import (
     ParsedDataset,
     Problem,
     Sample,
+    SeededSplitOptions,
     SplitData,
     list_images,
     list_subfolders,
     scan_class_folders,
-    seeded_split,
+    split_pool,
 )
-from vlprompt.errors import ConfigError, DataError
+from vlprompt.errors import DataError
 
 LAYOUT = "<root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg (val/ optional), or <root>/<class>/*.jpg"
 
 
 @dataclass
-class ImageFolderOptions(ValidatedConfig):
+class ImageFolderOptions(SeededSplitOptions):
     """Fractions and seed apply only to the flat layout (no split folders)."""
 
     config_name = "imagefolder"
 
-    val_fraction: float = option(0.1, help="share of a flat layout held out for validation", range=(0.0, 1.0))
-    test_fraction: float = option(0.2, help="share of a flat layout held out for testing", range=(0.0, 1.0))
-    seed: int = option(0, help="seed of the split of a flat layout")
     template: str | None = option(None, help="the hand-crafted prompt template with {} for the class name")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ConfigError(
-                "imagefolder: val_fraction + test_fraction must stay below 1 so that training keeps images; "
-                f"got {self.val_fraction} + {self.test_fraction}."
-            )
 
 
 def parse_imagefolder(root: Path, options: ImageFolderOptions) -> ParsedDataset:
@@ -113,17 +103,10 @@ def _parse_split_folders(root: Path, options: ImageFolderOptions) -> ParsedDatas
 def _parse_flat(root: Path, options: ImageFolderOptions) -> ParsedDataset:
     classes = [folder.name for folder in list_subfolders(root)]
     pool = [s for label, name in enumerate(classes) for s in _class_samples(root / name, f"{name}/", label)]
-    parts = seeded_split(pool, options.val_fraction, options.test_fraction, options.seed)
-    meta = {
-        "seeded_split": {
-            "seed": options.seed,
-            "val_fraction": options.val_fraction,
-            "test_fraction": options.test_fraction,
-            "rule": "per class: sort by path, shuffle with Random(f'{seed}:{label}'), "
-            "first round(n*test_fraction) -> test, next round(n*val_fraction) -> val, rest -> train",
-        }
-    }
-    splits = {split: SplitData(samples) for split, samples in parts.items() if samples or split != "val"}
+    parts, record = split_pool(pool, options)
+    record["rule"] = ("per class: sort by path, shuffle with Random(f'{seed}:{label}'), "
+                      "first round(n*test_fraction) -> test, next round(n*val_fraction) -> val, rest -> train")
+    splits = {split: SplitData(samples) for split, samples in parts.items()}
     return ParsedDataset(
         name=f"imagefolder:{root.name}",
         format="imagefolder-flat",
@@ -133,7 +116,7 @@ def _parse_flat(root: Path, options: ImageFolderOptions) -> ParsedDataset:
         splits=splits,
         templates=[options.template or DEFAULT_TEMPLATE],
         problems=[],
-        meta=meta,
+        meta={"seeded_split": record},
         class_source=root,
         class_locations={label: (str(root / name), None) for label, name in enumerate(classes)},
     )
