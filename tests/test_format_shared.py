@@ -1,5 +1,5 @@
 """The pieces every on-disk format shares (data/formats/): split roles, reading text, list files, class lists,
-dataset roots. Each is written once, so its exact behaviour is pinned here rather than per format."""
+dataset roots, the seeded split. Each is written once, so its exact behaviour is pinned here rather than per format."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ from vlprompt.data.formats.common import (
     read_text_lines,
     required_roles,
     roles_of,
+    split_pool,
     unique_lines,
 )
-from vlprompt.errors import DataError
+from vlprompt.data.formats.csvfile import CsvOptions
+from vlprompt.data.formats.imagefolder import ImageFolderOptions
+from vlprompt.errors import ConfigError, DataError
 
 
 def test_split_roles_required_optional_and_severity():
@@ -157,3 +160,28 @@ def test_dataset_root_and_check_command(tmp_path):
         dataset_root("csv", str(missing), "L")
     assert check_command("vtab:dtd", "/data/vtab", {"split": "final", "seed": 3}) == (
         "vlprompt data check vtab:dtd /data/vtab split=final seed=3")
+
+
+def test_split_pool_is_reproducible_drops_an_empty_val_and_records_the_draw():
+    pool = [Sample(f"{c}/{i}.jpg", label) for label, c in enumerate("ab") for i in range(4)]
+    options = ImageFolderOptions(val_fraction=0.25, test_fraction=0.25, seed=1)
+    splits, record = split_pool(pool, options)
+    assert {role: [s.path for s in samples] for role, samples in splits.items()} == {
+        "train": ["a/1.jpg", "a/3.jpg", "b/1.jpg", "b/3.jpg"],
+        "val": ["a/2.jpg", "b/0.jpg"],
+        "test": ["a/0.jpg", "b/2.jpg"],
+    }
+    assert record == {"seed": 1, "val_fraction": 0.25, "test_fraction": 0.25}
+    # Two images of one class: round(0.5) == 0 of each held out; the empty val is left out, test stays (required).
+    splits, _ = split_pool(pool[:2], options)
+    assert {role: [s.path for s in samples] for role, samples in splits.items()} == {
+        "train": ["a/0.jpg", "a/1.jpg"], "test": []}
+
+
+@pytest.mark.parametrize("options", [CsvOptions, ImageFolderOptions])
+def test_seeded_split_fractions_must_leave_training_images(options):
+    with pytest.raises(ConfigError) as refused:
+        options(val_fraction=0.5, test_fraction=0.5)
+    assert str(refused.value) == (
+        f"{options.config_name}: val_fraction + test_fraction must stay below 1 so that training keeps images; "
+        "got 0.5 + 0.5.")
