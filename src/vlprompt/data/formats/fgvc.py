@@ -46,7 +46,7 @@ class FgvcOptions:
     template: str | None = None
 
 
-def clean_classname(name: str) -> str:
+def strip_index_prefix(name: str) -> str:
     """'001.Black_footed_Albatross' -> 'Black_footed_Albatross': CUB's index prefix is not part of the name.
     Underscores become spaces in LabelSpace, as for every format."""
     return re.sub(r"^\d+\.", "", name).strip()
@@ -163,5 +163,5 @@ def _classnames(
             )
             out.append(default[label])
         else:
-            out.append(clean_classname(entry[0]))
+            out.append(strip_index_prefix(entry[0]))
     return out, source
