@@ -39,8 +39,10 @@ class ParsedDataset:
     """A dataset as read from disk, before it becomes a TaskData.
 
     ``splits`` holds every split the format defines (VTAB has four files); ``roles`` says which of them serve as
-    train / val / test for this load, by default the splits named after roles (``splits.roles_of``). ``empty_class_severity`` is "warning" where the protocol itself leaves classes
-    without training images (VTAB-1k's 800 images over up to 397 classes). ``test_only`` datasets (domain-shift
+    train / val / test for this load. A format whose split names are the roles leaves ``roles`` out and gets
+    ``splits.roles_of`` (the rule every such format follows); VTAB maps its files onto roles itself.
+    ``empty_class_severity`` is "warning" where the protocol itself leaves classes without training images
+    (VTAB-1k's 800 images over up to 397 classes). ``test_only`` datasets (domain-shift
     targets) have no train split: their TaskData gets an empty train set and ``meta["test_only"] = True``.
     ``class_locations`` says where each class is defined (a class-list line, a class folder), so that an empty
     class can be reported there.
