@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from vlprompt.data.base import DEFAULT_TEMPLATE, TaskData
+from vlprompt.data.base import TaskData
 from vlprompt.data.segmentation import SegmentationDataset, SegmentationLabels
 from vlprompt.data.world.render import render_with_objects
 from vlprompt.data.world.scenes import SceneDistribution, sample_scene, stable_seed
@@ -73,7 +73,7 @@ def load_world_segmentation(name: str = "seg", styles: tuple[str, ...] | None = 
         raise ConfigError(f"world segmentation val_images = {val_images} must be 0 (no val split) or more.")
     if size % 2 or size < 8:
         raise ConfigError(f"world segmentation image_size = {size} must be an even number of pixels, 8 or more.")
-    labels = SegmentationLabels(list(CLASSNAMES), [DEFAULT_TEMPLATE])
+    labels = SegmentationLabels(list(CLASSNAMES), ["a photo of a {}."])
     return TaskData(
         name=f"world-{name}",
         labels=labels,
