@@ -39,7 +39,7 @@ from vlprompt.data.formats.reading import (
     read_text,
     read_text_lines,
 )
-from vlprompt.data.formats.seeded import SeededSplitOptions, seeded_split, split_pool
+from vlprompt.data.formats.seeded import SEEDED_SPLIT_RULE, SeededSplitOptions, seeded_split, split_pool
 from vlprompt.data.formats.splits import ROLES, absence_severity, required_roles, roles_of
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "ERROR",
     "IMAGE_SUFFIXES",
     "ROLES",
+    "SEEDED_SPLIT_RULE",
     "WARNING",
     "ImageLoader",
     "JsonDocument",

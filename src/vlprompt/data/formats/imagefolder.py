@@ -14,6 +14,7 @@ from vlprompt.config_utils import option
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ROLES,
+    SEEDED_SPLIT_RULE,
     WARNING,
     ParsedDataset,
     Problem,
@@ -104,8 +105,7 @@ def _parse_flat(root: Path, options: ImageFolderOptions) -> ParsedDataset:
     classes = [folder.name for folder in list_subfolders(root)]
     pool = [s for label, name in enumerate(classes) for s in _class_samples(root / name, f"{name}/", label)]
     parts, record = split_pool(pool, options)
-    record["rule"] = ("per class: sort by path, shuffle with Random(f'{seed}:{label}'), "
-                      "first round(n*test_fraction) -> test, next round(n*val_fraction) -> val, rest -> train")
+    record["rule"] = SEEDED_SPLIT_RULE
     splits = {split: SplitData(samples) for split, samples in parts.items()}
     return ParsedDataset(
         name=f"imagefolder:{root.name}",

@@ -14,6 +14,12 @@ from vlprompt.data.formats.parsed import Sample
 from vlprompt.data.formats.splits import OPTIONAL_ROLE
 from vlprompt.errors import ConfigError
 
+# What seeded_split does, in words: an ImageFolder task records it in its meta.
+SEEDED_SPLIT_RULE = (
+    "per class: sort by path, shuffle with Random(f'{seed}:{label}'), "
+    "first round(n*test_fraction) -> test, next round(n*val_fraction) -> val, rest -> train"
+)
+
 
 @dataclass
 class SeededSplitOptions(ValidatedConfig):
