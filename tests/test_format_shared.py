@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.data.formats.common import (
     ERROR,
     ROLES,
@@ -31,7 +32,6 @@ from vlprompt.data.formats.common import (
 )
 from vlprompt.data.formats.csvfile import CsvOptions
 from vlprompt.data.formats.imagefolder import ImageFolderOptions
-from vlprompt.errors import ConfigError, DataError
 
 
 def test_split_roles_required_optional_and_severity():

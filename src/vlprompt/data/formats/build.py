@@ -11,13 +11,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.formats.checks import structural_problems
 from vlprompt.data.formats.images import ImageLoader
 from vlprompt.data.formats.parsed import ParsedDataset
 from vlprompt.data.formats.problems import ERROR, Problem
 from vlprompt.data.formats.splits import required_roles
-from vlprompt.errors import DataError
 
 logger = logging.getLogger(__name__)
 

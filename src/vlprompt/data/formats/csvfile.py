@@ -14,7 +14,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import option
+from vlprompt.core.config import option
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ROLES,
@@ -32,7 +33,6 @@ from vlprompt.data.formats.common import (
     resolve_option_path,
     split_pool,
 )
-from vlprompt.errors import DataError
 
 SPLIT_NAMES = {
     "train": "train",

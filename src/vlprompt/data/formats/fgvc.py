@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ROLES,
@@ -29,7 +30,6 @@ from vlprompt.data.formats.common import (
     read_classnames_file,
     resolve_option_path,
 )
-from vlprompt.errors import DataError
 
 IMAGE_DIRS = ("images", "Images", "")
 CLASSNAME_FILES = ("classnames.txt", "classes.txt", "classnames.json")

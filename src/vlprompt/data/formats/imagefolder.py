@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import option
+from vlprompt.core.config import option
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ROLES,
@@ -26,7 +27,6 @@ from vlprompt.data.formats.common import (
     scan_class_folders,
     split_pool,
 )
-from vlprompt.errors import DataError
 
 LAYOUT = "<root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg (val/ optional), or <root>/<class>/*.jpg"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.containment import ImageFolderBounds
 from vlprompt.data.formats.parsed import IMAGE_SUFFIXES, Sample
 from vlprompt.data.formats.problems import ERROR, Problem
-from vlprompt.errors import DataError
 
 
 class ImageLoader:

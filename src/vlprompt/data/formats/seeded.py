@@ -9,10 +9,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.core.config import ValidatedConfig, option
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.formats.parsed import Sample
 from vlprompt.data.formats.splits import OPTIONAL_ROLE
-from vlprompt.errors import ConfigError
 
 # What seeded_split does, in words: an ImageFolder task records it in its meta.
 SEEDED_SPLIT_RULE = (

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config_utils import build_config
+from vlprompt.core.config import build_config
 from vlprompt.data.base import TaskData
 from vlprompt.data.formats import ade20k, segfolder
 from vlprompt.data.formats.build import check_command, dataset_root
