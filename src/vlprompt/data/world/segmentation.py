@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vlprompt.core.errors import ConfigError
-from vlprompt.data.base import TaskData
+from vlprompt.data.base import DEFAULT_TEMPLATE, TaskData
 from vlprompt.data.segmentation import SegmentationDataset, SegmentationLabels
 from vlprompt.data.world.render import render_with_objects
 from vlprompt.data.world.scenes import SceneDistribution, sample_scene, stable_seed
@@ -102,7 +102,7 @@ def load_world_segmentation(name: str = "seg", styles: tuple[str, ...] | None = 
     if classes not in CLASS_ATTRIBUTES:
         raise ConfigError(f"world segmentation classes = {classes!r}; choose one of {list(CLASS_ATTRIBUTES)} (what "
                           "a labelled pixel names: the object's shape or its colour).")
-    labels = SegmentationLabels([BACKGROUND, *CLASS_ATTRIBUTES[classes]], ["a photo of a {}."])
+    labels = SegmentationLabels([BACKGROUND, *CLASS_ATTRIBUTES[classes]], [DEFAULT_TEMPLATE])
     return TaskData(
         name=f"world-{name}",
         labels=labels,
