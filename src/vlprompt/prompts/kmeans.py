@@ -196,6 +196,7 @@ class StreamingKMeans:
         self.seeds: torch.Tensor | None = None
         self.centers: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
+        self.visits = 0  # rows assigned by the mini-batch steps so far
 
     def add(self, rows: TokenRows | torch.Tensor) -> None:
         rows = rows if isinstance(rows, TokenRows) else TokenRows(rows)
@@ -214,6 +215,7 @@ class StreamingKMeans:
         for _ in range(self.steps_per_batch):
             start = int(torch.randint(rows.count - size + 1, (1,), generator=self.generator))
             self.counts = minibatch_step(self.centers, self.counts, rows.span(start, start + size))
+            self.visits += size
 
     def finish(self, reservoir: torch.Tensor, refine_iterations: int, tolerance: float = 1e-3) -> KMeansResult:
         """Lloyd refinement over the reservoir; never worse than the seeding (as ``minibatch_kmeans``)."""
