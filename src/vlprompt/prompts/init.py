@@ -37,18 +37,27 @@ def pool_prototypes(tokens: torch.Tensor, num_prompts: int, mode: str) -> torch.
     return windows.mean(dim=1) if mode == "mean_pool" else windows.amax(dim=1)
 
 
-def refine_passes(limit: int, streamed: int, minibatch_visits: int, kept: int) -> int:
-    """Lloyd passes over the ``kept`` reservoir rows after the pass: at most ``limit`` (at least one), and only
-    as many as the streamed tokens that the mini-batch steps did not already visit pay for.
+# The clustering's arithmetic may be at most this share of the patch embedding's over the same tokens.
+CLUSTERING_SHARE = 0.1
 
-    A clustering visit (one row against k centres) costs about 2kd flops and every streamed token at least its
-    patch embedding, 2d x 3 patch^2 flops; with the mini-batch steps visiting a window of at most
-    ``kmeans_batch_size`` tokens per step and the Lloyd passes capped here, the clustering is about
-    k / (3 patch^2) of even the shallow pass (k = 10: 1.3 %, k = 100: 13 % at patch 16) whatever the token budget
-    and training-set size. The Lloyd tail over a fixed budget would otherwise be a fixed cost that a small
-    training set cannot pay for (at k = 100 and 1,024 images of 224 px it alone was ~30 % of the shallow pass).
+
+def refine_passes(
+    limit: int, streamed: int, minibatch_visits: int, kept: int, num_prompts: int, patch_size: int
+) -> int:
+    """Lloyd passes over the ``kept`` reservoir rows after the pass: at most ``limit``, at least one, and no more
+    than the clustering share of the pass pays for.
+
+    One clustering visit (a row against k centres, its assignment and its add) costs about 2kd flops; embedding a
+    streamed token costs 2d x 3 patch^2 flops, the least any pass does per token (the shallow pass is just that).
+    So ``CLUSTERING_SHARE`` x streamed x 3 patch^2 / k visits are paid for, the mini-batch steps' visits first.
+    Without this cap the Lloyd tail over a fixed budget is a fixed cost that a small set or a large k cannot pay
+    for (k = 100, 1,024 images of 224 px: the clustering was 42 % of the shallow pass, mostly that tail). At
+    k = 10 and patch 16 the cap allows ~7.7 visits per streamed token, so there ``limit`` binds.
     """
-    return max(1, min(limit, (streamed - minibatch_visits) // max(kept, 1))) if limit else 0
+    if not limit:
+        return 0
+    allowed = CLUSTERING_SHARE * streamed * 3 * patch_size**2 / num_prompts - minibatch_visits
+    return max(1, min(limit, int(allowed // max(kept, 1))))
 
 
 @dataclass
@@ -140,7 +149,9 @@ def prototype_prompts(
         if strategy == "kmeans":
             started = time.perf_counter()
             kept_tokens = reservoirs[layer].tokens()
-            passes = refine_passes(kmeans_refine, seen, streams[layer].visits, kept_tokens.shape[0])
+            passes = refine_passes(
+                kmeans_refine, seen, streams[layer].visits, kept_tokens.shape[0], num_prompts, visual.patch_size
+            )
             result = streams[layer].finish(kept_tokens, passes)
             clustering += time.perf_counter() - started
             prototypes.append(result.centers)
