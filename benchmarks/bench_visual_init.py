@@ -10,16 +10,17 @@
    (the reservoir), over three seeds.
 
 4. At ViT-B/16 shape (``--b16``, a random-init timm ViT-B/16: width 768, 12 blocks, patch 16, at ``--b16-size``
-   pixels to keep the run affordable on a shared 2-core machine) on 1,024 images: the k-means initialiser
-   (streamed mini-batch k-means during the pass, Lloyd over the reservoir after it) against the bare frozen pass it
-   needs, each run twice in turns, fastest of each. Written to visual_init_b16.{json,md}.
+   pixels, 224 by default, the real shape) on 1,024 images: the k-means initialiser against the bare frozen pass it
+   needs and the random_sample initialiser, the arms in turns, fastest of each; plus the in-run ratio (the k-means
+   run against itself minus its own clustering seconds), which a changing load moves far less. Written to
+   visual_init_b16_{size}px.{json,md}; the notes are in visual_init_b16.md.
 
 Images are deterministic smooth random fields (low-frequency noise, so that tokens have structure), made on the
 fly from their index so that the dataset itself holds no memory; the backbone is the world MAE ViT's
 architecture with random weights (cost does not depend on the weights).
 
     python benchmarks/bench_visual_init.py [--images 512] [--out benchmarks/results]
-    python benchmarks/bench_visual_init.py --b16 [--b16-images 1024] [--b16-size 64]
+    python benchmarks/bench_visual_init.py --b16 [--b16-images 1024] [--b16-size 224] [--b16-variants spt-shallow]
 """
 
 from __future__ import annotations

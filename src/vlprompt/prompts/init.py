@@ -1,12 +1,22 @@
 """Prompt initialisers from the downstream data's own tokens (SPT), in one bounded-memory frozen pass.
 
-The SPT paper clusters every patch token of the training set, which it reports takes days. Here the tokens
-are streamed: each insertion point keeps at most ``token_budget`` tokens (a uniform reservoir sample for
-k-means, one randomly chosen batch for the pooling and sampling strategies), so memory does not grow with the
-training set. k-means runs DURING the pass: k-means++ seeds from the first streamed tokens, then mini-batch steps
-on each batch's own tokens as it arrives (``StreamingKMeans``), and after the pass a few full Lloyd passes over
-the reservoir; all on the tokens' device, every random draw from one seeded CPU generator. Its cost is bounded by
-the frozen pass it needs (benchmarks/bench_visual_init.py measures the ratio at ViT-B/16 shape).
+What the official code does (WangYZ1608/Self-Prompt-Tuning, train.py / train_MAE.py ``prompt_generator``, read
+for this): prompt set l starts from tokens of the prompt-free pretrained model at insertion point l, caught by
+forward hooks: l = 0 is the ``patch_embed`` output (before the position embedding and the class token), l >= 1
+is block l-1's output without the class token, i.e. the input of block l. Its k-means centres are not computed
+by the released code: they are read from ``kmeans-prompt/0.3/depth_{l}.txt``, made by an unreleased script (the
+"0.3" suggests a 30 % sample); the released code offers k-means only for the deep variant (its shallow branch
+samples random tokens whatever the strategy), with 20 prompts deep / 100 shallow in its scripts.
+
+What we do: the same insertion points for l >= 1, but l = 0 is our adapters' ``embed`` output, i.e. AFTER the
+position embedding (no adapter exposes the pre-position patch tokens yet): a difference for the shallow prompts
+and the first deep set. k-means is ours (the official one is not published): each insertion point keeps a
+uniform reservoir of at most ``token_budget`` streamed tokens (prompts/kmeans.py), k-means++ seeds from the first
+streamed tokens, mini-batch steps run on each batch's tokens as it arrives (so the clustering overlaps the
+pass), and after the pass a Lloyd tail over the reservoir takes only the passes the streamed tokens pay for
+(``refine_passes``). The pooling and sampling strategies use one random batch (the official code uses the whole
+training set in one forward). All on the tokens' device, every random draw from one seeded CPU generator.
+benchmarks/bench_visual_init.py --b16 measures the cost against the bare frozen pass at ViT-B/16 shape.
 """
 
 from __future__ import annotations
