@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import TextTower
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.text import ContextPrompt, EvalCache, token_count
 
 DEEP_INIT_STD = 0.02  # nn.init.normal_(std=0.02) for every deep prompt in the official code

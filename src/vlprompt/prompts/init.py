@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from vlprompt.backbones.base import VisionTower
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.kmeans import StreamingKMeans, TokenReservoir, TokenRows
 
 log = logging.getLogger(__name__)
