@@ -135,6 +135,29 @@ def test_segfolder_and_csv_load_the_same_pairs(tmp_path: Path):
     assert np.asarray(table.test[1][1]).max() == 1
 
 
+def test_segcsv_reads_a_padded_header_and_names_each_bad_row(tmp_path: Path):
+    _write_segfolder(tmp_path)
+    (tmp_path / "segmentation.csv").write_text(
+        " image , mask , split\nimages/train/0.png, masks/train/0.png, train\n\nimages/train/1.png,train\n"
+        "images/test/0.png,masks/test/0.png,dev\nimages/test/1.png,masks/test/1.png,test\n")
+    report = check_dataset("segcsv", str(tmp_path))
+    located = {(p.line, p.kind, p.message) for p in report.errors if p.file.endswith("segmentation.csv")}
+    assert located == {
+        (4, "format", "the row has 2 cells; the header names 3 (image, mask, split)"),
+        (5, "format", "split 'dev' is not one of ('train', 'val', 'test')"),
+    }
+
+
+def test_segcsv_that_is_not_utf8_is_a_located_problem(tmp_path: Path):
+    _write_segfolder(tmp_path)
+    (tmp_path / "segmentation.csv").write_bytes(b"image,mask,split\nimages/train/0\xe9.png,masks/train/0.png,train\n")
+    report = check_dataset("segcsv", str(tmp_path))
+    assert [(p.line, p.message) for p in report.errors if p.file.endswith("segmentation.csv")] == [
+        (2, "the file is not UTF-8 text; save it as UTF-8")]
+    with pytest.raises(DataError, match="segmentation.csv"):
+        load_dataset("segcsv", root=str(tmp_path))
+
+
 def test_data_check_names_every_bad_mask(tmp_path: Path):
     _write_segfolder(tmp_path)
     Image.fromarray(np.full((4, 4), 0, dtype=np.uint8)).save(tmp_path / "masks" / "train" / "0.png")  # wrong size

@@ -10,11 +10,12 @@ to ``ignore_index`` (default 255) are ignored; ``reduce_zero_label`` reads 0 as 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlprompt.data.formats.problems import Problem
-from vlprompt.data.formats.reading import read_text_lines
+from vlprompt.data.formats.reading import read_text, read_text_lines
 from vlprompt.data.formats.segmasks import (
     MASK_SUFFIXES,
     ParsedSegmentation,
@@ -77,20 +78,31 @@ def parse_segcsv(root: Path, options: SegCsvOptions) -> ParsedSegmentation:
     if not source.is_file():
         problems.append(Problem(str(source), None, "the CSV file is missing (columns image,mask,split)", "missing"))
     else:
-        with open(source, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in reader.fieldnames or []]
-            if not {"image", "mask", "split"} <= set(header):
-                problems.append(Problem(str(source), 1, f"the header is {header}; it needs image, mask, split",
-                                        "format"))
-            else:
-                for line, row in enumerate(reader, start=2):
-                    split = (row["split"] or "").strip()
-                    if split not in ROLES:
-                        problems.append(Problem(str(source), line, f"split {split!r} is not one of {ROLES}",
-                                                "format"))
-                        continue
-                    pair = SegPair(row["image"].strip(), row["mask"].strip(), line)
-                    splits.setdefault(split, []).append(pair)
+        text = read_text(source, problems)
+        if text is not None:
+            _read_pairs(source, text, splits, problems)
     return ParsedSegmentation("segcsv", "segcsv", root, classnames, splits, options.ignore_index,
                               options.reduce_zero_label, problems, source=source)
+
+
+def _read_pairs(source: Path, text: str, splits: dict[str, list[SegPair]], problems: list[Problem]) -> None:
+    """The CSV's rows as pairs per split. Header names are matched with surrounding spaces dropped (a hand-edited
+    ``image, mask, split`` is the same header); a row with fewer cells than the header is a located problem."""
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in next(rows, [])]
+    if not {"image", "mask", "split"} <= set(header):
+        problems.append(Problem(str(source), 1, f"the header is {header}; it needs image, mask, split", "format"))
+        return
+    column = {name: header.index(name) for name in ("image", "mask", "split")}
+    for line, row in enumerate(rows, start=2):
+        if not row:  # a blank line, as csv.DictReader skips it
+            continue
+        if len(row) <= max(column.values()):
+            problems.append(Problem(str(source), line, f"the row has {len(row)} cells; the header names "
+                                    f"{len(header)} ({', '.join(header)})", "format"))
+            continue
+        split = row[column["split"]].strip()
+        if split not in ROLES:
+            problems.append(Problem(str(source), line, f"split {split!r} is not one of {ROLES}", "format"))
+            continue
+        splits.setdefault(split, []).append(SegPair(row[column["image"]].strip(), row[column["mask"]].strip(), line))
