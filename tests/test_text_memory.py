@@ -124,3 +124,33 @@ def test_bf16_autocast_keeps_fp32_master_prompts_and_the_loss_close(clip):
     assert method.prompt.ctx.dtype == torch.float32 and grad16.dtype == torch.float32
     assert abs(bf16.item() - fp32.item()) < 1e-2
     assert float(torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0)) > 0.98
+
+
+def test_fixed_words_after_the_context_join_the_shared_prefix_exactly(clip):
+    """MaPLe's start ("a photo" learned, "of a" fixed) runs "of a" once in the prefix; features and the gradients
+    of the context and of every deep prompt equal the plain path's."""
+    from vlprompt.prompts.deep_text import DeepTextPrompt
+
+    text = clip.text
+    torch.manual_seed(0)
+    fast = DeepTextPrompt(text, NAMES, n_ctx=2, depth=3, ctx_init="a photo of a")
+    plain = DeepTextPrompt(text, NAMES, n_ctx=2, depth=3, ctx_init="a photo of a")
+    plain.load_state_dict(fast.state_dict())
+    plain.context.shared_prefix = False
+    assert fast.context.prefix_length == 1 + 2 + 2  # [SOS, 2 context slots, "of", "a"]
+    weights = torch.randn(len(NAMES), text.feature_dim, generator=torch.Generator().manual_seed(1))
+    out_fast, out_plain = fast(text), plain(text)
+    (out_fast * weights).sum().backward()
+    (out_plain * weights).sum().backward()
+    torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.context.ctx.grad, plain.context.ctx.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast.deep.grad, plain.deep.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_stops_before_the_first_end_token(clip):
+    """Classes that share their first words share them in the prefix, but each keeps its EOT as its own token."""
+    text = clip.text
+    prompt = ContextPrompt(text, ["red panda", "red fox"], n_ctx=4, suffix="")
+    assert prompt.prefix_length == 1 + 4 + 1  # "red" joins the prefix; "panda" / "fox" differ
+    alone = ContextPrompt(text, ["red panda"], n_ctx=4, suffix="")
+    assert alone.prefix_length == int(alone.eot[0])  # one class: everything but its EOT is shared
