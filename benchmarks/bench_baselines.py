@@ -122,7 +122,7 @@ def render_markdown(results: dict) -> str:
 
 
 def write_results(args, out: Path, records_path: Path) -> None:
-    from vlprompt.io_utils import atomic_write_json, atomic_write_text
+    from vlprompt.core.io import atomic_write_json, atomic_write_text
 
     records = load_records(records_path)
     results = {

@@ -175,8 +175,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import_all()
     from vlprompt.backbones.tiny import clip_b16_shaped
+    from vlprompt.core.io import atomic_write_json, atomic_write_text
     from vlprompt.data.world.tasks import get_world_task
-    from vlprompt.io_utils import atomic_write_json, atomic_write_text
 
     world, trained = world_backbone()
     started = time.perf_counter()

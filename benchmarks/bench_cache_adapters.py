@@ -21,12 +21,13 @@ import torch
 import yaml
 
 from vlprompt.backbones.registry import create_backbone
+from vlprompt.core.seeding import seed_everything
 from vlprompt.data.fewshot import few_shot_task
 from vlprompt.data.registry import load_dataset
 from vlprompt.demo import world_defaults
+from vlprompt.eval.tasks import evaluate
 from vlprompt.methods import METHODS, create_method, import_all
-from vlprompt.seeding import seed_everything
-from vlprompt.train import TrainConfig, Trainer, evaluate
+from vlprompt.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parent
 PRESETS = ROOT.parent / "src" / "vlprompt" / "presets"

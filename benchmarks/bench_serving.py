@@ -84,7 +84,7 @@ def timed_rounds(variants: dict[str, Callable[[], None]], rounds: int) -> dict[s
 
 @torch.no_grad()
 def measure_task_set(backbone, images: torch.Tensor, task_set: str, rounds: int) -> dict:
-    from vlprompt.serving import MultiTaskPredictor
+    from vlprompt.serve.serving import MultiTaskPredictor
 
     batch = images.shape[0]
     methods = build_tasks(backbone, task_set)

@@ -34,8 +34,9 @@ import torch
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.features import encode_dataset
 from vlprompt.data.transforms import eval_transform
+from vlprompt.eval.tasks import evaluate
 from vlprompt.methods import create_method, import_all
-from vlprompt.train import TrainConfig, Trainer, evaluate
+from vlprompt.train import TrainConfig, Trainer
 
 TARGETS = {"cache_speedup": 20.0, "cache_accuracy_pts": 1.0, "prograd_vs_coop_step": 1.3, "mixture_vs_coop_inference": 1.2}
 WORLD_TASK = "object"
@@ -47,7 +48,7 @@ def world_backbone() -> tuple[object, bool]:
     """The shipped world CLIP when its weights exist, else the same architecture with random weights."""
     from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
     from vlprompt.backbones.world import CLIP_DIR, build_world_clip, world_clip_tokenizer
-    from vlprompt.errors import VlpromptError
+    from vlprompt.core.errors import VlpromptError
 
     try:
         from vlprompt.backbones.registry import create_backbone

@@ -56,8 +56,8 @@ def train_settings(method: str) -> dict:
 def run_one(
     backbone: str, dataset: str, label: str, method: str, options: dict, seed: int, out: Path, cache_dir: Path
 ) -> dict:
+    from vlprompt.artifacts.run_dir import RunDir
     from vlprompt.experiment import RunConfig, run_experiment
-    from vlprompt.run_dir import RunDir
 
     options = dict(options)
     if method.startswith(("vpt", "spt")):

@@ -14,13 +14,13 @@ from artifact_helpers import LABELS, images, randomize
 from safetensors.torch import save_file
 
 import vlprompt
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts, tensors_checksum
 from vlprompt.backbones import tiny
 from vlprompt.backbones.registry import create_backbone
+from vlprompt.core.errors import CheckpointError, VlpromptError
 from vlprompt.data.transforms import eval_transform
-from vlprompt.errors import CheckpointError, VlpromptError
 from vlprompt.methods import create_method
-from vlprompt.train import TrainConfig, Trainer, load_prompts, save_prompts
-from vlprompt.train.checkpoint import tensors_checksum
+from vlprompt.train import TrainConfig, Trainer
 
 TINY_TIMM = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
 

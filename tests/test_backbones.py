@@ -302,7 +302,7 @@ def test_timm_refuses_readouts_it_cannot_split():
     import timm
 
     from vlprompt.backbones.timm_vit import wrap_timm_vit
-    from vlprompt.errors import VlpromptError
+    from vlprompt.core.errors import VlpromptError
 
     small = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
     # an attention-pooling (MAP) head is read out by the adapter now (tests/test_clip_families.py)
@@ -317,7 +317,7 @@ def test_open_clip_refuses_attentional_pool():
     import open_clip
 
     from vlprompt.backbones.open_clip import OpenClipVisionTower
-    from vlprompt.errors import VlpromptError
+    from vlprompt.core.errors import VlpromptError
 
     visual = open_clip.CLIP(
         embed_dim=32,

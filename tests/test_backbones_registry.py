@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from vlprompt.backbones import tiny
 from vlprompt.backbones.registry import create_backbone, list_backbones, register_backbone
-from vlprompt.errors import CheckpointError, MissingExtraError, VlpromptError
+from vlprompt.core.errors import CheckpointError, MissingExtraError, VlpromptError
 
 TINY_TIMM = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
 

@@ -8,12 +8,14 @@ import pytest
 import torch
 from test_text_training import ToyLoader, toy_task, train_config
 
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
 from vlprompt.backbones.tiny import tiny_open_clip
 from vlprompt.data.base import ImageDataset, TaskData
+from vlprompt.eval.tasks import evaluate
 from vlprompt.losses import class_adaptive_penalty, class_confidence
 from vlprompt.methods.base import create_method
 from vlprompt.methods.tip_adapter import search_alpha_beta, search_grid, tip_logits
-from vlprompt.train import Trainer, evaluate, load_prompts, save_prompts
+from vlprompt.train import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +193,7 @@ def test_paper_presets_build_valid_configs():
 
     import yaml
 
-    from vlprompt.config_utils import build_config
+    from vlprompt.core.config import build_config
     from vlprompt.methods import METHODS, import_all
     from vlprompt.train import TrainConfig
 

@@ -12,10 +12,10 @@ from test_trainer import make_task
 from vlprompt.analysis.nmi import NMICallback, NMIOptions
 from vlprompt.analysis.plots import plot_nmi, read_nmi
 from vlprompt.backbones.tiny import tiny_timm_vit
-from vlprompt.errors import ConfigError, MissingExtraError, VlpromptError
+from vlprompt.core.errors import ConfigError, MissingExtraError, VlpromptError
+from vlprompt.core.seeding import seed_everything
 from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods import create_method
-from vlprompt.seeding import seed_everything
 from vlprompt.sweep import load_sweep_config, plan_sweep
 from vlprompt.sweep.config import packaged_sweeps_dir
 from vlprompt.train import Callback, TrainConfig, Trainer

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from vlprompt import __version__
-from vlprompt.cli import main, parse_overrides
-from vlprompt.evaluation import evaluate_run
+from vlprompt.cli import main
+from vlprompt.cli.overrides import parse_overrides
+from vlprompt.evaluate_run import evaluate_run
 
 
 def test_version(capsys):

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from vlprompt.cli import main
-from vlprompt.config_utils import describe_options
+from vlprompt.core.config import describe_options
 from vlprompt.methods import METHODS, list_methods
 
 

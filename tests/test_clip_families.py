@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from vlprompt.backbones import tiny
+from vlprompt.core.errors import VlpromptError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import VlpromptError
 from vlprompt.losses import sigmoid_loss
 from vlprompt.methods import list_methods
 from vlprompt.methods.base import create_method

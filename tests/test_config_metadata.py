@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 
 from vlprompt.analysis.nmi import NMIOptions
-from vlprompt.cli_list import format_method_options
-from vlprompt.config_utils import ValidatedConfig, build_config, option, validate_fields
+from vlprompt.cli.listing import format_method_options
+from vlprompt.core.config import ValidatedConfig, build_config, option, validate_fields
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.formats.csvfile import CsvOptions
 from vlprompt.data.formats.imagefolder import ImageFolderOptions
-from vlprompt.errors import ConfigError
 from vlprompt.experiment import RunConfig, TargetConfig, run_config_from_dict
 from vlprompt.methods import METHODS, list_methods
 from vlprompt.sweep.config import DatasetEntry, MethodEntry, SweepConfig, VtabConfig

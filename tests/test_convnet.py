@@ -13,12 +13,12 @@ import torch
 import vlprompt.methods.finetune
 import vlprompt.methods.spt
 import vlprompt.methods.vpt  # noqa: F401
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.backbones.tiny import tiny_timm_convnet
+from vlprompt.core.errors import VlpromptError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import VlpromptError
 from vlprompt.methods.base import create_method
-from vlprompt.train.checkpoint import load_prompts, save_prompts
 
 LABELS = LabelSpace(["a", "b"])
 FAMILIES = ("resnet", "convnext")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from test_formats_trees import coop_pets, vtab_task, write_image, write_truncated_jpeg
 
+from vlprompt.core.errors import VlpromptError
 from vlprompt.data.check import check_dataset
-from vlprompt.errors import VlpromptError
 
 
 def line_of(path: Path, needle: str, occurrence: int = 1) -> int:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from optional_extras import hf_param, tiny_text_layouts  # pytest puts tests/ on sys.path
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.deep_text import DeepTextPrompt, split_init_words
 from vlprompt.prompts.text import ContextPrompt
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from vlprompt import distributed
-from vlprompt.errors import ConfigError
-from vlprompt.seeding import rng_state, set_rng_state
+from vlprompt.core import distributed
+from vlprompt.core.errors import ConfigError
+from vlprompt.core.seeding import rng_state, set_rng_state
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_cpu_only_state_has_no_cuda_generators_and_replays(monkeypatch):
 
 
 def test_eval_takes_device_and_batch_from_the_run_config_or_the_command_line(tmp_path, monkeypatch):
-    from vlprompt import evaluation
+    from vlprompt import evaluate_run as evaluation
     from vlprompt.cli import main
 
     out = tmp_path / "run"

@@ -19,8 +19,8 @@ SCRIPT = textwrap.dedent(
     from test_trainer import make_task
     from vlprompt.backbones.tiny import tiny_timm_vit
     from vlprompt.methods import create_method
-    from vlprompt.seeding import seed_everything
-    from vlprompt import distributed
+    from vlprompt.core.seeding import seed_everything
+    from vlprompt.core import distributed
     from vlprompt.train import TrainConfig, Trainer
 
     distributed.init_from_env()
@@ -61,7 +61,7 @@ CACHE_SCRIPT = textwrap.dedent(
     from safetensors.torch import save_file
     from torchvision import transforms as T
     from test_features import KEY, CountingEncoder, make_dataset
-    from vlprompt import distributed
+    from vlprompt.core import distributed
     from vlprompt.data.features import encode_dataset
 
     distributed.init_from_env()
@@ -113,7 +113,7 @@ PROGRAD_SCRIPT = textwrap.dedent(
     import torch
     from safetensors.torch import save_file
     from test_grad_parts import fit_prograd
-    from vlprompt import distributed
+    from vlprompt.core import distributed
     from vlprompt.backbones.tiny import tiny_open_clip
 
     distributed.init_from_env()

@@ -30,12 +30,12 @@ SCRIPT = textwrap.dedent(
     import torch
     from safetensors.torch import save_file
     from test_method_battery import CLASSES, GROUPS, TEMPLATES, ColourNoise
-    from vlprompt import distributed
+    from vlprompt.core import distributed
     from vlprompt.backbones.tiny import tiny_open_clip, tiny_timm_vit
     from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
     from vlprompt.methods import create_method
     from vlprompt.methods.base import PromptMethod
-    from vlprompt.seeding import seed_everything
+    from vlprompt.core.seeding import seed_everything
     from vlprompt.train import TrainConfig, Trainer
     from vlprompt.train.step import GradientAccumulator
 
@@ -114,8 +114,8 @@ def test_torchrun_cli_restart_discards_the_old_progress_on_every_rank(tmp_path: 
     """An interrupted run (its resume state on disk) rerun under torchrun with --restart and another lr: rank 0
     alone clears the folder before any rank reads it, so no rank resumes the old state (the start-of-fit checksum
     would refuse ranks that disagree), and the result is the one of a fresh run."""
+    from vlprompt.artifacts.run_dir import RunDir
     from vlprompt.cli import main
-    from vlprompt.run_dir import RunDir
     from vlprompt.train import trainer as trainer_module
 
     out = tmp_path / "run"

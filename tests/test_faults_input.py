@@ -16,10 +16,10 @@ from test_formats_trees import coop_pets, write_image
 import vlprompt
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.cli import main
+from vlprompt.core.errors import ConfigError, DataError, VlpromptError
 from vlprompt.data.base import LabelSpace
 from vlprompt.data.check import check_dataset
 from vlprompt.data.registry import load_dataset
-from vlprompt.errors import ConfigError, DataError, VlpromptError
 from vlprompt.methods import create_method
 
 TINY_TRAIN = ["method=linear", "backbone=tiny:timm_vit", "shots=1", "train.epochs=1"]
@@ -216,7 +216,7 @@ def test_ctrl_c_in_predict_does_not_promise_a_resume(prompt_folder, image_folder
     def pressed(item):
         raise KeyboardInterrupt  # the user's Ctrl-C while images are read
 
-    monkeypatch.setattr("vlprompt.inference.load_image", pressed)
+    monkeypatch.setattr("vlprompt.eval.inference.load_image", pressed)
     code, _, err = run_cli(["predict", str(prompt_folder), str(image_folder)], capsys)
     assert code == 130
     assert err.strip() == "interrupted; no predictions were written (--output is written only once every image " \

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from vlprompt.cli import main
+from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.data.registry import load_dataset
-from vlprompt.errors import DataError, VlpromptError
 from vlprompt.presets import applied_preset_values, load_preset
 
 
@@ -84,9 +84,9 @@ def test_accuracy_is_the_count_quotient(tmp_path):
     from test_trainer import make_task
 
     from vlprompt.backbones.tiny import tiny_timm_vit
+    from vlprompt.eval.predict import predict
+    from vlprompt.eval.tasks import evaluate  # dispatches on the task type (top-1 here)
     from vlprompt.methods import create_method
-    from vlprompt.train.predict import predict
-    from vlprompt.train.tasks import evaluate  # dispatches on the task type (top-1 here)
 
     task = make_task(n_per_class=67, classes=3)  # 201 images: a float32 mean would show its rounding
     method = create_method("linear", tiny_timm_vit(seed=0), task.labels)

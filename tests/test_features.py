@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from vlprompt.core.errors import ConfigError
 from vlprompt.data import features as feature_cache
 from vlprompt.data.base import ImageDataset
 from vlprompt.data.features import encode_dataset
-from vlprompt.errors import ConfigError
 
 KEY = {"backbone": "tiny:test", "weights": "abc123", "transform": "eval"}
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from test_formats_trees import coop_pets, vtab_task, write_image, write_truncated_jpeg
 
+from vlprompt.core.errors import ConfigError, DataError, VlpromptError
 from vlprompt.data.formats.common import ImageLoader, split_checksum
 from vlprompt.data.registry import list_datasets, load_dataset
-from vlprompt.errors import ConfigError, DataError, VlpromptError
 
 
 def test_coop_split_file_loads_with_template_and_stable_names(tmp_path):

@@ -11,13 +11,15 @@ from optional_extras import hf_param  # pytest puts tests/ on sys.path
 from safetensors.torch import load_file
 from torch import nn
 
+from vlprompt.artifacts.checkpoint import load_prompts
 from vlprompt.backbones import tiny
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
+from vlprompt.eval.tasks import evaluate
 from vlprompt.experiment import transfer_to_labels
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.lora import LoRADelta, LoRALinear, LoRAMultiheadAttention
-from vlprompt.train import Trainer, evaluate, load_prompts
+from vlprompt.train import Trainer
 
 LABELS = LabelSpace(["circle", "square", "triangle"], ["a photo of a {}."])
 LAYOUTS = ["open_clip", "open_clip_custom_text", hf_param("hf_clip")]

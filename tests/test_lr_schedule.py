@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from vlprompt.backbones.tiny import tiny_timm_vit
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.methods import create_method
 from vlprompt.train import TrainConfig, Trainer
 from vlprompt.train.schedule import lr_at

@@ -14,14 +14,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from vlprompt.artifacts.checkpoint import load_prompts
+from vlprompt.artifacts.run_dir import RunDir
 from vlprompt.backbones.tiny import tiny_open_clip
+from vlprompt.core.errors import CheckpointError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
-from vlprompt.errors import CheckpointError
-from vlprompt.export import classifier_head
 from vlprompt.methods import list_methods
 from vlprompt.methods.base import create_method
-from vlprompt.run_dir import RunDir
-from vlprompt.train import TrainConfig, Trainer, load_prompts
+from vlprompt.serve.export import classifier_head
+from vlprompt.train import TrainConfig, Trainer
 from vlprompt.train.trainer import predict
 
 CLASSES = ["red circle", "green square", "blue triangle"]

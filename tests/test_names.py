@@ -8,9 +8,9 @@ from test_formats_trees import coop_pets
 
 import vlprompt.methods.coop  # noqa: F401
 from vlprompt.backbones.tiny import tiny_open_clip
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
 from vlprompt.data.registry import load_dataset
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
 
 

@@ -11,8 +11,8 @@ from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.vpt  # noqa: F401
 from vlprompt.analysis.nmi import NMICallback, block_nmi, normalized_mutual_information
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
 
 
@@ -96,7 +96,7 @@ def test_block_nmi_per_block_and_logged_every_n_steps():
 
 def test_nmi_on_a_saved_checkpoint(tmp_path):
     from vlprompt.analysis.nmi import checkpoint_nmi, method_nmi
-    from vlprompt.train.checkpoint import save_prompts
+    from vlprompt.artifacts.checkpoint import save_prompts
 
     labels = LabelSpace(["a", "b"])
     trained = create_method("vpt-shallow", tiny_backbone(), labels, num_tokens=3)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_run_dir import interrupt_after_epochs, train
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 class Payload:
@@ -124,7 +124,7 @@ def test_files_read_only_for_display_or_as_a_cache_are_skipped_without_running_a
     assert read_nmi(folder) == {}
     write_model_card(folder)  # a README that is not ours (undecodable) is left alone
     train(folder)  # finished, same config: takes the lock (pid rewritten), reads config and results
-    from vlprompt.run_dir import RunDir
+    from vlprompt.artifacts.run_dir import RunDir
 
     assert _first_error_line(RunDir(folder))  # text, whatever bytes
     cache = tmp_path / "cache"
@@ -147,7 +147,7 @@ def test_the_resume_state_round_trips_every_value_exactly(tmp_path):
     import numpy as np
 
     from vlprompt.artifacts.resume_state import load_resume_state, save_resume_state
-    from vlprompt.seeding import rng_state, set_rng_state
+    from vlprompt.core.seeding import rng_state, set_rng_state
 
     params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
     adamw = torch.optim.AdamW(params, lr=1e-3, betas=(0.8, 0.95))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vlprompt.backbones.tiny import tiny_open_clip
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.methods import import_all
 from vlprompt.methods.base import create_method
 from vlprompt.presets import load_preset

@@ -14,7 +14,7 @@ from vlprompt.backbones.base import BLOCK_SITES, TOWER_SITES, BlockSites
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.backbones.timm_vit import wrap_timm_vit
 from vlprompt.backbones.tiny import tiny_open_clip, tiny_timm_vit
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 def _check_timm(tower) -> None:

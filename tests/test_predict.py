@@ -11,11 +11,11 @@ from artifact_helpers import LABELS, images, randomize
 import vlprompt
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.cli import main
+from vlprompt.core.errors import CheckpointError, DataError
 from vlprompt.data.transforms import eval_transform
-from vlprompt.errors import CheckpointError, DataError
-from vlprompt.export import classifier_head, export_classifier, load_classifier
-from vlprompt.inference import collect_inputs
+from vlprompt.eval.inference import collect_inputs
 from vlprompt.methods import create_method
+from vlprompt.serve.export import classifier_head, export_classifier, load_classifier
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import json
 import pytest
 
 from vlprompt.cli import main
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods import METHODS
 from vlprompt.presets import apply_preset, epochs_for, list_presets, load_preset
-from vlprompt.protocols import protocol_sweep
 from vlprompt.sweep import plan_sweep
+from vlprompt.sweep.protocols import protocol_sweep
 
 DASSL = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine",
          "warmup_epochs": 1, "warmup_type": "constant", "warmup_lr": 1e-5, "lr_update": "epoch",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vlprompt.cli import main
-from vlprompt.errors import ConfigError
-from vlprompt.protocols import protocol_sweep
+from vlprompt.core.errors import ConfigError
+from vlprompt.sweep.protocols import protocol_sweep
 
 SMALL = [
     "backbone=tiny:open_clip",

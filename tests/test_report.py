@@ -16,7 +16,7 @@ from vlprompt.analysis.report import write_report
 from vlprompt.analysis.results import load_results
 from vlprompt.analysis.tables import harmonic_mean
 from vlprompt.cli import main
-from vlprompt.errors import MissingExtraError, VlpromptError
+from vlprompt.core.errors import MissingExtraError, VlpromptError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlprompt import io_utils
+from vlprompt.artifacts.run_dir import RunConfigMismatch, RunDir, RunLockedError
+from vlprompt.core import io as io_utils
+from vlprompt.core.io import WriteError, append_jsonl, atomic_write_text
 from vlprompt.experiment import run_config_from_dict, run_experiment
-from vlprompt.io_utils import WriteError, append_jsonl, atomic_write_text
-from vlprompt.run_dir import RunConfigMismatch, RunDir, RunLockedError
 from vlprompt.train import trainer as trainer_module
 
 SMALL = {"train_per_class": 4, "val_per_class": 2, "test_per_class": 2}
@@ -179,7 +179,7 @@ def test_rerun_of_a_finished_run_with_the_same_config_is_a_no_op(straight, caplo
 HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
-    from vlprompt.run_dir import RunDir
+    from vlprompt.artifacts.run_dir import RunDir
     with RunDir(sys.argv[1]).lock():
         print("locked", flush=True)
         time.sleep(60)
@@ -399,8 +399,9 @@ def test_python_api_writes_the_folder_the_cli_evaluates(tmp_path, capsys):
     from vlprompt.cli import main
     from vlprompt.data.fewshot import few_shot_task
     from vlprompt.data.registry import load_dataset
+    from vlprompt.eval.tasks import evaluate
     from vlprompt.methods import create_method
-    from vlprompt.train import TrainConfig, Trainer, evaluate
+    from vlprompt.train import TrainConfig, Trainer
 
     task = load_dataset("world-object", **SMALL)
     method = create_method("linear", create_backbone("world:mae"), task.labels)
@@ -431,8 +432,8 @@ def test_run_files_follow_the_umask(tmp_path):
 
 
 def test_world_export_into_a_non_empty_folder_is_refused_unless_overwrite(tmp_path):
+    from vlprompt.core.errors import ConfigError
     from vlprompt.data.world.export import export_world_task
-    from vlprompt.errors import ConfigError
 
     export_world_task("object", tmp_path / "d", per_class=1)
     with pytest.raises(ConfigError, match="not empty"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_run_dir import interrupt_after_epochs, train
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.train import TrainConfig
 
 UMASK_SCRIPT = textwrap.dedent(
@@ -24,7 +24,7 @@ UMASK_SCRIPT = textwrap.dedent(
     from test_trainer import make_task
     from vlprompt.artifacts.resume_state import save_resume_state
     from vlprompt.backbones.tiny import tiny_timm_vit
-    from vlprompt.io_utils import atomic_write_json, append_jsonl
+    from vlprompt.core.io import atomic_write_json, append_jsonl
     from vlprompt.methods import create_method
     from vlprompt.train import TrainConfig, Trainer
 
@@ -33,7 +33,7 @@ UMASK_SCRIPT = textwrap.dedent(
     Trainer(method, TrainConfig(epochs=1, batch_size=8, progress=False, num_workers=0), out_dir=out).fit(make_task())
     import torch
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.1)
-    from vlprompt.seeding import rng_state
+    from vlprompt.core.seeding import rng_state
     save_resume_state(out + "/resume.safetensors", {{"trainable": method.trainable_state_dict(),
         "optimizer": optimizer.state_dict(), "rng": rng_state(), "best": (-1.0, None), "epoch": 0, "micro": 0,
         "step": 0, "history": [], "config": {{}}, "fingerprint": None}})

@@ -15,16 +15,16 @@ from torch.nn import functional as F
 
 from vlprompt.backbones.tiny import tiny_timm_vit
 from vlprompt.cli import main
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.registry import load_dataset
-from vlprompt.errors import ConfigError
+from vlprompt.eval.segment_metrics import confusion_matrix, segmentation_scores
+from vlprompt.eval.segment_predict import segment_logits
+from vlprompt.eval.tasks import evaluate
 from vlprompt.methods import create_method
 from vlprompt.methods.heads import SegmentationHead
 from vlprompt.prompts.setr import setr_aux_blocks, setr_spec
 from vlprompt.prompts.visual import VisualPrompts
 from vlprompt.train import TrainConfig, Trainer
-from vlprompt.train.segment_metrics import confusion_matrix, segmentation_scores
-from vlprompt.train.segment_predict import segment_logits
-from vlprompt.train.tasks import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +159,8 @@ EVAL_SCRIPT = textwrap.dedent(
     from vlprompt.backbones.tiny import tiny_timm_vit
     from vlprompt.data.registry import load_dataset
     from vlprompt.methods import create_method
-    from vlprompt import distributed
-    from vlprompt.train.tasks import scores
+    from vlprompt.core import distributed
+    from vlprompt.eval.tasks import scores
 
     distributed.init_from_env()
     task = load_dataset("world-seg", train_images=1, test_images=5)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from vlprompt.backbones.base import PreprocessConfig
+from vlprompt.core.errors import DataError
 from vlprompt.data.check import check_dataset
 from vlprompt.data.mask_transforms import SegmentationEvalTransform, SegmentationTrainTransform
 from vlprompt.data.registry import load_dataset
@@ -17,7 +18,6 @@ from vlprompt.data.segmentation import reduce_zero_label
 from vlprompt.data.world.render import Scene, WorldObject, render, render_with_objects
 from vlprompt.data.world.segmentation import CLASSNAMES, world_seg_pair
 from vlprompt.data.world.vocab import VOCAB
-from vlprompt.errors import DataError
 
 
 def test_world_masks_are_the_rendered_objects_pixels():

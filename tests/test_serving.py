@@ -11,11 +11,11 @@ from artifact_helpers import LABELS, images, randomize
 import vlprompt
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.cli import main
+from vlprompt.core.errors import CheckpointError, VlpromptError
 from vlprompt.data.base import LabelSpace
 from vlprompt.data.transforms import eval_transform
-from vlprompt.errors import CheckpointError, VlpromptError
 from vlprompt.methods import create_method
-from vlprompt.serving import MultiTaskPredictor
+from vlprompt.serve.serving import MultiTaskPredictor
 
 OTHER = LabelSpace(["circle", "square", "star", "moon"], ["a photo of a {}."])
 

@@ -11,7 +11,7 @@ import timm
 import torch
 
 from vlprompt.backbones.registry import create_backbone
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
 

@@ -16,8 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vlprompt.config_utils import build_config
-from vlprompt.errors import ConfigError
+from vlprompt.core.config import build_config
+from vlprompt.core.errors import ConfigError
 from vlprompt.sweep import (
     ERROR_NAME,
     RUNS_DIR,
@@ -41,7 +41,7 @@ PLUGIN_SOURCE = textwrap.dedent('''
 
     from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
     from vlprompt.data.registry import DATASETS, register_dataset
-    from vlprompt.errors import DataError
+    from vlprompt.core.errors import DataError
 
     COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
     NAMES = ["red", "green", "blue", "yellow"]
@@ -401,7 +401,7 @@ def test_vtab_stages_on_the_vtab1k_reader(plugin, tmp_path):
 def test_sweep_survives_an_unwritable_error_file_and_still_writes_its_summary(plugin, tmp_path, monkeypatch):
     import errno
 
-    from vlprompt import io_utils
+    from vlprompt.core import io as io_utils
 
     real = io_utils.os.fsync
 

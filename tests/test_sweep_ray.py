@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from test_sweep import _config, _results, plugin, plugin_dir  # noqa: F401  (fixtures)
 
-from vlprompt.run_dir import RunDir
+from vlprompt.artifacts.run_dir import RunDir
 from vlprompt.sweep import RUNS_DIR, RayLauncher, run_sweep
 
 ray = pytest.importorskip("ray")

@@ -15,8 +15,8 @@ from torch import nn
 import vlprompt.methods.vpt  # noqa: F401
 from vlprompt.backbones.registry import create_backbone
 from vlprompt.backbones.tiny import tiny_timm_swin
+from vlprompt.core.errors import VlpromptError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import VlpromptError
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.adapters import ScaleShift
 from vlprompt.prompts.visual import VisualPrompts, prompted_forward

@@ -14,8 +14,8 @@ import vlprompt.methods.kgcoop
 import vlprompt.methods.mocoop
 import vlprompt.methods.prograd
 import vlprompt.methods.zeroshot  # noqa: F401
+from vlprompt.core.errors import CheckpointError, ConfigError, VlpromptError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import CheckpointError, ConfigError, VlpromptError
 from vlprompt.losses import gating_kl, grouped_text_ce, kg_distance, prograd_project
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.text import ContextPrompt, hand_crafted_features

@@ -13,11 +13,13 @@ import vlprompt.methods.kgcoop
 import vlprompt.methods.mocoop
 import vlprompt.methods.prograd
 import vlprompt.methods.zeroshot  # noqa: F401
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
 from vlprompt.backbones.tiny import tiny_open_clip
+from vlprompt.core.errors import CheckpointError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
-from vlprompt.errors import CheckpointError
+from vlprompt.eval.tasks import evaluate
 from vlprompt.methods.base import create_method
-from vlprompt.train import TrainConfig, Trainer, evaluate, load_prompts, save_prompts
+from vlprompt.train import TrainConfig, Trainer
 from vlprompt.train.trainer import predict
 
 CLASSES = ["circle", "square", "triangle"]

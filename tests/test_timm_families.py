@@ -10,7 +10,7 @@ from vlprompt.backbones.convnet import ConvNetVisionTower
 from vlprompt.backbones.registry import create_backbone, list_backbones
 from vlprompt.backbones.swin import SwinVisionTower
 from vlprompt.backbones.timm_vit import TimmVisionTower
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 SWIN = {"img_size": 32, "patch_size": 2, "window_size": 4, "embed_dim": 16, "depths": (2, 2, 2), "num_heads": (2, 2, 4)}
 SMALL = {

@@ -13,12 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
 from vlprompt.backbones.tiny import tiny_timm_vit
+from vlprompt.core.errors import CheckpointError, VlpromptError
+from vlprompt.core.seeding import seed_everything
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
-from vlprompt.errors import CheckpointError, VlpromptError
+from vlprompt.eval.tasks import evaluate
 from vlprompt.methods import create_method
-from vlprompt.seeding import seed_everything
-from vlprompt.train import TrainConfig, Trainer, evaluate, load_prompts, save_prompts
+from vlprompt.train import TrainConfig, Trainer
 
 
 def make_task(n_per_class: int = 6, classes: int = 3, size: int = 32, seed: int = 0) -> TaskData:
@@ -99,9 +101,9 @@ KILL_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_trainer import make_task
     from vlprompt.backbones.tiny import tiny_timm_vit
-    from vlprompt.errors import Preempted
+    from vlprompt.core.errors import Preempted
     from vlprompt.methods import create_method
-    from vlprompt.seeding import seed_everything
+    from vlprompt.core.seeding import seed_everything
     from vlprompt.train import TrainConfig, Trainer
 
     kill_at, signum = int(sys.argv[2]), int(sys.argv[3])

@@ -10,8 +10,8 @@ from torch import nn
 import vlprompt.methods.linear
 import vlprompt.methods.vpt  # noqa: F401
 from vlprompt.backbones.base import Backbone, PreprocessConfig, VisionTower
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.visual import VisualPrompts, prompted_forward, prompted_tokens, vpt_uniform_bound
 

@@ -9,11 +9,11 @@ from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.spt
 import vlprompt.methods.vpt  # noqa: F401
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
+from vlprompt.core.errors import CheckpointError
 from vlprompt.data.base import ImageDataset, LabelSpace
-from vlprompt.errors import CheckpointError
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.visual import VisualPrompts, prompted_forward
-from vlprompt.train.checkpoint import load_prompts, save_prompts
 
 tiny = pytest.importorskip("vlprompt.backbones.tiny")
 LABELS = LabelSpace(["a", "b"])

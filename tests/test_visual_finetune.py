@@ -8,8 +8,8 @@ import torch
 from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.finetune  # noqa: F401
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
 
 LABELS = LabelSpace(["a", "b", "c"])

@@ -9,9 +9,9 @@ from test_visual import tiny_backbone  # pytest puts tests/ on sys.path
 
 import vlprompt.methods.spt  # noqa: F401
 from vlprompt.analysis.nmi import NMICallback, method_nmi, nmi_record
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.transforms import eval_transform
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.init import (
     INITIALIZERS,

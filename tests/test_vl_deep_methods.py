@@ -12,14 +12,16 @@ from optional_extras import needs_transformers  # pytest puts tests/ on sys.path
 from PIL import Image
 from safetensors.torch import load_file
 
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
 from vlprompt.backbones.tiny import tiny_hf_clip, tiny_open_clip
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
-from vlprompt.errors import ConfigError
+from vlprompt.eval.tasks import evaluate
 from vlprompt.losses import gaussian_epoch_weights, logit_kl_per_entry
 from vlprompt.methods import create_method, list_methods
 from vlprompt.methods.promptsrc import official_templates
 from vlprompt.prompts.text import encode_texts
-from vlprompt.train import TrainConfig, Trainer, evaluate, load_prompts, save_prompts
+from vlprompt.train import TrainConfig, Trainer
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -277,7 +279,7 @@ def test_official_templates_encode(clip):
 def test_presets_build_the_method_and_train_configs(preset):
     import yaml
 
-    from vlprompt.config_utils import build_config
+    from vlprompt.core.config import build_config
     from vlprompt.methods import METHODS, import_all
 
     path = Path(__file__).resolve().parents[1] / "src" / "vlprompt" / "presets" / f"{preset}.yaml"

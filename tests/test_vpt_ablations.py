@@ -13,8 +13,8 @@ import torch
 import vlprompt.methods.spt
 import vlprompt.methods.vpt  # noqa: F401
 from vlprompt.backbones.tiny import tiny_timm_vit
+from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError, VlpromptError
 from vlprompt.methods.base import create_method
 
 LABELS = LabelSpace(["a", "b"])

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 import vlprompt.methods.vpt  # noqa: F401
+from vlprompt.artifacts.checkpoint import load_prompts, save_prompts
 from vlprompt.backbones.tiny import tiny_timm_convnet, tiny_timm_vit
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import create_method
 from vlprompt.prompts.below import xavier_bound
 from vlprompt.prompts.visual import vpt_uniform_bound
-from vlprompt.train.checkpoint import load_prompts, save_prompts
 
 LABELS = LabelSpace(["a", "b"])
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.data.world.pretrain import pretraining_pool
 from vlprompt.data.world.render import SHAPES, Scene, WorldObject, render
 from vlprompt.data.world.scenes import SceneDistribution, caption, sample_scene
 from vlprompt.data.world.tasks import WORLD_TASKS, WorldImageLoader, get_world_task, load_world_task
 from vlprompt.data.world.vocab import VOCAB
-from vlprompt.errors import ConfigError, VlpromptError
 
 
 def _scene(shape="star", style="photo", seed=3, texture="striped") -> Scene:

@@ -20,7 +20,7 @@ from vlprompt.backbones.world import (
     save_world_mae,
     world_clip_tokenizer,
 )
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 TEXTS = ["a photo of a star.", "pixel art of a large red striped arrow at the top left."]
 SHIPPED_CLIP = (CLIP_DIR / CLIP_WEIGHTS_FILE).is_file()

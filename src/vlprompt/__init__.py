@@ -18,16 +18,16 @@ _EXPORTS = {
     "TaskData": "vlprompt.data.base",
     "Trainer": "vlprompt.train",
     "TrainConfig": "vlprompt.train",
-    "evaluate": "vlprompt.train",
-    "save_prompts": "vlprompt.train",
-    "load_prompts": "vlprompt.train",
+    "evaluate": "vlprompt.eval.tasks",
+    "save_prompts": "vlprompt.artifacts.checkpoint",
+    "load_prompts": "vlprompt.artifacts.checkpoint",
     "RunConfig": "vlprompt.experiment",
     "run_experiment": "vlprompt.experiment",
-    "seed_everything": "vlprompt.seeding",
+    "seed_everything": "vlprompt.core.seeding",
     "load_results": "vlprompt.analysis.results",
     "save_pretrained": "vlprompt.artifacts.pretrained",
     "from_pretrained": "vlprompt.artifacts.pretrained",
-    "MultiTaskPredictor": "vlprompt.serving",
+    "MultiTaskPredictor": "vlprompt.serve.serving",
 }
 
 __all__ = [  # noqa: RUF022  (grouped as in _EXPORTS)

@@ -10,11 +10,11 @@ from importlib import resources
 from pathlib import Path
 
 from vlprompt.analysis.markdown import format_table
-from vlprompt.errors import VlpromptError
+from vlprompt.artifacts.files import RESULTS_NAME
+from vlprompt.core.errors import VlpromptError
+from vlprompt.core.io import atomic_write_json, atomic_write_text, check_writable_dir
 from vlprompt.experiment import RunConfig, run_experiment
-from vlprompt.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
 from vlprompt.methods import METHODS, list_methods
-from vlprompt.run_dir import RESULTS_NAME
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The CLI, the demo and sweeps all go through ``run_experiment``; it saves the resolved config, the library
 version and the backbone id beside every result, so each number in a table traces to its run folder. The run
-folder's rules (run_dir.py): the same config resumes an unfinished run and leaves a finished one as it is; another
+folder's rules (artifacts/run_dir.py): the same config resumes an unfinished run and leaves a finished one as it is; another
 config is refused unless ``restart`` (unfinished) or ``overwrite`` (finished; replaced only once the new run has
 finished); one process at a time trains a folder.
 """
@@ -20,22 +20,23 @@ from typing import Any
 
 import torch
 
-from vlprompt import distributed
 from vlprompt.analysis.nmi import NMICallback, NMIOptions
 from vlprompt.artifacts.card import write_model_card
+from vlprompt.artifacts.files import LOCK_NAME
+from vlprompt.artifacts.run_dir import RunDir, config_document, fingerprint_fields, mismatch_error
 from vlprompt.backbones.registry import create_backbone
-from vlprompt.config_utils import ValidatedConfig, build_config, option
+from vlprompt.core import distributed
+from vlprompt.core.config import ValidatedConfig, build_config, option
+from vlprompt.core.errors import ConfigError, VlpromptError
+from vlprompt.core.io import check_writable_dir
+from vlprompt.core.seeding import seed_everything
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.data.fewshot import base_new_split, few_shot_task
 from vlprompt.data.registry import load_dataset
-from vlprompt.errors import ConfigError, VlpromptError
-from vlprompt.io_utils import check_writable_dir
+from vlprompt.eval.tasks import scores
 from vlprompt.methods import import_all
 from vlprompt.methods.base import METHODS, PromptMethod, create_method
-from vlprompt.run_dir import LOCK_NAME, RunDir, config_document, fingerprint_fields, mismatch_error
-from vlprompt.seeding import seed_everything
 from vlprompt.train.config import TrainConfig
-from vlprompt.train.tasks import scores
 from vlprompt.train.trainer import Trainer
 
 log = logging.getLogger(__name__)

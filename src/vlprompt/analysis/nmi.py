@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from vlprompt.backbones.base import VisionTower
-from vlprompt.config_utils import ValidatedConfig, check_choice, check_range, option
+from vlprompt.core.config import ValidatedConfig, check_choice, check_range, option
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.transforms import eval_transform
-from vlprompt.errors import ConfigError
 from vlprompt.prompts.visual import VisualPrompts, prompted_tokens
 from vlprompt.train.callbacks import Callback
 
@@ -92,7 +92,7 @@ def checkpoint_nmi(
     method, checkpoint: str | Path, images: torch.Tensor, normalization: str = "min"
 ) -> list[float]:
     """Load a prompt checkpoint into ``method`` (checked against it) and compute its per-block NMI."""
-    from vlprompt.train.checkpoint import load_prompts
+    from vlprompt.artifacts.checkpoint import load_prompts
 
     load_prompts(method, checkpoint)
     return method_nmi(method, images, normalization)

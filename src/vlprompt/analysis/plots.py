@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from vlprompt.errors import missing_extra
-from vlprompt.run_dir import METRICS_NAME
+from vlprompt.artifacts.files import METRICS_NAME
+from vlprompt.core.errors import missing_extra
 
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -15,8 +15,8 @@ import pandas as pd
 
 from vlprompt.analysis.results import load_results
 from vlprompt.analysis.tables import Table, build_tables
-from vlprompt.errors import MissingExtraError
-from vlprompt.io_utils import atomic_write_text, check_writable_dir
+from vlprompt.core.errors import MissingExtraError
+from vlprompt.core.io import atomic_write_text, check_writable_dir
 
 log = logging.getLogger(__name__)
 

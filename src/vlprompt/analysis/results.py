@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlprompt.errors import VlpromptError
-from vlprompt.io_utils import read_json
-from vlprompt.run_dir import CONFIG_NAME, RESULTS_NAME, SPEC_NAME
+from vlprompt.artifacts.files import CONFIG_NAME, RESULTS_NAME, SPEC_NAME
+from vlprompt.core.errors import VlpromptError
+from vlprompt.core.io import read_json
 
 log = logging.getLogger(__name__)
 

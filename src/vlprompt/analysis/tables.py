@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 VTAB_GROUPS = ("natural", "specialized", "structured")
 CELL_COLUMNS = ["method", "column", "mean", "std", "n", "runs"]

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.artifacts.card import write_model_card
-from vlprompt.artifacts.files import CONFIG_NAME
-from vlprompt.errors import CheckpointError, VlpromptError
-from vlprompt.io_utils import read_json
-from vlprompt.train.checkpoint import load_prompts, read_prompt_meta, save_prompts, stored_backbone
+from vlprompt.artifacts.checkpoint import load_prompts, read_prompt_meta, save_prompts, stored_backbone
+from vlprompt.artifacts.files import CONFIG_NAME, PROMPTS_META_NAME
+from vlprompt.core.errors import CheckpointError, VlpromptError
+from vlprompt.core.io import read_json
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG_NAME = "config.json"  # the run config written by experiment.py (0.1 folders: templates come from it)
 
 
 def save_pretrained(method, folder: str | Path, extra: dict | None = None) -> Path:
@@ -54,7 +53,7 @@ def _labels(meta: dict, folder: Path, classnames: Sequence[str] | None):
 
 
 def _legacy_templates(folder: Path) -> tuple[list[str], dict]:
-    run_config = folder / RUN_CONFIG_NAME
+    run_config = folder / CONFIG_NAME
     if run_config.exists():
         from vlprompt.data.registry import load_dataset
 
@@ -124,8 +123,8 @@ def from_pretrained(path: str | Path, backbone: Any = None, classnames: Sequence
     method.pretrained_config = meta
     method.eval()
     if device is not None:
-        from vlprompt.distributed import resolve_device
+        from vlprompt.core.distributed import resolve_device
 
         method.to(resolve_device(device))
-    log.info("loaded %s from %s (%s)", meta["method"], folder, CONFIG_NAME)
+    log.info("loaded %s from %s (%s)", meta["method"], folder, PROMPTS_META_NAME)
     return method

@@ -4,7 +4,7 @@ metadata holds everything else as one JSON document.
 
 Why not ``torch.save``: loading a pickle runs whatever its ``__reduce__`` says, and a run folder is something
 people copy and share (sweeps, a colleague's results). A safetensors file is parsed, never executed. One file,
-not a tensor file plus a JSON file, so that the atomic rename (io_utils.atomic_write) replaces the whole state at
+not a tensor file plus a JSON file, so that the atomic rename (core/io.py atomic_write) replaces the whole state at
 once: a reader never sees tensors of one step with the counters of another.
 
 Every value survives the round trip exactly: tensors bit for bit, Python floats through JSON's shortest repr
@@ -21,8 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vlprompt.errors import CheckpointError
-from vlprompt.io_utils import atomic_write
+from vlprompt.core.errors import CheckpointError
+from vlprompt.core.io import atomic_write
 
 FORMAT = "vlprompt-resume"
 FORMAT_VERSION = 1

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.prompt_support import PROMPT_READOUTS, InputStem, PromptSupport
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone, BlockSites, VisionTower
 from vlprompt.backbones.prompt_support import PROMPT_READOUTS, InputStem, PromptSupport
 from vlprompt.backbones.timm_vit import timm_preprocess
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 class ConvNetVisionTower(VisionTower):

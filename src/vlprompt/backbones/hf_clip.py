@@ -20,7 +20,7 @@ from vlprompt.backbones.base import AttentionProjections, Backbone, PreprocessCo
 from vlprompt.backbones.causal_text import CausalTextTower, attend_with_prefix, pack_rows, unpack_rows
 from vlprompt.backbones.hub import hub_reachable
 from vlprompt.backbones.loading import as_bool, missing_weights, wrong_checkpoint
-from vlprompt.errors import VlpromptError, missing_extra
+from vlprompt.core.errors import VlpromptError, missing_extra
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
-from vlprompt.errors import CheckpointError, VlpromptError
+from vlprompt.core.errors import CheckpointError, VlpromptError
 
 
 def as_bool(value: Any, field: str) -> bool:

@@ -33,7 +33,7 @@ from vlprompt.backbones.causal_text import (
     unpack_rows,
 )
 from vlprompt.backbones.timm_vit import pool_tokens
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 Tokenizer = Callable[..., torch.Tensor]
 

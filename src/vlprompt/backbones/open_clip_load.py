@@ -14,7 +14,7 @@ from vlprompt.backbones.base import Backbone, PreprocessConfig
 from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachable
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
 from vlprompt.backbones.open_clip import open_clip_preprocess, wrap_open_clip
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import AttentionProjections, BlockSites, VisionTower
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 class ProjectedTower(VisionTower):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 # VPT's prompt locations, named as the official config (MODEL.PROMPT.LOCATION) names them.
 PROMPT_LOCATIONS = ("prepend", "add", "add-1", "below", "pad", "prepend-pixel")

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.errors import unknown_name
-from vlprompt.registry import Registry
+from vlprompt.core.errors import unknown_name
+from vlprompt.core.registry import Registry
 
 BackboneFactory = Callable[..., Backbone]
 NAME_PATTERNS = (

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 CHECKPOINT_FORMATS = ("timm", "mae", "moco_v3")
 _PICKLE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt")

@@ -29,7 +29,7 @@ from torch import nn
 from vlprompt.backbones.base import TOWER_SITES, Backbone, BlockSites, VisionTower
 from vlprompt.backbones.prompt_support import PromptSupport
 from vlprompt.backbones.timm_vit import pool_tokens, timm_preprocess
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 def _window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:

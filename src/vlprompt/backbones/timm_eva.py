@@ -30,7 +30,7 @@ from torch import nn
 from vlprompt.backbones.base import TOWER_SITES, AttentionProjections, BlockSites, VisionTower
 from vlprompt.backbones.timm_readout import adopt_timm_model, map_pool
 from vlprompt.backbones.timm_vit import pool_tokens
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 def identity_rope_rows(rope: torch.Tensor, count: int) -> torch.Tensor:

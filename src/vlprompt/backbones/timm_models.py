@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 SUPPORTED = "ViTs ('vit_*', 'deit_*', EVA-02 'eva02_*'), Swin Transformers ('swin_*'), ResNets ('resnet*') and ConvNeXts ('convnext_*')"
 

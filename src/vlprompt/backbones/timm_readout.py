@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 def map_pool(

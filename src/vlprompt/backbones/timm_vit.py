@@ -27,7 +27,7 @@ from vlprompt.backbones.hub import cached_hf_file, cached_url_file, hub_reachabl
 from vlprompt.backbones.loading import as_bool, close_names, missing_weights, wrong_checkpoint
 from vlprompt.backbones.prompt_support import InputStem, PromptSupport
 from vlprompt.backbones.timm_readout import adopt_timm_model, map_pool
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 def pool_tokens(

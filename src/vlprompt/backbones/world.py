@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 ASSETS = Path(str(resources.files("vlprompt"))) / "assets" / "world"
 CLIP_DIR = ASSETS / "clip"

@@ -8,7 +8,7 @@ from typing import ClassVar
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 CLASSNAME_CLEANINGS = ("underscores", "none")
 
@@ -107,7 +107,7 @@ class ImageDataset(Dataset):
     """A list of (image source, label) pairs; ``load`` turns a source into a PIL image.
 
     ``labels`` is readable without decoding any image, so few-shot sampling stays cheap. ``task_type`` says
-    which transforms and which evaluation apply (train/tasks.py); segmentation's subclass yields (image, mask).
+    which transforms and which evaluation apply (eval/tasks.py); segmentation's subclass yields (image, mask).
     """
 
     task_type: ClassVar[str] = "classification"

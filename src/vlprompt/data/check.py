@@ -17,10 +17,10 @@ from typing import Any
 
 from PIL import Image
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.catalog import FORMATS, parse_dataset
 from vlprompt.data.formats.common import ERROR, ParsedDataset, Problem, display_path, structural_problems
 from vlprompt.data.formats.seg_catalog import SEG_FORMATS, check_segmentation
-from vlprompt.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from vlprompt import distributed
+from vlprompt.core import distributed
+from vlprompt.core.errors import ConfigError
+from vlprompt.core.io import atomic_write
 from vlprompt.data.base import ImageDataset
 from vlprompt.data.loading import BatchLoader, workers_for
-from vlprompt.errors import ConfigError
-from vlprompt.io_utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,17 @@ def _checksum(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
+def feature_cache_key(method, dataset: ImageDataset, transform_name: str) -> dict:
+    """What makes a dataset's cached features reusable: the backbone, its weights, the items, the transform."""
+    return {
+        "backbone": method.backbone.backbone_id,
+        "weights": method.backbone.weights_hash(),
+        "dataset": dataset.name,
+        "n": len(dataset),
+        "transform": transform_name,
+    }
+
+
 def _full_key(cache_key: dict, dataset: ImageDataset, transform, views: int, seed: int) -> str:
     key = {
         "format": CACHE_FORMAT,
@@ -103,7 +114,7 @@ def _read(path: Path, key: str) -> torch.Tensor | None:
 
 
 def _write(path: Path, features: torch.Tensor, key: str) -> None:
-    """Atomic (io_utils.atomic_write): a reader sees no cache file or a complete one with its checksum."""
+    """Atomic (core/io.py atomic_write): a reader sees no cache file or a complete one with its checksum."""
     metadata = {"key": key, "checksum": _checksum(features)}
     atomic_write(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp), metadata=metadata))
 

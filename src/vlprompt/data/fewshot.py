@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from vlprompt.core.errors import DataError
+from vlprompt.core.io import atomic_write_json, read_json
+from vlprompt.core.seeding import derived_seed
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
-from vlprompt.errors import DataError
-from vlprompt.io_utils import atomic_write_json, read_json
-from vlprompt.seeding import derived_seed
 
 log = logging.getLogger(__name__)
 

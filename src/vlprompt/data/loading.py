@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vlprompt.core.seeding import derived_seed
 from vlprompt.data.base import ImageDataset
-from vlprompt.seeding import derived_seed
 
 
 class SeededItems(Dataset):

@@ -6,8 +6,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from vlprompt.core.registry import Registry
 from vlprompt.data.base import TaskData
-from vlprompt.registry import Registry
 
 # Modules whose import registers datasets; imported lazily so `import vlprompt` stays light.
 _PROVIDERS = ("vlprompt.data.world.tasks", "vlprompt.data.world.segmentation", "vlprompt.data.formats.catalog", "vlprompt.data.formats.seg_catalog", "vlprompt.data.vtab_stages")

@@ -18,8 +18,8 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import ImageDataset, LabelSpace
-from vlprompt.errors import ConfigError
 
 IGNORE_INDEX = 255
 

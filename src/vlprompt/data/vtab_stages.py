@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.data.base import ImageDataset, TaskData
 from vlprompt.data.registry import DATASETS, load_dataset, register_dataset
-from vlprompt.errors import ConfigError, DataError
 
 VTAB_SELECT_DATASET = "vtab-select"
 VTAB_FINAL_DATASET = "vtab-final"

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import build_config
+from vlprompt.core.config import build_config
+from vlprompt.core.registry import Registry
 from vlprompt.data.base import LabelSpace
-from vlprompt.registry import Registry
 
 if TYPE_CHECKING:
     from vlprompt.data.base import ImageDataset, TaskData
@@ -206,8 +206,8 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
         return self
 
     def predict_images(self, images: Sequence, topk: int = 5, **options: Any) -> list[dict]:
-        """Top-k labels and probabilities for PIL images or image paths (see vlprompt.inference)."""
-        from vlprompt.inference import predict_images
+        """Top-k labels and probabilities for PIL images or image paths (see vlprompt.eval.inference)."""
+        from vlprompt.eval.inference import predict_images
 
         return predict_images(self, images, topk=topk, **options)
 
@@ -224,7 +224,7 @@ def create_method(name: str, backbone: Backbone, labels: LabelSpace, **overrides
     import_all()
     cls = METHODS.get(name)
     if labels.task_type not in cls.task_types:
-        from vlprompt.errors import ConfigError
+        from vlprompt.core.errors import ConfigError
 
         supported = sorted(n for n in METHODS.names() if labels.task_type in METHODS.get(n).task_types)
         raise ConfigError(
@@ -233,7 +233,7 @@ def create_method(name: str, backbone: Backbone, labels: LabelSpace, **overrides
         )
     config = build_config(cls.config_class, overrides, where=f"method '{name}'")
     if cls.needs_text_tower and backbone.text is None:
-        from vlprompt.errors import ConfigError
+        from vlprompt.core.errors import ConfigError
 
         raise ConfigError(
             f"Method '{name}' needs a CLIP backbone with a text tower; '{backbone.backbone_id}' has only an image "

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.methods.base import register_method
 from vlprompt.methods.heads import HEAD_OPTION_HELP
 from vlprompt.methods.peft import TowerTuningMethod

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig
+from vlprompt.core.config import ValidatedConfig
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.losses import class_adaptive_penalty, class_confidence
 from vlprompt.methods.base import register_method

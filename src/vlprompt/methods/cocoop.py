@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig
+from vlprompt.core.config import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod, text_memory_option

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig
+from vlprompt.core.config import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import CLASSIFICATION_LOSSES, grouped_text_ce
 from vlprompt.methods.base import register_method

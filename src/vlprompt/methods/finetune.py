@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import torch
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.core.config import ValidatedConfig, option
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
 from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
 

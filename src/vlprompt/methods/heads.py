@@ -16,9 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlprompt.backbones.base import VisionTower
-from vlprompt.config_utils import build_config
+from vlprompt.core.config import build_config
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.prompts.setr import SETR_KINDS, SetrHeadSpec, SetrUpHead, setr_aux_blocks, setr_spec
 
 HEAD_OPTION_HELP = (

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.core.config import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.methods.base import register_method

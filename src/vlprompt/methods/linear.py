@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig
+from vlprompt.core.config import ValidatedConfig
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import PromptMethod, register_method
 from vlprompt.methods.heads import HEAD_OPTION_HELP, dense_forward, task_head
 from vlprompt.prompts.visual import prompted_block_outputs

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.core.config import ValidatedConfig, option
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError
 from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod, text_memory_option

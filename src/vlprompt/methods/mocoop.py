@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig
+from vlprompt.core.config import ValidatedConfig
+from vlprompt.core.errors import ConfigError, unknown_name
 from vlprompt.data.base import LabelSpace
-from vlprompt.errors import ConfigError, unknown_name
 from vlprompt.losses import gating_kl, grouped_text_ce
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod, text_memory_option

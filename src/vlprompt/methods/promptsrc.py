@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import option
+from vlprompt.core.config import option
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import feature_l1, gaussian_epoch_weights, logit_kl_per_entry
 from vlprompt.methods.base import register_method

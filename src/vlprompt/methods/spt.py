@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from vlprompt.config_utils import option
+from vlprompt.core.config import option
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import ImageDataset
-from vlprompt.errors import ConfigError
 from vlprompt.methods.base import register_method
 from vlprompt.methods.vpt import VisualPromptMethod, VPTConfig
 from vlprompt.prompts.init import INITIALIZERS, InitReport, prototype_prompts

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.core.config import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace, TaskData
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod

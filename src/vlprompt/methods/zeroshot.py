@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from vlprompt.config_utils import ValidatedConfig
+from vlprompt.core.config import ValidatedConfig
 from vlprompt.methods.base import register_method
 from vlprompt.methods.clip import ClipMethod
 

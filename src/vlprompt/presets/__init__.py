@@ -13,8 +13,8 @@ from importlib import resources
 
 import yaml
 
-from vlprompt.config_utils import deep_merge
-from vlprompt.errors import ConfigError, unknown_name
+from vlprompt.core.config import deep_merge
+from vlprompt.core.errors import ConfigError, unknown_name
 
 KEYS = ("description", "source", "method", "method_options", "train", "epochs_by_shots", "grid")
 REQUIRED = ("description", "source", "method", "train")

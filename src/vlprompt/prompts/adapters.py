@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import BlockSites, VisionTower
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 # Module types whose bias BitFit trains, with the attribute that holds it. Subclasses count (open_clip's LayerNorm,
 # nn.MultiheadAttention's out_proj Linear).

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import TextTower
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.text import ContextPrompt, EvalCache, token_count
 from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VisionTower
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.deep_text import clamp_depth
 
 VISION_INIT_STD = 0.02

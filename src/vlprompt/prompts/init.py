@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from vlprompt.backbones.base import VisionTower
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import AttentionProjections, BlockSites
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 RANK_SCALINGS = ("sqrt", "rank")
 PROJECTIONS = ("q", "k", "v", "o")

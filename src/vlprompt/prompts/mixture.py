@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import TextTower
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.text import ContextPrompt
 from vlprompt.prompts.text_layout import split_template
 from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB

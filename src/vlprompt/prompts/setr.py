@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 SETR_KINDS = ("setr-pup", "setr-naive")
 # mmseg out_indices (9, 14, 19) of ViT-L's 24 blocks feed SETR's auxiliary heads.

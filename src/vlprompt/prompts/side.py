@@ -17,7 +17,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 from vlprompt.prompts.heads import statistics_as_parameters
 
 OFFICIAL_SIDE = "alexnet"

@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbones.base import TextTower
+from vlprompt.core.errors import CheckpointError, ConfigError
 from vlprompt.data.base import display_name
-from vlprompt.errors import CheckpointError, ConfigError
 from vlprompt.prompts.text_encoding import (  # noqa: F401  (some names re-exported for methods)
     check_fits,
     encode_text_embeddings,

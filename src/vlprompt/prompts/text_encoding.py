@@ -13,7 +13,7 @@ from torch import nn
 
 from vlprompt.backbones.base import TextTower
 from vlprompt.backbones.causal_text import CausalTextTower
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 
 def exact_fast_paths(text: TextTower) -> bool:

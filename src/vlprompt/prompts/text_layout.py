@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from vlprompt.backbones.base import TextTower
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.text_encoding import check_fits, end_token_positions, exact_fast_paths, token_count
 
 logger = logging.getLogger(__name__)

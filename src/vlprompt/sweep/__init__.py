@@ -23,7 +23,7 @@ from typing import Any
 _EXPORTS = {
     "vlprompt.data.vtab_stages": ("VTAB_FINAL_DATASET", "VTAB_SELECT_DATASET", "final_view", "selection_view",
                                   "union"),
-    "vlprompt.run_dir": ("ERROR_NAME", "LOG_NAME", "SPEC_NAME"),
+    "vlprompt.artifacts.files": ("ERROR_NAME", "LOG_NAME", "SPEC_NAME"),
     "vlprompt.sweep.config": ("DatasetEntry", "MethodEntry", "SweepConfig", "VtabConfig", "list_sweeps",
                               "load_sweep_config"),
     "vlprompt.sweep.launchers": ("LAUNCHERS", "LocalLauncher", "RayLauncher", "create_launcher"),

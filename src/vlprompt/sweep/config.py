@@ -8,8 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config_utils import build_config, check_choice, deep_merge, load_yaml_mapping, option
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.core.config import build_config, check_choice, deep_merge, load_yaml_mapping, option
+from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.experiment import PROTOCOLS
 from vlprompt.methods import import_all, list_methods
 from vlprompt.methods.base import METHODS

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from vlprompt.errors import ConfigError, missing_extra
-from vlprompt.run_dir import LOG_NAME, RunDir
+from vlprompt.artifacts.files import LOG_NAME
+from vlprompt.artifacts.run_dir import RunDir
+from vlprompt.core.errors import ConfigError, missing_extra
 from vlprompt.sweep.parent_death import PARENT_ENV
 from vlprompt.sweep.runner import FAILED, LOCKED, RAN, execute_run
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlprompt.artifacts.run_dir import RunDir
+from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.data.vtab_stages import VTAB_FINAL_DATASET, VTAB_SELECT_DATASET
-from vlprompt.errors import ConfigError, VlpromptError
 from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods.base import METHODS
-from vlprompt.run_dir import RunDir
 from vlprompt.sweep.config import DatasetEntry, MethodEntry, SweepConfig
 
 STAGES = ("run", "select", "final")

@@ -12,10 +12,11 @@ import time
 import traceback
 from pathlib import Path
 
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.artifacts.files import ERROR_NAME, LOG_NAME
+from vlprompt.artifacts.run_dir import INDEX_DIR, RunDir, RunLockedError
+from vlprompt.core.errors import ConfigError, VlpromptError
+from vlprompt.core.io import atomic_write_json, check_writable_dir
 from vlprompt.experiment import run_config_from_dict
-from vlprompt.io_utils import atomic_write_json, check_writable_dir
-from vlprompt.run_dir import ERROR_NAME, INDEX_DIR, LOG_NAME, RunDir, RunLockedError
 from vlprompt.sweep.config import SweepConfig, import_plugin
 from vlprompt.sweep.plan import (
     FEATURES_DIR,

@@ -1,8 +1,6 @@
-"""The single training loop and its configuration."""
+"""The single training loop and its configuration. Predicting and scoring live in eval/, checkpoints in artifacts/."""
 from vlprompt.train.callbacks import Callback, TensorBoardCallback
-from vlprompt.train.checkpoint import load_prompts, save_prompts
 from vlprompt.train.config import TrainConfig
-from vlprompt.train.trainer import FitResult, Trainer, evaluate, predict
+from vlprompt.train.trainer import FitResult, Trainer
 
-__all__ = ["Callback", "FitResult", "TensorBoardCallback", "TrainConfig", "Trainer", "evaluate", "load_prompts",
-           "predict", "save_prompts"]
+__all__ = ["Callback", "FitResult", "TensorBoardCallback", "TrainConfig", "Trainer"]

@@ -23,7 +23,7 @@ import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from vlprompt.errors import ConfigError, VlpromptError, missing_extra
+from vlprompt.core.errors import ConfigError, VlpromptError, missing_extra
 
 if TYPE_CHECKING:
     from vlprompt.data.base import TaskData

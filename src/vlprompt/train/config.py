@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vlprompt.config_utils import ValidatedConfig, check_choice, option
-from vlprompt.errors import ConfigError
+from vlprompt.core.config import ValidatedConfig, check_choice, option
+from vlprompt.core.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "constant")

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vlprompt.errors import Preempted
+from vlprompt.core.errors import Preempted
 
 
 class StopRequest:

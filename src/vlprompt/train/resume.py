@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from vlprompt.errors import VlpromptError
-from vlprompt.run_dir import mismatch_error
-from vlprompt.seeding import rng_state, set_rng_state
+from vlprompt.artifacts.run_dir import mismatch_error
+from vlprompt.core.errors import VlpromptError
+from vlprompt.core.seeding import rng_state, set_rng_state
 
 
 def diverged_error(trainer, what: str) -> VlpromptError:

@@ -7,20 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from vlprompt.core.seeding import derived_seed
 from vlprompt.data.base import ImageDataset
 from vlprompt.data.loading import BatchLoader
-from vlprompt.seeding import derived_seed
-
-
-def cache_key(method, dataset: ImageDataset, transform_name: str) -> dict:
-    """What makes a dataset's cached features reusable: the backbone, its weights, the items, the transform."""
-    return {
-        "backbone": method.backbone.backbone_id,
-        "weights": method.backbone.weights_hash(),
-        "dataset": dataset.name,
-        "n": len(dataset),
-        "transform": transform_name,
-    }
 
 
 class FeatureSource:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vlprompt import distributed
-from vlprompt.train.checkpoint import tensors_checksum
+from vlprompt.artifacts.checkpoint import tensors_checksum
+from vlprompt.core import distributed
 
 if TYPE_CHECKING:
     from vlprompt.methods.base import PromptMethod

@@ -24,24 +24,24 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vlprompt import distributed
+from vlprompt.artifacts.checkpoint import save_prompts
 from vlprompt.artifacts.resume_state import load_resume_state, refuse_legacy_pickle, save_resume_state
+from vlprompt.artifacts.run_dir import RunDir
+from vlprompt.core import distributed
+from vlprompt.core.io import check_writable_dir
+from vlprompt.core.seeding import derived_seed, set_deterministic
 from vlprompt.data.base import ImageDataset, TaskData
-from vlprompt.data.features import encode_dataset
+from vlprompt.data.features import encode_dataset, feature_cache_key
 from vlprompt.data.loading import workers_for
 from vlprompt.data.transforms import eval_transform, train_transform
-from vlprompt.io_utils import check_writable_dir
-from vlprompt.run_dir import RunDir
-from vlprompt.seeding import derived_seed, set_deterministic
+from vlprompt.eval.predict import predict
+from vlprompt.eval.tasks import evaluate, task_type_of
 from vlprompt.train import resume, step
 from vlprompt.train.callbacks import Callback, CallbackList, config_callbacks
-from vlprompt.train.checkpoint import save_prompts
 from vlprompt.train.config import TrainConfig
-from vlprompt.train.predict import predict
 from vlprompt.train.preemption import preempted_error, stop_on_sigterm
 from vlprompt.train.schedule import build_optimizer, lr_at
-from vlprompt.train.sources import FeatureSource, ImageSource, cache_key
-from vlprompt.train.tasks import evaluate, task_type_of
+from vlprompt.train.sources import FeatureSource, ImageSource
 
 __all__ = ["FitResult", "Trainer", "evaluate", "predict"]
 
@@ -107,7 +107,7 @@ class Trainer:
             batch_size=self.config.eval_batch_size,
             device=self.device,
             cache_dir=cache_dir,
-            cache_key=cache_key(self.method, dataset, name),
+            cache_key=feature_cache_key(self.method, dataset, name),
             views=views,
             seed=self.config.seed,
             num_workers=self.config.resolved_num_workers(),

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.formats.checks import structural_problems
 from vlprompt.data.formats.images import ImageLoader
 from vlprompt.data.formats.parsed import ERROR, ParsedDataset, Problem, Sample
-from vlprompt.errors import DataError
 
 logger = logging.getLogger(__name__)
 

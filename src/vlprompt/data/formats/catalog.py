@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config_utils import build_config
+from vlprompt.core.config import build_config
+from vlprompt.core.errors import ConfigError, DataError, unknown_name
 from vlprompt.data.base import TaskData
 from vlprompt.data.formats import coop, csvfile, fgvc, imagefolder, vtab
 from vlprompt.data.formats.common import ParsedDataset, build_task
 from vlprompt.data.registry import register_dataset
-from vlprompt.errors import ConfigError, DataError, unknown_name
 
 
 @dataclass(frozen=True)

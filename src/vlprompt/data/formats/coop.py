@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from vlprompt.core.errors import DataError, unknown_name
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     WARNING,
@@ -29,7 +30,6 @@ from vlprompt.data.formats.common import (
     scan_class_folders,
 )
 from vlprompt.data.formats.coop_split import parse_split_file
-from vlprompt.errors import DataError, unknown_name
 
 
 @lru_cache(maxsize=1)

@@ -14,7 +14,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.core.config import ValidatedConfig, option
+from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ParsedDataset,
@@ -28,7 +29,6 @@ from vlprompt.data.formats.common import (
     resolve_option_path,
     seeded_split,
 )
-from vlprompt.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {

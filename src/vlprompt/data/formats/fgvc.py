@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ERROR,
@@ -27,7 +28,6 @@ from vlprompt.data.formats.common import (
     read_classnames_file,
     resolve_option_path,
 )
-from vlprompt.errors import DataError
 
 SPLITS = ("train", "val", "test")
 IMAGE_DIRS = ("images", "Images", "")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.config_utils import ValidatedConfig, option
+from vlprompt.core.config import ValidatedConfig, option
+from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     WARNING,
@@ -23,7 +24,6 @@ from vlprompt.data.formats.common import (
     scan_class_folders,
     seeded_split,
 )
-from vlprompt.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 LAYOUT = "<root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg (val/ optional), or <root>/<class>/*.jpg"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.containment import ImageFolderBounds
 from vlprompt.data.formats.parsed import ERROR, IMAGE_SUFFIXES, Problem, Sample
-from vlprompt.errors import DataError
 
 
 class ImageLoader:

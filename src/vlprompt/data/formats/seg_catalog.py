@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config_utils import build_config
+from vlprompt.core.config import build_config
+from vlprompt.core.errors import DataError
 from vlprompt.data.base import TaskData
 from vlprompt.data.formats import ade20k, segfolder
 from vlprompt.data.formats.segmasks import (
@@ -17,7 +18,6 @@ from vlprompt.data.formats.segmasks import (
     structural_problems,
 )
 from vlprompt.data.registry import register_dataset
-from vlprompt.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
     ERROR,
@@ -29,7 +30,6 @@ from vlprompt.data.formats.common import (
     read_text_lines,
     resolve_option_path,
 )
-from vlprompt.errors import DataError
 
 FILES = ("train800", "val200", "train800val200", "test")
 ROLES = {

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlprompt.core.errors import ConfigError
+from vlprompt.core.io import atomic_write_text, check_writable_dir
 from vlprompt.data.base import ImageDataset
 from vlprompt.data.registry import load_dataset
-from vlprompt.errors import ConfigError
-from vlprompt.io_utils import atomic_write_text, check_writable_dir
 
 FORMATS = ("imagefolder", "vtab", "coop", "segfolder")
 IMAGE_FORMATS = {"png": ".png", "jpeg": ".jpg"}

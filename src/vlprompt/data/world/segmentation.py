@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import TaskData
 from vlprompt.data.segmentation import SegmentationDataset, SegmentationLabels
 from vlprompt.data.world.render import render_with_objects
 from vlprompt.data.world.scenes import SceneDistribution, sample_scene, stable_seed
 from vlprompt.data.world.vocab import VOCAB
-from vlprompt.errors import ConfigError
 
 BACKGROUND = "background"
 CLASSNAMES = (BACKGROUND, *VOCAB.shapes)

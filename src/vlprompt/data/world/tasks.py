@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from vlprompt.core.errors import ConfigError, unknown_name
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.world.render import Scene, render
 from vlprompt.data.world.scenes import SceneDistribution, caption, sample_scene, stable_seed
 from vlprompt.data.world.vocab import VOCAB
-from vlprompt.errors import ConfigError, unknown_name
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 SPLITS = ("train", "val", "test")

@@ -1,4 +1,4 @@
-"""Command line: YAML + key=value overrides -> dataclasses -> library calls. User errors print one paragraph."""
+"""The parser of every command and `main`, which runs one and turns errors into exit codes (one paragraph each)."""
 from __future__ import annotations
 
 import argparse
@@ -6,43 +6,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import yaml
-
 from vlprompt import __version__
-from vlprompt.analysis.markdown import format_table
-from vlprompt.cli_artifacts import add_artifact_commands
-from vlprompt.cli_list import cmd_list
-from vlprompt.config_utils import deep_merge, load_yaml_mapping
-from vlprompt.errors import ConfigError, Preempted, VlpromptError
-
-log = logging.getLogger("vlprompt")
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict:
-    """['train.lr=0.01', 'shots=8'] -> {'train': {'lr': 0.01}, 'shots': 8} (values read as YAML scalars)."""
-    result: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"Override '{pair}' is not of the form key=value (e.g. train.lr=0.01).")
-        key, raw = pair.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"Override '{pair}': '{part}' is not a section.")
-        node[parts[-1]] = value
-    return result
-
-
-def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
-    config = next((i for i in items if "=" not in i), None)
-    return config, [i for i in items if "=" in i]
-
+from vlprompt.cli.artifacts import add_artifact_commands
+from vlprompt.cli.data import cmd_data, cmd_world_export
+from vlprompt.cli.listing import cmd_list
+from vlprompt.cli.runs import cmd_demo, cmd_eval, cmd_protocol, cmd_report, cmd_sweep, cmd_train
+from vlprompt.core.errors import Preempted, VlpromptError
 
 TRAIN_EPILOG = """\
 resume and run folders:
@@ -52,146 +21,6 @@ resume and run folders:
   and leaves a finished run as it is. Another config is refused with the fields that differ: rerun with the
   same config, choose a new --out, or pass --restart (unfinished run) / --overwrite (finished run). One process
   at a time trains a folder (an OS lock, released when the process dies)."""
-
-RESULT_COLUMNS = ("method", "backbone", "dataset", "shots", "seed", "split", "accuracy", "train_seconds")
-
-
-# ----- commands -----
-def cmd_train(args) -> int:
-    from vlprompt.experiment import run_config_from_dict, run_experiment
-    from vlprompt.methods import list_methods
-
-    list_methods()  # import every method module so names resolve
-    config_path, overrides = _split_config_and_overrides(args.items)
-    values = load_yaml_mapping(config_path) if config_path else {}
-    values = deep_merge(values, parse_overrides(overrides))
-    if args.out:
-        values["out"] = args.out
-    values.setdefault("out", "runs/latest")
-    config = run_config_from_dict(values)
-    from vlprompt.distributed import is_main_process
-    from vlprompt.run_dir import RunDir
-
-    if config.preset and is_main_process():
-        print(_preset_note(values))
-
-    run_dir = RunDir(config.out)
-    finished_before = run_dir.is_finished() and not args.overwrite
-    records = run_experiment(config, restart=args.restart, overwrite=args.overwrite)
-    if is_main_process():  # under torchrun every rank returns the same records; one prints them
-        print(format_table(records, result_columns(records, RESULT_COLUMNS)))
-        print(f"\n{_written(run_dir, finished_before, records)}")
-    return 0
-
-
-def _preset_note(values: dict) -> str:
-    """Which values the preset set and which of them the user's own keys replaced, before training starts."""
-    import textwrap
-
-    from vlprompt.presets import applied_preset_values
-
-    applied, replaced = applied_preset_values(values)
-    text = f"preset {values['preset']} applied: " + ", ".join(f"{k}={v!r}" for k, v in applied.items())
-    if replaced:
-        text += "; your values replaced: " + ", ".join(f"{k}={v!r}" for k, v in replaced.items())
-    return textwrap.fill(text + f" ('vlprompt list presets {values['preset']}' describes it)", 120,
-                         subsequent_indent="  ")
-
-
-def _written(run_dir, finished_before: bool, records: list[dict]) -> str:
-    """What the run folder holds now, said truthfully (no tensors is said as such)."""
-    if finished_before:
-        return f"nothing to do: {run_dir.path} already holds this run, finished with the same config"
-    from vlprompt.train.checkpoint import read_prompt_meta
-
-    shapes = read_prompt_meta(run_dir.path).get("shapes", {}) if run_dir.prompts_meta.exists() else {}
-    names = [p.name for p in (run_dir.results, run_dir.config, run_dir.metrics, run_dir.prompts) if p.exists()]
-    note = ""
-    if not shapes:
-        note = " (the method has no trained tensors: its prompt checkpoint records the method only)"
-    elif records and records[0].get("steps") == 0:
-        note = " (no training step ran: the prompt checkpoint holds the initial values)"
-    return f"wrote {', '.join(names)} to {run_dir.path}{note}"
-
-
-def result_columns(records: list[dict], columns: tuple[str, ...]) -> tuple[str, ...]:
-    """Segmentation records show mIoU, mAcc and aAcc where classification ones show accuracy."""
-    if not any(r.get("task_type") == "segmentation" for r in records):
-        return columns
-    at = columns.index("accuracy")
-    return (*columns[:at], "mIoU", "mAcc", "aAcc", *columns[at + 1 :])
-
-
-def cmd_eval(args) -> int:
-    from vlprompt.evaluation import evaluate_run
-
-    records = evaluate_run(args.run_dir, dataset=args.dataset, root=args.root, split=args.split,
-                           options=parse_overrides(args.options), device=args.device, batch_size=args.batch_size,
-                           inference=args.inference, stride=args.stride)
-    print(format_table(records, result_columns(records, ("method", "backbone", "dataset", "split", "accuracy"))))
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from vlprompt.demo import run_demo
-
-    run_demo(args.out, methods=args.methods.split(",") if args.methods else None)
-    return 0
-
-
-def cmd_data(args) -> int:
-    from vlprompt.data.check import check_dataset
-
-    report = check_dataset(args.name, args.root, **parse_overrides(args.options))
-    print(report.format())
-    return 0 if report.ok else 1
-
-
-def cmd_sweep(args) -> int:
-    from vlprompt.sweep import create_launcher, format_summary, load_sweep_config, run_sweep
-
-    config = load_sweep_config(args.config, parse_overrides(args.overrides))
-    launcher = create_launcher(args.launcher, args.workers, args.address, args.cpus_per_run, args.gpus_per_run)
-    summary = run_sweep(config, args.out, workers=args.workers, launcher=launcher)
-    print(format_summary(summary))
-    return 1 if summary["failed"] else 0
-
-
-def cmd_report(args) -> int:
-    from vlprompt.analysis.report import write_report
-
-    written = write_report(args.runs_dir, args.out, plots=not args.no_plots)
-    print(written["report.md"].read_text(encoding="utf-8"))
-    print(f"wrote {len(written)} files to {written['report.md'].parent}")
-    return 0
-
-
-def cmd_protocol(args) -> int:
-    from vlprompt.protocols import format_summary, run_protocol
-
-    summary, written = run_protocol(args.command, parse_overrides(args.items), args.out, workers=args.workers)
-    print(format_summary(summary))
-    print(written["report.md"].read_text(encoding="utf-8"))
-    return 1 if summary["failed"] else 0
-
-
-def cmd_world_export(args) -> int:
-    from vlprompt.data.world.export import export_world_task
-
-    root = export_world_task(args.task, args.out, fmt=args.format, per_class=args.per_class, seed=args.seed,
-                             image_size=args.image_size, image_format=args.image_format,
-                             overwrite=args.overwrite)
-    print(f"wrote world task '{args.task}' in the {args.format} layout under {root}")
-    print(f"read it back with: {_read_back(args.task, args.format, root)}")
-    return 0
-
-
-def _read_back(task: str, fmt: str, root) -> str:
-    """The dataset settings that read an export back (what a newcomer types next)."""
-    if fmt == "vtab":
-        name = task if task.startswith("world-") else f"world-{task}"
-        return f"dataset=vtab root={root} dataset_options.task={name} dataset_options.classnames=classnames.txt"
-    return f"dataset={fmt} root={root}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,8 +178,3 @@ def _stdout_closed() -> int:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
     return 141
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -23,20 +23,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError
-from vlprompt.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_json
+from vlprompt.artifacts.files import (
+    CONFIG_NAME,
+    ERROR_NAME,
+    LEGACY_RESUME_NAME,
+    LOCK_NAME,
+    LOG_NAME,
+    METRICS_NAME,
+    PROMPTS_META_NAME,
+    PROMPTS_NAME,
+    RESULTS_NAME,
+    RESUME_NAME,
+    SPEC_NAME,
+)
+from vlprompt.core.errors import VlpromptError
+from vlprompt.core.io import append_jsonl, atomic_write_json, atomic_write_text, read_json
 
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.jsonl"
-RESULTS_NAME = "results.json"
-RESUME_NAME = "resume.safetensors"  # artifacts/resume_state.py: tensors + JSON header, no pickle
-LEGACY_RESUME_NAME = "resume.pt"  # the pickle vlprompt 0.1 wrote: refused, never loaded; --restart removes it
-PROMPTS_NAME = "prompts.safetensors"
-PROMPTS_META_NAME = "prompt_config.json"  # the prompt artifact's config (artifacts/files.py); 0.1 wrote prompts.json
-ERROR_NAME = "error.txt"
-SPEC_NAME = "sweep.json"
-LOG_NAME = "log.txt"
-LOCK_NAME = ".lock"
 INDEX_DIR = "indices"
 
 # Files of an unfinished attempt: removed by --restart, never by a resume.

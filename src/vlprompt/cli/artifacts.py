@@ -1,8 +1,8 @@
 """The command line's artifact commands: predict, export and serve-batch, what a user does with a trained prompt
-folder (part of the CLI layer; cli.py adds them to its parser)."""
+folder (part of the CLI layer; cli/parser.py adds them to its parser)."""
 from __future__ import annotations
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 
 def _classnames_option(value: str | None) -> list[str] | None:
@@ -26,7 +26,7 @@ def _backbone_option(name: str | None):
 
 def cmd_predict(args) -> int:
     from vlprompt.artifacts.pretrained import from_pretrained
-    from vlprompt.inference import collect_inputs, format_predictions, predict_images, write_predictions
+    from vlprompt.eval.inference import collect_inputs, format_predictions, predict_images, write_predictions
 
     method = from_pretrained(args.run_dir, backbone=_backbone_option(args.backbone),
                              classnames=_classnames_option(args.classnames), device=args.device)
@@ -45,7 +45,7 @@ def _predict_masks(method, inputs, args) -> int:
     """A segmentation run: mask PNGs and colour overlays beside the images (or under --output, a folder)."""
     from pathlib import Path
 
-    from vlprompt.mask_outputs import write_mask_predictions
+    from vlprompt.eval.mask_outputs import write_mask_predictions
 
     source = Path(args.inputs)
     base = source if source.is_dir() else source.parent
@@ -58,7 +58,7 @@ def _predict_masks(method, inputs, args) -> int:
 
 def cmd_export(args) -> int:
     from vlprompt.artifacts.pretrained import from_pretrained
-    from vlprompt.export import export_classifier
+    from vlprompt.serve.export import export_classifier
 
     method = from_pretrained(args.run_dir, backbone=_backbone_option(args.backbone))
     out = export_classifier(method, args.out, source=str(args.run_dir))
@@ -70,8 +70,8 @@ def cmd_export(args) -> int:
 def cmd_serve_batch(args) -> int:
     from pathlib import Path
 
-    from vlprompt.inference import format_predictions, read_csv_rows, write_predictions
-    from vlprompt.serving import MultiTaskPredictor
+    from vlprompt.eval.inference import format_predictions, read_csv_rows, write_predictions
+    from vlprompt.serve.serving import MultiTaskPredictor
 
     tasks = {}
     for item in args.task:

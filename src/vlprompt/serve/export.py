@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlprompt import __version__
+from vlprompt.artifacts.checkpoint import backbone_spec, tensors_checksum
 from vlprompt.artifacts.files import CLASSIFIER_META_NAME, CLASSIFIER_WEIGHTS_NAME
-from vlprompt.errors import CheckpointError, VlpromptError
-from vlprompt.io_utils import atomic_write, atomic_write_json, read_json
-from vlprompt.train.checkpoint import backbone_spec, tensors_checksum
+from vlprompt.core.errors import CheckpointError, VlpromptError
+from vlprompt.core.io import atomic_write, atomic_write_json, read_json
 
 EXPORT_FORMATS = ("classifier",)
 _TOLERANCE = 1e-5  # relative to the largest logit magnitude

@@ -18,13 +18,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlprompt import __version__
-from vlprompt.artifacts.files import CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, LEGACY_META_NAME, WEIGHTS_NAME
-from vlprompt.errors import CheckpointError
-from vlprompt.io_utils import atomic_write, atomic_write_json, read_json
+from vlprompt.artifacts.card import write_model_card
+from vlprompt.artifacts.files import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LEGACY_META_NAME,
+    PROMPTS_META_NAME,
+    PROMPTS_NAME,
+)
+from vlprompt.core.errors import CheckpointError
+from vlprompt.core.io import atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-META_NAME = CONFIG_NAME  # kept for callers of the 0.1 name
+META_NAME = PROMPTS_META_NAME  # kept for callers of the 0.1 name
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -32,14 +39,14 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     or the folder's prompt_config.json for a run folder's prompts.safetensors)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        folder_config = path.parent / CONFIG_NAME
-        if path.name == WEIGHTS_NAME and folder_config.exists():
+        folder_config = path.parent / PROMPTS_META_NAME
+        if path.name == PROMPTS_NAME and folder_config.exists():
             return path, folder_config
         return path, path.with_suffix(".json")
-    config = path / CONFIG_NAME
+    config = path / PROMPTS_META_NAME
     if not config.exists() and (path / LEGACY_META_NAME).exists():
         config = path / LEGACY_META_NAME
-    return path / WEIGHTS_NAME, config
+    return path / PROMPTS_NAME, config
 
 
 def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -91,17 +98,15 @@ def save_prompts(method, path: str | Path, extra: dict | None = None) -> Path:
     In a folder, a model card (README.md) is written too unless the folder holds a README of its own."""
     weights_path, meta_path = _paths(path)
     if meta_path.name == LEGACY_META_NAME:
-        meta_path = meta_path.with_name(CONFIG_NAME)
+        meta_path = meta_path.with_name(PROMPTS_META_NAME)
     tensors = {name: t.detach().cpu().contiguous() for name, t in method.trainable_state_dict().items()}
     meta = prompt_config(method, tensors, extra)
     atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"method": meta["method"]}))
     atomic_write_json(meta_path, meta)
     legacy = weights_path.parent / LEGACY_META_NAME
-    if meta_path.name == CONFIG_NAME and legacy.exists():
+    if meta_path.name == PROMPTS_META_NAME and legacy.exists():
         legacy.unlink()  # a rerun into a 0.1 folder: one config, the current one
-    if meta_path.name == CONFIG_NAME:
-        from vlprompt.artifacts.card import write_model_card
-
+    if meta_path.name == PROMPTS_META_NAME:
         write_model_card(weights_path.parent)
     return weights_path
 
@@ -110,7 +115,7 @@ def read_prompt_meta(path: str | Path) -> dict:
     weights_path, meta_path = _paths(path)
     if not weights_path.exists() or not meta_path.exists():
         raise CheckpointError(
-            f"No prompt checkpoint at '{path}': expected {weights_path.name} and {CONFIG_NAME} there. "
+            f"No prompt checkpoint at '{path}': expected {weights_path.name} and {PROMPTS_META_NAME} there. "
             "Point to the run folder (or its .safetensors file) written by 'vlprompt train' or save_pretrained."
         )
     meta = read_json(meta_path, "the checkpoint is damaged; copy the folder again from where it was trained, or "

@@ -2,7 +2,7 @@
 method's options read from its config dataclass's field metadata."""
 from __future__ import annotations
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 
 def format_method_options(name: str) -> str:
@@ -10,7 +10,7 @@ def format_method_options(name: str) -> str:
     import dataclasses
     import textwrap
 
-    from vlprompt.config_utils import describe_options
+    from vlprompt.core.config import describe_options
     from vlprompt.methods import METHODS, import_all
 
     import_all()

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from vlprompt.errors import CheckpointError, VlpromptError
-from vlprompt.inference import image_batches, topk_records
+from vlprompt.core.errors import CheckpointError, VlpromptError
+from vlprompt.eval.inference import image_batches, topk_records
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class MultiTaskPredictor:
         self.backbone = backbone
         self.kinds = {name: _kind(m) for name, m in self.methods.items()}
         if device:
-            from vlprompt.distributed import resolve_device
+            from vlprompt.core.distributed import resolve_device
 
             self.device = resolve_device(device)
         else:

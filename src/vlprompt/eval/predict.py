@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from vlprompt import distributed
+from vlprompt.core import distributed
+from vlprompt.core.errors import VlpromptError
 from vlprompt.data.base import ImageDataset
-from vlprompt.data.features import encode_dataset
+from vlprompt.data.features import encode_dataset, feature_cache_key
 from vlprompt.data.loading import BatchLoader, workers_for
 from vlprompt.data.transforms import eval_transform
-from vlprompt.errors import VlpromptError
-from vlprompt.train.sources import cache_key
 
 
 @torch.no_grad()
@@ -31,7 +30,7 @@ def predict(method, dataset: ImageDataset, *, batch_size: int = 256, device: str
             batch_size=batch_size,
             device=device,
             cache_dir=cache_dir,
-            cache_key=cache_key(method, dataset, "eval"),
+            cache_key=feature_cache_key(method, dataset, "eval"),
             num_workers=num_workers,
         )
         for start in range(0, len(labels), batch_size):

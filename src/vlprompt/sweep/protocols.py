@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from vlprompt.analysis.report import write_report
-from vlprompt.config_utils import build_config
-from vlprompt.errors import ConfigError
+from vlprompt.core.config import build_config
+from vlprompt.core.errors import ConfigError
 from vlprompt.presets import load_preset
 from vlprompt.sweep import SweepConfig, format_summary, run_sweep
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from vlprompt.errors import unknown_name
+from vlprompt.core.errors import unknown_name
 
 T = TypeVar("T")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlprompt.errors import DataError
-from vlprompt.io_utils import atomic_write
+from vlprompt.core.errors import DataError
+from vlprompt.core.io import atomic_write
 
 MASK_SUFFIX = ".mask.png"
 OVERLAY_SUFFIX = ".overlay.png"
@@ -54,7 +54,7 @@ def write_mask_predictions(method, inputs: Sequence[Path], out_dir: str | Path |
                            device: str = "cpu") -> list[dict]:
     """Predict a mask per image and write its mask and overlay PNGs; returns one record per image (paths and the
     share of pixels of each predicted class)."""
-    from vlprompt.train.segment_predict import predict_masks
+    from vlprompt.eval.segment_predict import predict_masks
 
     labels = method.labels
     out = Path(out_dir) if out_dir is not None else None

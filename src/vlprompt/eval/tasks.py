@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vlprompt.backbones.base import PreprocessConfig
+from vlprompt.core.errors import unknown_name
 from vlprompt.data.base import ImageDataset
 from vlprompt.data.mask_transforms import SegmentationEvalTransform, SegmentationTrainTransform
 from vlprompt.data.transforms import eval_transform, train_transform
-from vlprompt.errors import unknown_name
-from vlprompt.train.predict import top1_accuracy
-from vlprompt.train.segment_predict import evaluate_segmentation
+from vlprompt.eval.predict import top1_accuracy
+from vlprompt.eval.segment_predict import evaluate_segmentation
 
 
 def _classification_scores(method, dataset: ImageDataset, **kwargs) -> dict:

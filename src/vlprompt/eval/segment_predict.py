@@ -14,10 +14,10 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
-from vlprompt import distributed
+from vlprompt.core import distributed
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.mask_transforms import SegmentationTestTransform
-from vlprompt.errors import ConfigError
-from vlprompt.train.segment_metrics import confusion_matrix, reduce_confusion, segmentation_scores
+from vlprompt.eval.segment_metrics import confusion_matrix, reduce_confusion, segmentation_scores
 
 INFERENCE_MODES = ("whole", "slide")
 

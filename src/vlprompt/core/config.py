@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 C = TypeVar("C")
 

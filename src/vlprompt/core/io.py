@@ -21,7 +21,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 class WriteError(VlpromptError, OSError):

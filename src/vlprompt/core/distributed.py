@@ -20,7 +20,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.core.errors import ConfigError, VlpromptError
 
 
 class DistributedError(VlpromptError):

@@ -15,9 +15,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from vlprompt.core.errors import DataError, VlpromptError
+from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.data.transforms import eval_transform
-from vlprompt.errors import DataError, VlpromptError
-from vlprompt.io_utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def predict_images(method, images: Sequence, topk: int = 5, batch_size: int = 64
     if topk < 1:
         raise VlpromptError(f"topk = {topk}: ask for at least 1 label.")
     if device is not None:
-        from vlprompt.distributed import resolve_device
+        from vlprompt.core.distributed import resolve_device
 
         method.to(resolve_device(device))
     method.eval()

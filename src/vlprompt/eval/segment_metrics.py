@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from vlprompt import distributed
+from vlprompt.core import distributed
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:

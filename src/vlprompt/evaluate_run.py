@@ -4,15 +4,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from vlprompt.artifacts.checkpoint import load_prompts
+from vlprompt.artifacts.files import CONFIG_NAME
+from vlprompt.artifacts.run_dir import RunDir
 from vlprompt.backbones.registry import create_backbone
+from vlprompt.core.errors import VlpromptError
 from vlprompt.data.fewshot import base_new_split
 from vlprompt.data.registry import load_dataset
-from vlprompt.errors import VlpromptError
+from vlprompt.eval.tasks import scores
 from vlprompt.experiment import run_config_from_dict
 from vlprompt.methods.base import create_method
-from vlprompt.run_dir import CONFIG_NAME, RunDir
-from vlprompt.train.checkpoint import load_prompts
-from vlprompt.train.tasks import scores
 
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
