@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.config_utils import option
+from vlprompt.core.config import option
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import sigmoid_loss
 from vlprompt.methods.base import PromptMethod
