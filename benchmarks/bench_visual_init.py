@@ -10,16 +10,17 @@
    (the reservoir), over three seeds.
 
 4. At ViT-B/16 shape (``--b16``, a random-init timm ViT-B/16: width 768, 12 blocks, patch 16, at ``--b16-size``
-   pixels to keep the run affordable on a shared 2-core machine) on 1,024 images: the k-means initialiser
-   (streamed mini-batch k-means during the pass, Lloyd over the reservoir after it) against the bare frozen pass it
-   needs, each run twice in turns, fastest of each. Written to visual_init_b16.{json,md}.
+   pixels, 224 by default, the real shape) on 1,024 images: the k-means initialiser against the bare frozen pass it
+   needs and the random_sample initialiser, the arms in turns, fastest of each; plus the in-run ratio (the k-means
+   run against itself minus its own clustering seconds), which a changing load moves far less. Written to
+   visual_init_b16_{size}px.{json,md}; the notes are in visual_init_b16.md.
 
 Images are deterministic smooth random fields (low-frequency noise, so that tokens have structure), made on the
 fly from their index so that the dataset itself holds no memory; the backbone is the world MAE ViT's
 architecture with random weights (cost does not depend on the weights).
 
     python benchmarks/bench_visual_init.py [--images 512] [--out benchmarks/results]
-    python benchmarks/bench_visual_init.py --b16 [--b16-images 1024] [--b16-size 64]
+    python benchmarks/bench_visual_init.py --b16 [--b16-images 1024] [--b16-size 224] [--b16-variants spt-shallow]
 """
 
 from __future__ import annotations
@@ -116,8 +117,16 @@ def time_initialisers(num_images: int, repeats: int) -> dict:
     return results
 
 
-def b16_init_cost(num_images: int, size: int, repeats: int) -> dict:
-    """k-means initialiser against its bare frozen pass at ViT-B/16 shape; the arms take turns, fastest kept."""
+def _uptime() -> str:
+    import subprocess
+
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def b16_init_cost(num_images: int, size: int, repeats: int, variants: list[str]) -> dict:
+    """k-means init, bare frozen pass and random_sample init at ViT-B/16 shape, taking turns; fastest of each arm,
+    plus the in-run share (the clustering's own seconds measured inside the k-means run, against the rest of
+    that same run), which a changing load moves far less than two separate runs."""
     import timm
 
     from vlprompt.backbones.timm_vit import wrap_timm_vit
@@ -127,58 +136,72 @@ def b16_init_cost(num_images: int, size: int, repeats: int) -> dict:
     backbone = wrap_timm_vit(model, backbone_id=f"random:timm:vit_base_patch16@{size}px")
     dataset = make_dataset(num_images, size)
     results = {}
-    for deep in (False, True):
-        name = "spt-deep" if deep else "spt-shallow"
-        runs: dict[str, list[float]] = {"kmeans": [], "frozen_pass": []}
-        report = None
+    for name in variants:
+        deep = name == "spt-deep"
+        runs: dict[str, list[float]] = {"kmeans": [], "frozen_pass": [], "random_sample": [], "clustering": []}
+        uptime_start, report = _uptime(), None
         for repeat in range(repeats):
             method = make_method("kmeans", deep, backbone)
             started = time.perf_counter()
             report = method.initialize_prompts(dataset, seed=repeat)
             runs["kmeans"].append(time.perf_counter() - started)
+            runs["clustering"].append(report.clustering_s)
             runs["frozen_pass"].append(frozen_pass_seconds(backbone, dataset, deep))
-        best = {arm: min(times) for arm, times in runs.items()}
+            method = make_method("random_sample", deep, backbone)
+            started = time.perf_counter()
+            method.initialize_prompts(dataset, seed=repeat)
+            runs["random_sample"].append(time.perf_counter() - started)
+        best = {arm: min(runs[arm]) for arm in ("kmeans", "frozen_pass", "random_sample")}
+        in_run = [k / (k - c) for k, c in zip(runs["kmeans"], runs["clustering"])]
         results[name] = {
-            **best, "ratio": best["kmeans"] / best["frozen_pass"], "runs": runs,
-            "tokens_seen": report.tokens_seen, "tokens_kept": report.tokens_kept,
+            **best, "ratio": best["kmeans"] / best["frozen_pass"], "in_run_ratio": max(in_run),
+            "clustering_s": max(runs["clustering"]), "runs": runs, "tokens_seen": report.tokens_seen,
+            "tokens_kept": report.tokens_kept, "uptime_start": uptime_start, "uptime_end": _uptime(),
         }
+        print(name, json.dumps(results[name]), flush=True)
     return results
 
 
 def write_b16(results: dict, args, out: Path) -> None:
-    import subprocess
-
+    stem = f"visual_init_b16_{args.b16_size}px"
     payload = {
         "target_kmeans_vs_frozen_pass": 1.2, "images": args.b16_images, "image_size": args.b16_size,
         "num_prompts": NUM_PROMPTS, "token_budget": TOKEN_BUDGET, "batch": BATCH, "threads": 1,
-        "repeats": args.b16_repeats, "uptime": subprocess.run(["uptime"], capture_output=True, text=True,
-                                                              check=False).stdout.strip(),
-        "results": results,
+        "repeats": args.b16_repeats, "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "visual_init_b16.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    patches = (args.b16_size // 16) ** 2
     lines = [
         (
             f"# SPT k-means initialiser against its frozen pass, ViT-B/16 shape ({args.b16_images} images of "
-            f"{args.b16_size} px, {NUM_PROMPTS} prompts, token budget {TOKEN_BUDGET}, batch {BATCH}, 1 CPU thread)"
+            f"{args.b16_size} px = {patches} patch tokens each, {NUM_PROMPTS} prompts, token budget {TOKEN_BUDGET}, "
+            f"batch {BATCH}, 1 CPU thread)"
         ),
         "",
         (
-            f"Random-init timm ViT-B/16 (width 768, 12 blocks, patch 16) at {args.b16_size} px to keep the run "
-            f"affordable; fastest of {args.b16_repeats} turns per arm; load at the end: `{payload['uptime']}`. "
-            "Generated by `benchmarks/bench_visual_init.py --b16`."
+            f"Random-init timm ViT-B/16 (width 768, 12 blocks, patch 16); arms in turns, fastest of "
+            f"{args.b16_repeats}. Generated by `benchmarks/bench_visual_init.py --b16 --b16-size {args.b16_size}`. "
+            "In-run ratio: the k-means run's time over that run minus its own clustering seconds (worst turn)."
         ),
         "",
-        "| method | k-means init | bare frozen pass | ratio | target | tokens seen / kept per insertion point |",
-        "|---|---|---|---|---|---|",
+        (
+            "| method | k-means init | bare frozen pass | random_sample init | ratio | in-run ratio | target | "
+            "tokens seen / kept per insertion point | load (uptime) at start / end |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    def load(text: str) -> str:
+        return text.split("load average:")[-1].strip()
+
     for name, r in results.items():
         lines.append(
-            f"| {name} | {r['kmeans']:.2f} s | {r['frozen_pass']:.2f} s | {r['ratio']:.2f} | <= 1.2 | "
-            f"{r['tokens_seen']} / {r['tokens_kept']} |"
+            f"| {name} | {r['kmeans']:.2f} s | {r['frozen_pass']:.2f} s | {r['random_sample']:.2f} s | "
+            f"{r['ratio']:.2f} | {r['in_run_ratio']:.3f} | <= 1.2 | {r['tokens_seen']} / {r['tokens_kept']} | "
+            f"{load(r['uptime_start'])} / {load(r['uptime_end'])} |"
         )
-    (out / "visual_init_b16.md").write_text("\n".join(lines) + "\n")
-    print((out / "visual_init_b16.md").read_text())
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print((out / f"{stem}.md").read_text())
 
 
 def _status_kib(field: str) -> int:
@@ -214,7 +237,7 @@ def reservoir_tokens(backbone, dataset, seed: int) -> tuple[torch.Tensor, torch.
     """A shallow-insertion token set as the k-means initialiser builds it (bounded reservoir over all images)."""
     from torch.utils.data import DataLoader
 
-    from vlprompt.prompts.init import TokenReservoir
+    from vlprompt.prompts.kmeans import TokenReservoir
 
     generator = torch.Generator().manual_seed(seed)
     reservoir = TokenReservoir(TOKEN_BUDGET, generator)
@@ -228,7 +251,7 @@ def reservoir_tokens(backbone, dataset, seed: int) -> tuple[torch.Tensor, torch.
 def compare_with_sklearn(num_images: int, seeds: int) -> list[dict]:
     from sklearn.cluster import KMeans
 
-    from vlprompt.prompts.init import minibatch_kmeans
+    from vlprompt.prompts.kmeans import minibatch_kmeans
 
     backbone = build_backbone()
     dataset = make_dataset(num_images)
@@ -265,12 +288,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--b16", action="store_true", help="only the ViT-B/16-shape k-means vs frozen pass run")
     parser.add_argument("--b16-images", type=int, default=1024)
-    parser.add_argument("--b16-size", type=int, default=64)
+    parser.add_argument("--b16-size", type=int, default=224)
     parser.add_argument("--b16-repeats", type=int, default=2)
+    parser.add_argument("--b16-variants", default="spt-shallow,spt-deep")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.b16:
-        write_b16(b16_init_cost(args.b16_images, args.b16_size, args.b16_repeats), args, Path(args.out))
+        variants = args.b16_variants.split(",")
+        write_b16(b16_init_cost(args.b16_images, args.b16_size, args.b16_repeats, variants), args, Path(args.out))
         return
     timing = time_initialisers(args.images, args.repeats)
     memory = {

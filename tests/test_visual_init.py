@@ -13,14 +13,13 @@ from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.transforms import eval_transform
 from vlprompt.methods.base import create_method
-from vlprompt.prompts.init import (
-    INITIALIZERS,
+from vlprompt.prompts.init import INITIALIZERS, pool_prototypes
+from vlprompt.prompts.kmeans import (
     StreamingKMeans,
     TokenReservoir,
     inertia,
     kmeans_plus_plus,
     minibatch_kmeans,
-    pool_prototypes,
 )
 from vlprompt.train import TrainConfig, Trainer
 

@@ -11,6 +11,8 @@ from torch.utils.data import Dataset
 from vlprompt.core.errors import ConfigError
 
 CLASSNAME_CLEANINGS = ("underscores", "none")
+# CLIP's plain prompt: the template of a task that names none (a user's folders, CSV, FGVC, VTAB, masks).
+DEFAULT_TEMPLATE = "a photo of a {}."
 
 
 def display_name(name: str) -> str:
@@ -59,7 +61,7 @@ class LabelSpace:
     # choose their head by it (methods/heads.py) and refuse task types they do not support.
     task_type: ClassVar[str] = "classification"
     classnames: list[str]
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
     template_groups: dict[str, list[str]] = field(default_factory=dict)
     cleaning: str = "underscores"
     raw_classnames: list[str] = field(init=False, repr=False)

@@ -18,9 +18,11 @@ from typing import Any
 from PIL import Image
 
 from vlprompt.core.errors import DataError
+from vlprompt.data.formats import segmasks
 from vlprompt.data.formats.catalog import FORMATS, parse_dataset
 from vlprompt.data.formats.common import ERROR, ParsedDataset, Problem, display_path, structural_problems
-from vlprompt.data.formats.seg_catalog import SEG_FORMATS, check_segmentation
+from vlprompt.data.formats.seg_catalog import SEG_FORMATS, parse_segmentation
+from vlprompt.data.formats.segmasks import ParsedSegmentation
 
 logger = logging.getLogger(__name__)
 
@@ -88,24 +90,40 @@ def check_dataset(
     Datasets that are not files on disk (the offline world) are loaded and summarised only.
     """
     options.pop("check_files", None)  # a check always looks for every file
-    if name in SEG_FORMATS:
-        return check_segmentation(name, root, decode=decode, **options)
-    if name not in FORMATS:
+    segmentation = name in SEG_FORMATS
+    if not segmentation and name not in FORMATS:
         return _check_generated(name, root, **options)
     try:
-        parsed = parse_dataset(name, root, **options)
+        parsed = (parse_segmentation if segmentation else parse_dataset)(name, root, **options)
     except DataError as error:
         return CheckReport(name, str(root), [Problem(str(root), None, str(error), "missing")])
-    problems = parsed.problems + structural_problems(parsed, check_files=True)
-    decoded = 0
-    if decode:
-        decoded, corrupt = _decode_all(parsed, workers)
-        problems += corrupt
+    if segmentation:
+        problems, summary = _check_segmentation(parsed, decode)
+    else:
+        problems, summary = _check_images(parsed, decode, workers)
     problems.sort(key=lambda p: (p.file, p.line or 0))
+    return CheckReport(name, str(parsed.root), problems, summary)
+
+
+def _check_images(parsed: ParsedDataset, decode: bool, workers: int | None) -> tuple[list[Problem], dict]:
+    """A classification dataset: the structural checks, then every image decoded once."""
+    problems = parsed.problems + structural_problems(parsed, check_files=True)
     summary = _summary(parsed)
     if decode:
-        summary["images_decoded"] = decoded
-    return CheckReport(name, str(parsed.root), problems, summary)
+        summary["images_decoded"], corrupt = _decode_all(parsed, workers)
+        problems += corrupt
+    return problems, summary
+
+
+def _check_segmentation(parsed: ParsedSegmentation, decode: bool) -> tuple[list[Problem], dict]:
+    """A segmentation dataset: its structural checks, then every (image, mask) pair opened (segmasks.py)."""
+    problems = parsed.problems + segmasks.structural_problems(parsed)
+    summary = {"format": parsed.format, "root": str(parsed.root), "classes": len(parsed.classnames), "splits": {
+        role: {"role": role, "file": None, "images": len(pairs)} for role, pairs in parsed.splits.items()}}
+    if decode:
+        summary["images_decoded"], found = segmasks.decode_problems(parsed)
+        problems += found
+    return problems, summary
 
 
 def _check_generated(name: str, root: str | Path | None, **options: Any) -> CheckReport:

@@ -37,9 +37,16 @@ class SPTConfig(VPTConfig):
         64, help="batch of the collection pass (pooling/sampling strategies use one random such batch)",
         range=(1, None),
     )
-    kmeans_iterations: int = option(50, help="mini-batch k-means iterations", range=(0, None))
+    kmeans_iterations: int = option(
+        50, help="mini-batch k-means steps, spread over the pass's batches (at least one per batch)", range=(0, None)
+    )
     kmeans_batch_size: int = option(1024, help="mini-batch k-means batch size (tokens)", range=(1, None))
-    kmeans_refine: int = option(20, help="full Lloyd passes after the mini-batch k-means", range=(0, None))
+    kmeans_refine: int = option(
+        20,
+        help="most Lloyd passes over the kept tokens after the pass (fewer when they converge, or when the streamed "
+        "tokens cannot pay for them: prompts/init.py refine_passes)",
+        range=(0, None),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

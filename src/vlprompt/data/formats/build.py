@@ -1,24 +1,42 @@
-"""From a parsed dataset to a TaskData: refusing one with errors, split checksums, seeded splits of one pool, and
-the small helpers formats share (option paths, packaged JSON tables)."""
+"""From a parsed dataset to a TaskData: its root, refusing one with errors (and the check command that lists them),
+split checksums, and the small helpers formats share (option paths, packaged JSON tables)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import random
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from vlprompt.core.errors import DataError
 from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
 from vlprompt.data.formats.checks import structural_problems
 from vlprompt.data.formats.images import ImageLoader
-from vlprompt.data.formats.parsed import ERROR, ParsedDataset, Problem, Sample
+from vlprompt.data.formats.parsed import ParsedDataset
+from vlprompt.data.formats.problems import ERROR, Problem
+from vlprompt.data.formats.splits import required_roles
 
 logger = logging.getLogger(__name__)
+
+def dataset_root(name: str, root: str | Path | None, layout: str, folder_only: bool = False) -> Path:
+    """The resolved root of dataset ``name``, or a DataError naming the layout it expects. A CSV dataset's root
+    may be the CSV itself; ``folder_only`` formats need a folder."""
+    if root is None or str(root) == "":
+        raise DataError(f"Dataset '{name}' is read from disk: give its root folder. Expected {layout}.")
+    path = Path(root).expanduser().resolve()
+    if not (path.is_dir() if folder_only else path.exists()):
+        raise DataError(f"Dataset root '{path}' does not exist. Dataset '{name}' expects {layout}.")
+    return path
+
+
+def check_command(name: str, root: str | Path | None, options: Mapping[str, Any]) -> str:
+    """The `vlprompt data check` line a refusal suggests, with the options the dataset was loaded with."""
+    extra = "".join(f" {key}={value}" for key, value in options.items())
+    return f"vlprompt data check {name} {root}{extra}"
+
 
 def split_checksum(sources: Sequence[str], labels: Sequence[int]) -> str:
     """SHA-256 over (relative path, label) in split order: a few-shot index file records it to detect a changed split."""
@@ -58,7 +76,7 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
         Problem(str(parsed.class_source or parsed.root), None,
                 f"no {role} split was found" + (f" ({parsed.roles[role]})" if role in parsed.roles else ""),
                 "missing")
-        for role in (("test",) if parsed.test_only else ("train", "test"))
+        for role in required_roles(parsed.test_only)
         if role not in parsed.roles or parsed.roles[role] not in parsed.splits
     ]
     already_refused = any(p.severity == ERROR for p in parsed.problems)
@@ -100,32 +118,6 @@ def build_task(parsed: ParsedDataset, check_files: bool = True, check_command: s
         val=datasets.get("val"),
         meta=meta,
     )
-
-
-def seeded_split(
-    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, list[Sample]]:
-    """Split one pool per class into train/val/test, reproducibly from ``seed``.
-
-    Each class is sorted by path, shuffled with its own RNG seeded by (seed, label), and cut into
-    round(n*test_fraction) test and round(n*val_fraction) val images; at least one image always stays in train.
-    """
-    by_class: dict[int, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        by_class[sample.label].append(sample)
-    out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    for label in sorted(by_class):
-        pool = sorted(by_class[label], key=lambda s: s.path)
-        random.Random(f"{seed}:{label}").shuffle(pool)
-        n = len(pool)
-        n_test = min(round(n * test_fraction), n - 1)
-        n_val = min(round(n * val_fraction), n - 1 - n_test)
-        out["test"] += pool[:n_test]
-        out["val"] += pool[n_test : n_test + n_val]
-        out["train"] += pool[n_test + n_val :]
-    for samples_of_split in out.values():
-        samples_of_split.sort(key=lambda s: (s.label, s.path))
-    return out
 
 
 def resolve_option_path(value: str, base: Path) -> Path:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.core.config import build_config
-from vlprompt.core.errors import ConfigError, DataError, unknown_name
+from vlprompt.core.errors import ConfigError, unknown_name
 from vlprompt.data.base import TaskData
 from vlprompt.data.formats import coop, csvfile, fgvc, imagefolder, vtab
-from vlprompt.data.formats.common import ParsedDataset, build_task
+from vlprompt.data.formats.common import ParsedDataset, build_task, check_command, dataset_root
 from vlprompt.data.registry import register_dataset
 
 
@@ -45,11 +45,7 @@ def parse_dataset(name: str, root: str | Path | None, **options: Any) -> ParsedD
     entry = FORMATS.get(name)
     if entry is None:
         raise unknown_name("dataset", name, FORMATS)
-    if root is None or str(root) == "":
-        raise DataError(f"Dataset '{name}' is read from disk: give its root folder. Expected {entry.layout}.")
-    path = Path(root).expanduser().resolve()
-    if not path.exists():
-        raise DataError(f"Dataset root '{path}' does not exist. Dataset '{name}' expects {entry.layout}.")
+    path = dataset_root(name, root, entry.layout)
     fixed = dict(entry.fixed)
     clash = [key for key in fixed if key in options and options[key] != fixed[key]]
     if clash:
@@ -63,11 +59,10 @@ def _register(name: str, entry: FormatEntry) -> None:
 
     def load(root: str | None = None, check_files: bool = True, **options: Any) -> TaskData:
         load_options = build_config(LoadOptions, {"check_files": check_files}, where=f"dataset {name}")
-        extra = "".join(f" {key}={value}" for key, value in options.items())
         return build_task(
             parse_dataset(name, root, **options),
             check_files=load_options.check_files,
-            check_command=f"vlprompt data check {name} {root}{extra}",
+            check_command=check_command(name, root, options),
         )
 
     load.__doc__ = f"Load '{name}' from disk. Expected layout: {entry.layout}."

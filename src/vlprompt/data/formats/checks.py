@@ -7,7 +7,9 @@ from collections import Counter
 
 from vlprompt.data.base import display_name
 from vlprompt.data.formats.containment import ImageFolderBounds
-from vlprompt.data.formats.parsed import ERROR, WARNING, ParsedDataset, Problem, Sample, display_path
+from vlprompt.data.formats.parsed import ParsedDataset, Sample
+from vlprompt.data.formats.problems import ERROR, WARNING, Problem, display_path
+from vlprompt.data.formats.splits import absence_severity
 
 
 def labels_in_range(parsed: ParsedDataset) -> None:
@@ -56,10 +58,9 @@ def structural_problems(parsed: ParsedDataset, check_files: bool = True) -> list
         data = parsed.splits.get(split)
         if data is not None and not data.samples and str(data.file) not in unreadable:  # else already said why
             where = str(data.file) if data.file is not None else str(parsed.root)
-            severity = WARNING if role == "val" else ERROR
-            problems.append(
-                Problem(where, None, f"the {split} split has no usable images", "empty_class", severity)
-            )
+            problems.append(Problem(
+                where, None, f"the {split} split has no usable images", "empty_class", absence_severity(role)
+            ))
     problems += _empty_class_problems(parsed)
     if check_files:
         problems += file_problems(parsed)

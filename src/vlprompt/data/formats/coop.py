@@ -24,10 +24,12 @@ from vlprompt.data.formats.common import (
     SplitData,
     list_images,
     list_subfolders,
-    normalise_relpath,
     packaged_table,
+    parse_list_file,
     read_text_lines,
+    resolve_option_path,
     scan_class_folders,
+    unique_lines,
 )
 from vlprompt.data.formats.coop_split import parse_split_file
 
@@ -129,8 +131,7 @@ def parse_coop(root: Path, options: CoopOptions) -> ParsedDataset:
 def _own_split_file(root: Path, options: CoopOptions) -> Path:
     """The split file of plain ``coop``: the option, else the only split_zhou_*.json in root or one folder down."""
     if options.split_file is not None:
-        path = Path(options.split_file).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = resolve_option_path(options.split_file, root)
         if not path.is_file():
             raise DataError(f"coop: split file '{path}' does not exist. Expected {OWN_LAYOUT}.")
         return path
@@ -159,25 +160,16 @@ def _parse_own(root: Path, options: CoopOptions) -> ParsedDataset:
 
 def _read_wnids(names_file: Path, problems: list[Problem]) -> dict[str, tuple[str, int]]:
     """ImageNet's classnames.txt: '<wnid> <class name>' per line -> {wnid: (name, line)} in file order."""
-    wnids: dict[str, tuple[str, int]] = {}
-    for number, text in read_text_lines(names_file, problems):
-        parts = text.split(None, 1)
-        if len(parts) != 2:
-            problems.append(Problem(str(names_file), number, f"expected '<wnid> <class name>', got {text!r}"))
-            continue
-        wnid, name = parts
-        if wnid in wnids:
-            problems.append(
-                Problem(
-                    str(names_file),
-                    number,
-                    f"wnid {wnid} is listed twice (first at line {wnids[wnid][1]})",
-                    "classname",
-                )
-            )
-            continue
-        wnids[wnid] = (name.strip(), number)
-    return wnids
+
+    def entries():  # lazily, so a malformed line and a repeated wnid are reported in file order
+        for number, text in read_text_lines(names_file, problems):
+            parts = text.split(None, 1)
+            if len(parts) != 2:
+                problems.append(Problem(str(names_file), number, f"expected '<wnid> <class name>', got {text!r}"))
+                continue
+            yield number, parts[0], parts[1].strip()
+
+    return unique_lines(entries(), names_file, problems, "wnid {key} is listed twice (first at line {first})")
 
 
 def _class_folder_samples(
@@ -224,7 +216,6 @@ def _parse_imagenet(folder: Path, spec: dict) -> ParsedDataset:
         image_root=image_root,
         classnames=[wnids[wnid][0] for wnid in order],
         splits=splits,
-        roles={split: split for split in spec["image_folders"]},
         templates=[spec["template"]],
         problems=problems,
         meta={
@@ -262,7 +253,6 @@ def _parse_imagenet_variant(folder: Path, dataset: str, spec: dict) -> ParsedDat
         image_root=image_root,
         classnames=[wnids[wnid][0] for wnid in order],
         splits={"test": SplitData(samples)},
-        roles={"test": "test"},
         templates=[spec["template"]],
         problems=problems,
         meta={"wnids": order, "variant_of": spec["variant_of"]},
@@ -276,52 +266,23 @@ def _parse_aircraft(folder: Path, spec: dict) -> ParsedDataset:
     """variants.txt (one class per line, in label order) + images_variant_<split>.txt lines '<id> <variant>'."""
     problems: list[Problem] = []
     names_file = folder / spec["classnames_file"]
-    classnames: list[str] = []
-    label_of: dict[str, tuple[int, int]] = {}
-    for number, name in read_text_lines(names_file, problems):
-        if name in label_of:
-            problems.append(
-                Problem(
-                    str(names_file),
-                    number,
-                    f"variant '{name}' is listed twice (first at line {label_of[name][1]})",
-                    "classname",
-                )
-            )
-            continue
-        label_of[name] = (len(classnames), number)
-        classnames.append(name)
+    variants = unique_lines(
+        ((number, name, None) for number, name in read_text_lines(names_file, problems)),
+        names_file, problems, "variant '{key}' is listed twice (first at line {first})",
+    )
+    classnames = list(variants)
+    label_of = {name: label for label, name in enumerate(classnames)}
     splits: dict[str, SplitData] = {}
     for split, list_name in spec["list_files"].items():
         list_file = folder / list_name
         if not list_file.is_file():
             problems.append(Problem(str(list_file), None, f"the {split} list file is missing", "missing"))
             continue
-        samples = []
-        for number, text in read_text_lines(list_file, problems):
-            parts = text.split(None, 1)
-            if len(parts) != 2:
-                problems.append(
-                    Problem(str(list_file), number, f"expected '<image id> <variant>', got {text!r}")
-                )
-                continue
-            image_id, variant = parts[0], parts[1].strip()
-            path, why = normalise_relpath(image_id + spec["image_suffix"])
-            known = label_of.get(variant)
-            if known is None:
-                problems.append(
-                    Problem(
-                        str(list_file),
-                        number,
-                        f"variant '{variant}' is not in {names_file.name}",
-                        "classname",
-                    )
-                )
-            if why is not None:
-                problems.append(Problem(str(list_file), number, why, "path"))
-            if known is not None and path is not None:
-                samples.append(Sample(path, known[0], number))
-        splits[split] = SplitData(samples, list_file)
+        splits[split] = parse_list_file(
+            list_file, problems, "<image id> <variant>", label_of.get,
+            f"variant '{{value}}' is not in {names_file.name}", "classname",
+            field_has_spaces=True, suffix=spec["image_suffix"],
+        )
     return ParsedDataset(
         name="coop:FGVCAircraft",
         format="coop-aircraft",
@@ -329,9 +290,8 @@ def _parse_aircraft(folder: Path, spec: dict) -> ParsedDataset:
         image_root=folder / spec["image_dir"],
         classnames=classnames,
         splits=splits,
-        roles={split: split for split in spec["list_files"] if split in splits},
         templates=[spec["template"]],
         problems=problems,
         class_source=names_file,
-        class_locations={label: (str(names_file), line) for label, line in label_of.values()},
+        class_locations={label: (str(names_file), variants[name][1]) for label, name in enumerate(classnames)},
     )

@@ -9,18 +9,17 @@ from collections import Counter
 from pathlib import Path
 
 from vlprompt.data.formats.common import (
-    ERROR,
-    WARNING,
+    ROLES,
     ParsedDataset,
     Problem,
     Sample,
     SplitData,
+    absence_severity,
     load_json_document,
+    names_by_label,
     normalise_relpath,
     parse_int,
 )
-
-SPLITS = ("train", "val", "test")
 
 
 def parse_split_file(folder: Path, split_file: Path, dataset: str, spec: dict) -> ParsedDataset:
@@ -35,14 +34,15 @@ def parse_split_file(folder: Path, split_file: Path, dataset: str, spec: dict) -
         value = None
     splits: dict[str, SplitData] = {}
     entries_by_split: dict[str, list] = {}
-    for split in SPLITS:
+    for split in ROLES:
         if value is None:
             break
         entries = value.get(split)
         if not isinstance(entries, list):
             what = "is missing" if entries is None else "is not a list"
-            severity = WARNING if split == "val" else ERROR
-            problems.append(Problem(str(split_file), 1, f'the "{split}" list {what}', "format", severity))
+            problems.append(
+                Problem(str(split_file), 1, f'the "{split}" list {what}', "format", absence_severity(split))
+            )
             continue
         entries_by_split[split] = entries
     names = _ClassNames(entries_by_split, document.lines if document is not None else {})
@@ -54,20 +54,18 @@ def parse_split_file(folder: Path, split_file: Path, dataset: str, spec: dict) -
             if sample is not None:
                 samples.append(sample)
         splits[split] = SplitData(samples, split_file)
-    names_by_label = names.located()
-    classnames = _classnames_from_labels(names_by_label)
+    located = names.located()
     return ParsedDataset(
         name=f"coop:{dataset}",
         format="coop",
         root=folder,
         image_root=image_root,
-        classnames=classnames,
+        classnames=names_by_label(located),  # a label no entry uses is an empty class, named class_<i>
         splits=splits,
-        roles={split: split for split in SPLITS if split in splits},
         templates=[spec["template"]],
         problems=problems,
         class_source=split_file,
-        class_locations={label: (str(split_file), line) for label, (_, line) in names_by_label.items()},
+        class_locations={label: (str(split_file), line) for label, (_, line) in located.items()},
     )
 
 
@@ -158,9 +156,3 @@ def _read_entry(
         return None
     return Sample(path, label, line)
 
-
-def _classnames_from_labels(names_by_label: dict[int, tuple[str, int]]) -> list[str]:
-    """Labels 0..max; a label no entry uses is an empty class (reported by the shared checks) named class_<i>."""
-    if not names_by_label:
-        return []
-    return [names_by_label.get(label, (f"class_{label}", 0))[0] for label in range(max(names_by_label) + 1)]

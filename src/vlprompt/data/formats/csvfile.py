@@ -14,23 +14,26 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlprompt.core.config import ValidatedConfig, option
-from vlprompt.core.errors import ConfigError, DataError
+from vlprompt.core.config import option
+from vlprompt.core.errors import DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
+    ROLES,
     ParsedDataset,
     Problem,
     Sample,
+    SeededSplitOptions,
     SplitData,
     labels_in_range,
+    names_by_label,
     normalise_relpath,
     parse_int,
     read_classnames_file,
+    read_text,
     resolve_option_path,
-    seeded_split,
+    split_pool,
 )
 
-SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -45,7 +48,7 @@ LAYOUT = "<root>/train.csv and <root>/test.csv (val.csv optional), or one CSV wi
 
 
 @dataclass
-class CsvOptions(ValidatedConfig):
+class CsvOptions(SeededSplitOptions):
     """file: a single CSV (relative to root); image_root: folder the paths are relative to; classnames: a
     class-name file; fractions and seed split a single CSV that has no split column."""
 
@@ -54,17 +57,7 @@ class CsvOptions(ValidatedConfig):
     file: str | None = option(None, help="a single CSV listing every split (relative to root)")
     image_root: str | None = option(None, help="folder the image paths are relative to (default: the CSV's folder)")
     classnames: str | None = option(None, help="a class-name file, one name per line (integer labels index it)")
-    val_fraction: float = option(0.1, help="share of a split-less CSV held out for validation", range=(0.0, 1.0))
-    test_fraction: float = option(0.2, help="share of a split-less CSV held out for testing", range=(0.0, 1.0))
-    seed: int = option(0, help="seed of the split of a CSV without a split column")
     template: str | None = option(None, help="the hand-crafted prompt template with {} for the class name")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ConfigError(
-                "csv: val_fraction + test_fraction must stay below 1 so that training keeps images."
-            )
 
 
 @dataclass
@@ -78,15 +71,8 @@ class _Row:
 
 def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[_Row], bool]:
     """Rows of one CSV and whether it has a split column."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        problems.append(
-            Problem(str(path), None, f"cannot read the file ({error.strerror or error})", "missing")
-        )
-        return [], False
-    except UnicodeDecodeError:
-        problems.append(Problem(str(path), None, "the file is not UTF-8 text; save it as UTF-8", "format"))
+    text = read_text(path, problems)
+    if text is None:
         return [], False
     rows: list[_Row] = []
     columns = {"path": 0, "label": 1, "split": None}
@@ -153,7 +139,7 @@ def _locate_files(root: Path, options: CsvOptions) -> tuple[Path, dict[str, Path
         if not single.is_file():
             raise DataError(f"csv: file '{single}' does not exist. Expected {LAYOUT}.")
         return root, single
-    per_split = {split: root / f"{split}.csv" for split in SPLITS if (root / f"{split}.csv").is_file()}
+    per_split = {split: root / f"{split}.csv" for split in ROLES if (root / f"{split}.csv").is_file()}
     if per_split:
         return root, per_split
     candidates = sorted(root.glob("*.csv")) if root.is_dir() else []
@@ -178,7 +164,7 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
         files = dict(located)
     else:
         rows, has_split = _read_csv(located, problems)
-        files = {split: located for split in SPLITS}
+        files = {split: located for split in ROLES}
         if has_split:
             for row in rows:
                 split = SPLIT_NAMES.get((row.split or "").lower())
@@ -187,7 +173,7 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
                         Problem(
                             str(located),
                             row.line,
-                            f"split {row.split!r} is not one of train, val, test",
+                            f"split {row.split!r} is not one of {', '.join(ROLES)}",
                             "format",
                         )
                     )
@@ -198,16 +184,8 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
     image_root = resolve_option_path(options.image_root, folder) if options.image_root else folder
     classnames, labelled, class_source = _label_rows(folder, options, rows_by_split, problems)
     if "all" in labelled:
-        parts = seeded_split(labelled.pop("all"), options.val_fraction, options.test_fraction, options.seed)
-        labelled = {split: samples for split, samples in parts.items() if samples or split != "val"}
-        meta["seeded_split"] = {
-            "seed": options.seed,
-            "val_fraction": options.val_fraction,
-            "test_fraction": options.test_fraction,
-        }
-    splits = {
-        split: SplitData(labelled.get(split, []), files.get(split)) for split in SPLITS if split in labelled
-    }
+        labelled, meta["seeded_split"] = split_pool(labelled.pop("all"), options)
+    splits = {split: SplitData(labelled[split], files.get(split)) for split in ROLES if split in labelled}
     parsed = ParsedDataset(
         name=f"csv:{folder.name}",
         format="csv",
@@ -215,7 +193,6 @@ def parse_csv(root: Path, options: CsvOptions) -> ParsedDataset:
         image_root=image_root,
         classnames=classnames,
         splits=splits,
-        roles={split: split for split in SPLITS if split in splits or split != "val"},
         templates=[options.template or DEFAULT_TEMPLATE],
         problems=problems,
         meta=meta,
@@ -238,10 +215,10 @@ def _label_rows(
     integers = sum(parse_int(row.label) is not None for row in all_rows)
     integer_mode = integers * 2 >= len(all_rows) if all_rows else True
     if integer_mode and names:
-        classnames = [names.get(i, (f"class_{i}", 0))[0] for i in range(max(names) + 1)]
+        classnames = names_by_label(names)
     elif integer_mode:
         found = [value for row in all_rows if (value := parse_int(row.label)) is not None]
-        classnames = [f"class_{i}" for i in range(max(found) + 1)] if found else []
+        classnames = names_by_label({}, max(found) + 1 if found else 0)
     elif names:
         classnames = [names[i][0] for i in sorted(names)]
     else:

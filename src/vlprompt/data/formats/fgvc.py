@@ -16,20 +16,21 @@ from pathlib import Path
 from vlprompt.core.errors import DataError
 from vlprompt.data.formats.common import (
     DEFAULT_TEMPLATE,
-    ERROR,
+    ROLES,
     WARNING,
     ParsedDataset,
     Problem,
     Sample,
     SplitData,
+    absence_severity,
     load_json_document,
     normalise_relpath,
     parse_int,
+    placeholder_name,
     read_classnames_file,
     resolve_option_path,
 )
 
-SPLITS = ("train", "val", "test")
 IMAGE_DIRS = ("images", "Images", "")
 CLASSNAME_FILES = ("classnames.txt", "classes.txt", "classnames.json")
 LAYOUT = "<root>/{train,val,test}.json, each {relative_image_path: class_id}, images under <root>/images/ or <root>/"
@@ -45,23 +46,24 @@ class FgvcOptions:
     template: str | None = None
 
 
-def clean_classname(name: str) -> str:
+def strip_index_prefix(name: str) -> str:
     """'001.Black_footed_Albatross' -> 'Black_footed_Albatross': CUB's index prefix is not part of the name.
     Underscores become spaces in LabelSpace, as for every format."""
     return re.sub(r"^\d+\.", "", name).strip()
 
 
 def parse_fgvc(root: Path, options: FgvcOptions) -> ParsedDataset:
-    if not any((root / f"{split}.json").is_file() for split in SPLITS):
+    if not any((root / f"{split}.json").is_file() for split in ROLES):
         raise DataError(f"fgvc: '{root}' holds none of train.json, val.json, test.json. Expected {LAYOUT}.")
     problems: list[Problem] = []
     raw: dict[str, list[tuple[str, object, int | None]]] = {}
     files: dict[str, Path] = {}
-    for split in SPLITS:
+    for split in ROLES:
         split_file = root / f"{split}.json"
         if not split_file.is_file():
-            severity = WARNING if split == "val" else ERROR
-            problems.append(Problem(str(split_file), None, f"{split}.json is missing", "missing", severity))
+            problems.append(
+                Problem(str(split_file), None, f"{split}.json is missing", "missing", absence_severity(split))
+            )
             continue
         document = load_json_document(split_file, problems, depth=1)
         if document is None:
@@ -120,7 +122,6 @@ def parse_fgvc(root: Path, options: FgvcOptions) -> ParsedDataset:
         image_root=image_root,
         classnames=classnames,
         splits=splits,
-        roles={split: split for split in SPLITS if split in splits or split != "val"},
         templates=[options.template or DEFAULT_TEMPLATE],
         problems=problems,
         meta={"class_ids": train_ids},
@@ -143,7 +144,7 @@ def _image_root(root: Path, image_dir: str | None, splits: dict[str, SplitData])
 def _classnames(
     root: Path, option: str | None, train_ids: list[int], problems: list[Problem]
 ) -> tuple[list[str], Path | None]:
-    default = [f"class_{class_id}" for class_id in train_ids]
+    default = [placeholder_name(class_id) for class_id in train_ids]
     if option is not None:
         source = resolve_option_path(option, root)
     else:
@@ -162,5 +163,5 @@ def _classnames(
             )
             out.append(default[label])
         else:
-            out.append(clean_classname(entry[0]))
+            out.append(strip_index_prefix(entry[0]))
     return out, source

@@ -9,7 +9,8 @@ from PIL import Image
 
 from vlprompt.core.errors import DataError
 from vlprompt.data.formats.containment import ImageFolderBounds
-from vlprompt.data.formats.parsed import ERROR, IMAGE_SUFFIXES, Problem, Sample
+from vlprompt.data.formats.parsed import IMAGE_SUFFIXES, Sample
+from vlprompt.data.formats.problems import ERROR, Problem
 
 
 class ImageLoader:

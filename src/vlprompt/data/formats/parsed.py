@@ -10,32 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ERROR = "error"
-WARNING = "warning"
-ROLES = ("train", "val", "test")
+from vlprompt.data.base import DEFAULT_TEMPLATE
+from vlprompt.data.formats.problems import ERROR, Problem
+from vlprompt.data.formats.splits import ROLES, roles_of
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
-DEFAULT_TEMPLATE = "a photo of a {}."
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a dataset on disk, located by file and (for split files) 1-based line."""
-
-    file: str
-    line: int | None
-    message: str
-    kind: str = "format"
-    severity: str = ERROR
-
-    def location(self, root: str | Path | None = None) -> str:
-        shown = display_path(self.file, root)
-        return f"{shown}:{self.line}" if self.line is not None else shown
-
-    def format(self, root: str | Path | None = None) -> str:
-        return f"{self.location(root)}: {self.severity}: {self.message}"
-
-    def __str__(self) -> str:
-        return self.format()
 
 
 @dataclass(slots=True)
@@ -60,8 +39,10 @@ class ParsedDataset:
     """A dataset as read from disk, before it becomes a TaskData.
 
     ``splits`` holds every split the format defines (VTAB has four files); ``roles`` says which of them serve as
-    train / val / test for this load. ``empty_class_severity`` is "warning" where the protocol itself leaves classes
-    without training images (VTAB-1k's 800 images over up to 397 classes). ``test_only`` datasets (domain-shift
+    train / val / test for this load. A format whose split names are the roles leaves ``roles`` out and gets
+    ``splits.roles_of`` (the rule every such format follows); VTAB maps its files onto roles itself.
+    ``empty_class_severity`` is "warning" where the protocol itself leaves classes without training images
+    (VTAB-1k's 800 images over up to 397 classes). ``test_only`` datasets (domain-shift
     targets) have no train split: their TaskData gets an empty train set and ``meta["test_only"] = True``.
     ``class_locations`` says where each class is defined (a class-list line, a class folder), so that an empty
     class can be reported there.
@@ -73,7 +54,7 @@ class ParsedDataset:
     image_root: Path
     classnames: list[str]
     splits: dict[str, SplitData]
-    roles: dict[str, str]
+    roles: dict[str, str] | None = None
     templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
     problems: list[Problem] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
@@ -81,6 +62,10 @@ class ParsedDataset:
     class_source: Path | None = None
     class_locations: dict[int, tuple[str, int | None]] = field(default_factory=dict)
     test_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.roles is None:
+            self.roles = roles_of(self.splits, self.test_only)
 
     @property
     def num_classes(self) -> int:
@@ -107,13 +92,3 @@ class ParsedDataset:
                 pairs.append((split, test))
         return pairs
 
-
-def display_path(path: str | Path, root: str | Path | None = None) -> str:
-    """``path`` relative to ``root`` when it lies under it (shorter messages), else as given."""
-    if root is None:
-        return str(path)
-    try:
-        relative = Path(path).relative_to(Path(root))
-    except ValueError:
-        return str(path)
-    return str(path) if relative == Path(".") else str(relative)

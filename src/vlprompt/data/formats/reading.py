@@ -1,5 +1,5 @@
-"""Reading split files and class-name files: relative image paths, integer labels, UTF-8 lines and JSON with the
-line of every member, so that each problem points at its line."""
+"""Reading split files: UTF-8 text, its lines, and JSON with the line of every member, so that each problem points
+at its line; relative image paths and integer labels as every format accepts them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlprompt.data.formats.parsed import Problem
+from vlprompt.data.formats.problems import Problem
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:/")
 
@@ -48,20 +48,30 @@ def parse_int(raw: Any) -> int | None:
     return None
 
 
-def read_text_lines(path: Path, problems: list[Problem]) -> list[tuple[int, str]]:
-    """Non-blank lines of a UTF-8 text file as (1-based line number, stripped text)."""
+def read_text(path: Path, problems: list[Problem]) -> str | None:
+    """A split or class file as UTF-8 text (a BOM dropped, line ends made '\\n' as text mode would), or None with
+    the reason recorded as a Problem: the file cannot be read, or it is not UTF-8 (located at the undecodable
+    byte's line). Every reader of a format's files starts here, so the two failures read the same everywhere."""
     try:
         data = path.read_bytes()
     except OSError as error:
         problems.append(
             Problem(str(path), None, f"cannot read the file ({error.strerror or error})", "missing")
         )
-        return []
+        return None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         problems.append(Problem(str(path), line, "the file is not UTF-8 text; save it as UTF-8", "format"))
+        return None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text_lines(path: Path, problems: list[Problem]) -> list[tuple[int, str]]:
+    """Non-blank lines of a UTF-8 text file as (1-based line number, stripped text)."""
+    text = read_text(path, problems)
+    if text is None:
         return []
     return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
@@ -99,15 +109,8 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 def load_json_document(path: Path, problems: list[Problem], depth: int = 2) -> JsonDocument | None:
     """Parse a JSON split file keeping line numbers; a read or syntax error becomes a Problem and None."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        problems.append(
-            Problem(str(path), None, f"cannot read the file ({error.strerror or error})", "missing")
-        )
-        return None
-    except UnicodeDecodeError:
-        problems.append(Problem(str(path), None, "the file is not UTF-8 text; save it as UTF-8", "format"))
+    text = read_text(path, problems)
+    if text is None:
         return None
     try:
         json.loads(text)
@@ -160,49 +163,3 @@ def load_json_document(path: Path, problems: list[Problem], depth: int = 2) -> J
 
     value, _ = walk(0, depth, ())
     return JsonDocument(value, lines, duplicates)
-
-
-def read_classnames_file(path: Path, problems: list[Problem]) -> tuple[dict[int, tuple[str, int]], bool]:
-    """Class names from a text or JSON file -> ({key: (name, line)}, keyed_by_id).
-
-    Text: one name per line (line order gives the class index) or "<id> <name>" on every line (CUB's
-    classes.txt). JSON: a list of names or an object {id: name}.
-    """
-    names: dict[int, tuple[str, int]] = {}
-    if path.suffix.lower() == ".json":
-        document = load_json_document(path, problems, depth=1)
-        if document is None:
-            return names, False
-        value = document.value
-        if isinstance(value, list):
-            for index, name in enumerate(value):
-                names[index] = (str(name), document.lines.get((index,), 1))
-            return names, False
-        if isinstance(value, dict):
-            for key, name in value.items():
-                number = parse_int(key)
-                line = document.lines.get((key,), 1)
-                if number is None:
-                    problems.append(Problem(str(path), line, f"class id '{key}' is not an integer", "label"))
-                else:
-                    names[number] = (str(name), line)
-            return names, True
-        problems.append(Problem(str(path), 1, "expected a list of class names or an object {id: name}"))
-        return names, False
-    lines = read_text_lines(path, problems)
-    pairs = [text.split(None, 1) for _, text in lines]
-    keyed = bool(pairs) and all(len(pair) == 2 and parse_int(pair[0]) is not None for pair in pairs)
-    for index, ((number, text), pair) in enumerate(zip(lines, pairs)):
-        key, name = (parse_int(pair[0]), pair[1].strip()) if keyed else (index, text)
-        if key in names:
-            problems.append(
-                Problem(
-                    str(path),
-                    number,
-                    f"class {key} is named twice (first at line {names[key][1]})",
-                    "classname",
-                )
-            )
-            continue
-        names[key] = (name, number)
-    return names, keyed

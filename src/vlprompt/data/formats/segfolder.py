@@ -13,7 +13,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlprompt.data.formats.parsed import Problem
+from vlprompt.data.formats.problems import Problem
+from vlprompt.data.formats.reading import read_text_lines
 from vlprompt.data.formats.segmasks import (
     MASK_SUFFIXES,
     ParsedSegmentation,
@@ -22,10 +23,10 @@ from vlprompt.data.formats.segmasks import (
     list_image_files,
     pair_by_stem,
 )
+from vlprompt.data.formats.splits import ROLES
 
 FOLDER_LAYOUT = "<root>/images/{train,val,test}/*, <root>/masks/{train,val,test}/*.png and <root>/classes.txt"
 CSV_LAYOUT = "<root>/segmentation.csv (columns image,mask,split; paths relative to <root>) and <root>/classes.txt"
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -52,14 +53,14 @@ def _classnames(root: Path, options: SegFolderOptions) -> tuple[list[str], list[
     if not path.is_file():
         return [], [Problem(str(path), None, "the class-name file is missing (one class name per line, line i + 1 "
                             "names mask value i)", "missing")]
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return names, []
+    problems: list[Problem] = []
+    return [name for _, name in read_text_lines(path, problems)], problems
 
 
 def parse_segfolder(root: Path, options: SegFolderOptions) -> ParsedSegmentation:
     classnames, problems = _classnames(root, options)
     splits = {}
-    for split in SPLITS:
+    for split in ROLES:
         images = list_image_files(root / "images" / split)
         masks = list_files(root / "masks" / split, MASK_SUFFIXES)
         if images or masks:
@@ -85,8 +86,8 @@ def parse_segcsv(root: Path, options: SegCsvOptions) -> ParsedSegmentation:
             else:
                 for line, row in enumerate(reader, start=2):
                     split = (row["split"] or "").strip()
-                    if split not in SPLITS:
-                        problems.append(Problem(str(source), line, f"split {split!r} is not one of {SPLITS}",
+                    if split not in ROLES:
+                        problems.append(Problem(str(source), line, f"split {split!r} is not one of {ROLES}",
                                                 "format"))
                         continue
                     pair = SegPair(row["image"].strip(), row["mask"].strip(), line)

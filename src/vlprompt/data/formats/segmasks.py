@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlprompt.data.base import TaskData
+from vlprompt.data.base import DEFAULT_TEMPLATE, TaskData
 from vlprompt.data.formats.build import refuse_errors
 from vlprompt.data.formats.images import ImageLoader
-from vlprompt.data.formats.parsed import IMAGE_SUFFIXES, Problem
+from vlprompt.data.formats.parsed import IMAGE_SUFFIXES
+from vlprompt.data.formats.problems import Problem
+from vlprompt.data.formats.splits import required_roles
 from vlprompt.data.segmentation import MaskFileLoader, SegmentationDataset, SegmentationLabels, mask_array
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
@@ -47,7 +49,7 @@ class ParsedSegmentation:
     reduce_zero_label: bool = False
     problems: list[Problem] = field(default_factory=list)
     source: Path | None = None
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
 
     def where(self, pair: SegPair, part: str) -> tuple[str, int | None]:
         if self.source is not None and pair.line is not None:
@@ -89,7 +91,7 @@ def list_image_files(folder: Path) -> list[Path]:
 def structural_problems(parsed: ParsedSegmentation) -> list[Problem]:
     """Missing files and empty required splits (cheap: no decoding)."""
     problems = []
-    for role in ("train", "test"):
+    for role in required_roles():
         if not parsed.splits.get(role):
             problems.append(Problem(str(parsed.root), None, f"no {role} pairs were found", "missing"))
     for role, pairs in parsed.splits.items():

@@ -20,14 +20,13 @@ from vlprompt.data.formats.common import (
     WARNING,
     ParsedDataset,
     Problem,
-    Sample,
     SplitData,
     labels_in_range,
-    normalise_relpath,
+    names_by_label,
     packaged_table,
     parse_int,
+    parse_list_file,
     read_classnames_file,
-    read_text_lines,
     resolve_option_path,
 )
 
@@ -89,31 +88,15 @@ def parse_vtab(root: Path, options: VtabOptions) -> ParsedDataset:
                 )
             )
             continue
-        samples = []
-        for number, text in read_text_lines(list_file, problems):
-            parts = text.rsplit(None, 1)
-            if len(parts) != 2:
-                problems.append(
-                    Problem(str(list_file), number, f"expected 'relative/path.jpg label', got {text!r}")
-                )
-                continue
-            path, why = normalise_relpath(parts[0])
-            label = parse_int(parts[1])
-            if why is not None:
-                problems.append(Problem(str(list_file), number, why, "path"))
-            if label is None:
-                problems.append(
-                    Problem(str(list_file), number, f"label {parts[1]!r} is not an integer", "label")
-                )
-            if path is not None and label is not None:
-                samples.append(Sample(path, label, number))
-        splits[name] = SplitData(samples, list_file)
+        splits[name] = parse_list_file(
+            list_file, problems, "relative/path.jpg label", parse_int, "label {value!r} is not an integer"
+        )
     known = vtab_tasks().get(task, {})
     count = options.num_classes or known.get("num_classes")
     if count is None:
         labels = [s.label for data in splits.values() for s in data.samples]
         count = max(labels) + 1 if labels else 0
-    classnames = [f"class_{i}" for i in range(count)]
+    names: dict[int, tuple[str, int]] = {}
     class_source = None
     if options.classnames:
         class_source = resolve_option_path(options.classnames, folder)
@@ -122,13 +105,12 @@ def parse_vtab(root: Path, options: VtabOptions) -> ParsedDataset:
             problems.append(
                 Problem(str(class_source), None, f"{len(names)} class names for {count} classes", "classname")
             )
-        classnames = [names.get(i, (classnames[i], 0))[0] for i in range(count)]
     parsed = ParsedDataset(
         name=f"vtab:{task}",
         format="vtab",
         root=folder,
         image_root=folder,
-        classnames=classnames,
+        classnames=names_by_label(names, count),
         splits=splits,
         roles=roles,
         templates=[options.template or DEFAULT_TEMPLATE],

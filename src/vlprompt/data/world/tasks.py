@@ -12,13 +12,10 @@ import numpy as np
 from PIL import Image
 
 from vlprompt.core.errors import ConfigError, unknown_name
-from vlprompt.data.base import ImageDataset, LabelSpace, TaskData
+from vlprompt.data.base import DEFAULT_TEMPLATE, ImageDataset, LabelSpace, TaskData
 from vlprompt.data.world.render import Scene, render
 from vlprompt.data.world.scenes import SceneDistribution, caption, sample_scene, stable_seed
 from vlprompt.data.world.vocab import VOCAB
-
-DEFAULT_TEMPLATE = "a photo of a {}."
-SPLITS = ("train", "val", "test")
 
 
 def _groups(styles: tuple[str, ...], slot: str = "{}") -> dict[str, list[str]]:
