@@ -64,14 +64,15 @@ def test_plan_covers_every_class_once_with_one_length_per_call():
     assert all(sum(len(c.rows) for c in call) <= 3 for call in pack_calls(fits, max_rows=3))
 
 
-def test_activation_estimate_bounds_what_autograd_keeps(clip):
+@pytest.mark.parametrize("n_ctx", [4, 16])
+def test_activation_estimate_bounds_what_autograd_keeps(clip, n_ctx):
     text = clip.text
-    prompt = ContextPrompt(text, NAMES, n_ctx=4)
-    prefix = 1 + prompt.n_ctx
+    prompt = ContextPrompt(text, NAMES, n_ctx=n_ctx)
+    prefix = prompt.prefix_length
     own = prompt.eot - prefix + 1
     estimate = sum(text.suffix_activation_bytes(prefix, int(n)) for n in own)
     measured = saved_activation_bytes(lambda: prompt(text), [prompt, text])
-    assert measured <= estimate <= 2.0 * measured
+    assert measured <= estimate <= 1.25 * measured
 
 
 @pytest.mark.parametrize("memory_mb", [4096.0, 0.02])
@@ -106,21 +107,85 @@ def test_cocoop_per_image_prefixes_equal_the_plain_path(clip):
     torch.testing.assert_close(fast.ctx.grad, plain.ctx.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_bf16_autocast_keeps_fp32_master_prompts_and_the_loss_close(clip):
+TEXT_METHODS = ("coop", "kgcoop", "prograd", "cocoop", "maple", "promptsrc")
+
+
+def context_of(method) -> ContextPrompt:
+    """The ContextPrompt that encodes the method's class prompts (CoOp family, CoCoOp: ``prompt``; deep text
+    prompts: inside ``text_prompt``)."""
+    return method.text_prompt.context if method.config_class.__name__ in ("MaPLeConfig", "PromptSRCConfig") else (
+        method.prompt
+    )
+
+
+def text_side_loss(method, name: str, clip, batch: dict) -> torch.Tensor:
+    """The loss of the method's text side on cached features: the method's own forward where it takes cached
+    features, else (MaPLe, PromptSRC: their image side needs pixels) cross-entropy on their class features."""
+    if name in ("maple", "promptsrc"):
+        features = method.text_prompt(clip.text)
+        image = torch.nn.functional.normalize(batch["features"], dim=-1)
+        return torch.nn.functional.cross_entropy(method.clip_logits(image, features.float()), batch["label"])
+    return method(batch)["loss"]
+
+
+@pytest.mark.parametrize("name", TEXT_METHODS)
+def test_bf16_autocast_keeps_fp32_master_prompts_and_the_loss_close(clip, name):
     """The frozen tower under bf16 autocast (the Trainer's precision=bf16), prompts stay fp32; the loss stays
-    within the tolerance of the bf16 training test (tests/test_data_loading.py: 1e-2)."""
+    within the tolerance of the bf16 training test (tests/test_data_loading.py: losses within 2e-2 of fp32; measured
+    here on the tiny tower: at most 1.4e-2, ProGrad's 16 slots)."""
     import_all()
-    method = create_method("coop", clip, LabelSpace(NAMES)).train()
+    method = create_method(name, clip, LabelSpace(NAMES)).train()
     generator = torch.Generator().manual_seed(0)
     batch = {
         "features": torch.randn(8, clip.text.feature_dim, generator=generator),
         "label": torch.randint(0, len(NAMES), (8,), generator=generator),
     }
-    fp32 = method(batch)["loss"]
-    (grad32,) = torch.autograd.grad(fp32, method.prompt.ctx)
+    ctx = context_of(method).ctx
+    fp32 = text_side_loss(method, name, clip, batch)
+    (grad32,) = torch.autograd.grad(fp32, ctx)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = method(batch)["loss"]
-    (grad16,) = torch.autograd.grad(bf16, method.prompt.ctx)
-    assert method.prompt.ctx.dtype == torch.float32 and grad16.dtype == torch.float32
-    assert abs(bf16.item() - fp32.item()) < 1e-2
+        bf16 = text_side_loss(method, name, clip, batch)
+    (grad16,) = torch.autograd.grad(bf16, ctx)
+    assert ctx.dtype == torch.float32 and grad16.dtype == torch.float32
+    assert abs(bf16.item() - fp32.item()) < 2e-2
     assert float(torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0)) > 0.98
+
+
+@pytest.mark.parametrize("name", TEXT_METHODS)
+def test_text_memory_option_reaches_every_text_method(clip, name):
+    """One option, declared once: every method that encodes class prompts plans its text step from it."""
+    import_all()
+    method = create_method(name, clip, LabelSpace(NAMES), text_memory_mb=0.02).train()
+    prompt = context_of(method)
+    assert prompt.memory_mb == 0.02
+    assert any(chunk.recompute for chunk in prompt.plan(clip.text, 1, None, trained=True))
+
+
+def test_fixed_words_after_the_context_join_the_shared_prefix_exactly(clip):
+    """MaPLe's start ("a photo" learned, "of a" fixed) runs "of a" once in the prefix; features and the gradients
+    of the context and of every deep prompt equal the plain path's."""
+    from vlprompt.prompts.deep_text import DeepTextPrompt
+
+    text = clip.text
+    torch.manual_seed(0)
+    fast = DeepTextPrompt(text, NAMES, n_ctx=2, depth=3, ctx_init="a photo of a")
+    plain = DeepTextPrompt(text, NAMES, n_ctx=2, depth=3, ctx_init="a photo of a")
+    plain.load_state_dict(fast.state_dict())
+    plain.context.shared_prefix = False
+    assert fast.context.prefix_length == 1 + 2 + 2  # [SOS, 2 context slots, "of", "a"]
+    weights = torch.randn(len(NAMES), text.feature_dim, generator=torch.Generator().manual_seed(1))
+    out_fast, out_plain = fast(text), plain(text)
+    (out_fast * weights).sum().backward()
+    (out_plain * weights).sum().backward()
+    torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.context.ctx.grad, plain.context.ctx.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast.deep.grad, plain.deep.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_stops_before_the_first_end_token(clip):
+    """Classes that share their first words share them in the prefix, but each keeps its EOT as its own token."""
+    text = clip.text
+    prompt = ContextPrompt(text, ["red panda", "red fox"], n_ctx=4, suffix="")
+    assert prompt.prefix_length == 1 + 4 + 1  # "red" joins the prefix; "panda" / "fox" differ
+    alone = ContextPrompt(text, ["red panda"], n_ctx=4, suffix="")
+    assert alone.prefix_length == int(alone.eot[0])  # one class: everything but its EOT is shared

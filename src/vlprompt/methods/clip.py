@@ -10,10 +10,23 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.core.config import option
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import sigmoid_loss
 from vlprompt.methods.base import PromptMethod
 from vlprompt.prompts.text import ensemble_features, hand_crafted_features
+from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB
+
+
+def text_memory_option() -> float:
+    """THE ``text_memory_mb`` field of every method that encodes class prompts with learned context (CoOp, KgCoOp,
+    ProGrad, CoCoOp, MoCoOp, IVLP, MaPLe, PromptSRC): declared here once, so its help, default and range are one."""
+    return option(
+        DEFAULT_TEXT_MEMORY_MB,
+        help="activation memory (MB) a training step may keep for the class prompts; the text calls are planned "
+        "from it (nothing is recomputed when the step fits, beyond it calls are recomputed in backward)",
+        range=(1e-3, None),
+    )
 
 
 class ClipMethod(PromptMethod):

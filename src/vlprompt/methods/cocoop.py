@@ -15,7 +15,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.core.config import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.methods.base import register_method
-from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.clip import ClipMethod, text_memory_option
 from vlprompt.methods.coop import build_context_prompt
 from vlprompt.prompts.text_layout import CLASS_POSITIONS
 
@@ -39,9 +39,10 @@ class CoCoOpConfig(ValidatedConfig):
     )
     prompts_per_call: int = field(
         default=2048,
-        metadata={"help": "images x classes sent through the text encoder in one call (bounds memory)",
+        metadata={"help": "images x classes sent through the text encoder in one call at most",
                   "range": (1, None)},
     )
+    text_memory_mb: float = text_memory_option()
 
 
 @register_method("cocoop")
@@ -55,7 +56,8 @@ class CoCoOp(ClipMethod):
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: CoCoOpConfig) -> None:
         super().__init__(backbone, labels, config)
         self.prompt = build_context_prompt(
-            self.text, self.labels, config.ctx_init, config.n_ctx, config.class_position
+            self.text, self.labels, config.ctx_init, config.n_ctx, config.class_position,
+            memory_mb=config.text_memory_mb,
         )
         feature_dim = backbone.visual.feature_dim
         hidden = max(1, feature_dim // 16)

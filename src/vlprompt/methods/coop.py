@@ -16,7 +16,7 @@ from vlprompt.core.config import ValidatedConfig
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import CLASSIFICATION_LOSSES, grouped_text_ce
 from vlprompt.methods.base import register_method
-from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.clip import ClipMethod, text_memory_option
 from vlprompt.prompts.text import INIT_ALIGNS, ContextPrompt
 from vlprompt.prompts.text_layout import CLASS_POSITIONS, split_template
 from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB
@@ -61,14 +61,7 @@ class CoOpConfig(ValidatedConfig):
         metadata={"help": "class prompts per text-encoder call without gradients and on the plain (unshared) path",
                   "range": (1, None)},
     )
-    text_memory_mb: float = field(
-        default=DEFAULT_TEXT_MEMORY_MB,
-        metadata={
-            "help": "activation memory a training step may keep for the class prompts; beyond it chunks are "
-            "recomputed in backward",
-            "range": (0.0, None),
-        },
-    )
+    text_memory_mb: float = text_memory_option()
     text_loss_weight: float = field(
         default=0.0,
         metadata={"help": (

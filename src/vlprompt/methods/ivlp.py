@@ -22,7 +22,7 @@ from vlprompt.core.config import ValidatedConfig, option
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.methods.base import register_method
-from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.clip import ClipMethod, text_memory_option
 from vlprompt.prompts.deep_text import DeepTextPrompt
 from vlprompt.prompts.deep_vision import DeepVisionPrompts, layered_vision_forward
 
@@ -46,7 +46,7 @@ MULTIMODAL_RECIPE: dict[str, Any] = {
 def deep_text_prompt(text, labels: LabelSpace, config: Any) -> DeepTextPrompt:
     """The deep text prompts of a config with IVLP's per-tower names (IVLP, PromptSRC; MaPLe maps its own)."""
     return DeepTextPrompt(text, labels.classnames, config.n_ctx_text, config.depth_text, config.ctx_init,
-                          config.class_chunk)
+                          config.class_chunk, config.text_memory_mb)
 
 
 def encode_prompted_images(method: ClipMethod, vision_prompts: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
@@ -95,8 +95,9 @@ class IVLPConfig(ValidatedConfig):
         "a photo of a",
         help="words whose first n_ctx_text tokens start layer 0's context (the rest stay fixed); '' for N(0, 0.02)",
     )
-    class_chunk: int = option(256, help="class prompts per text-encoder call (bounds memory for many classes)",
+    class_chunk: int = option(256, help="class prompts per text-encoder call without gradients",
                               range=(1, None))
+    text_memory_mb: float = text_memory_option()
     loss: str = option(
         "ce", help="'ce' (the official loss) or 'sigmoid' (SigLIP's own objective, with the model's logit bias)",
         choices=CLASSIFICATION_LOSSES,

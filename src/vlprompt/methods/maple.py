@@ -21,7 +21,7 @@ from vlprompt.core.errors import ConfigError
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import CLASSIFICATION_LOSSES
 from vlprompt.methods.base import register_method
-from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.clip import ClipMethod, text_memory_option
 from vlprompt.methods.ivlp import MULTIMODAL_RECIPE, deep_text_prompt, deep_vl_outputs, encode_prompted_images
 from vlprompt.prompts.deep_text import clamp_depth
 
@@ -39,8 +39,9 @@ class MaPLeConfig(ValidatedConfig):
     ctx_init: str = option(
         "a photo of a", help="words whose first n_ctx tokens start layer 0's text context; '' for N(0, 0.02)"
     )
-    class_chunk: int = option(256, help="class prompts per text-encoder call (bounds memory for many classes)",
+    class_chunk: int = option(256, help="class prompts per text-encoder call without gradients",
                               range=(1, None))
+    text_memory_mb: float = text_memory_option()
     loss: str = option(
         "ce", help="'ce' (the official loss) or 'sigmoid' (SigLIP's own objective, with the model's logit bias)",
         choices=CLASSIFICATION_LOSSES,

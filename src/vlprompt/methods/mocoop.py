@@ -23,7 +23,7 @@ from vlprompt.core.errors import ConfigError, unknown_name
 from vlprompt.data.base import LabelSpace
 from vlprompt.losses import gating_kl, grouped_text_ce
 from vlprompt.methods.base import register_method
-from vlprompt.methods.clip import ClipMethod
+from vlprompt.methods.clip import ClipMethod, text_memory_option
 from vlprompt.prompts.mixture import PromptMixture
 from vlprompt.prompts.text import EvalCache, hand_crafted_features
 
@@ -54,8 +54,9 @@ class MoCoOpConfig(ValidatedConfig):
     )
     class_chunk: int = field(
         default=256,
-        metadata={"help": "class prompts per text-encoder call (bounds memory for many classes)", "range": (1, None)},
+        metadata={"help": "class prompts per text-encoder call without gradients", "range": (1, None)},
     )
+    text_memory_mb: float = text_memory_option()
 
 
 def select_groups(labels: LabelSpace, names: list[str]) -> dict[str, list[str]]:
@@ -93,6 +94,7 @@ class MoCoOp(ClipMethod):
             backbone.visual.feature_dim,
             top_k=config.top_k,
             class_chunk=config.class_chunk,
+            memory_mb=config.text_memory_mb,
         )
         self._eval_cache = EvalCache()
         self._hard_key: tuple | None = None

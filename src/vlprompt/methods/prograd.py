@@ -93,8 +93,11 @@ class ProGrad(ClipMethod):
         """[G_d, G_g] per tensor: ∇L_ce and ∇L_kl (just [G_d] without the KL term).
 
         Both losses reach the prompts only through the class features t, so the two gradients are
-        J^T·∂L_ce/∂t and J^T·∂L_kl/∂t with the same Jacobian: one batched backward through the text encoder
-        computes both (the frozen weights are read once for the pair instead of once per backward).
+        J^T·∂L_ce/∂t and J^T·∂L_kl/∂t with the same Jacobian: the text encoder runs forward once, and two
+        input-gradient backwards over the one retained graph give the pair (two vector-Jacobian products are the
+        least an exact projection needs: it uses both directions). Two plain backwards, not one batched
+        (``is_grads_batched``) backward: the same products, but the batched one runs the element-wise backward
+        ops through vmap and took 1.1x the time of the pair on CPU (benchmarks/results/imagenet_scale_notes.md).
         The Trainer sums each part over micro-batches and ranks before ``combine_grads``, so the projection
         acts on the full batch's G_d and G_g, as in the official single-GPU code with that batch.
         """
@@ -103,10 +106,9 @@ class ProGrad(ClipMethod):
         features = outputs["class_features"]
         wrt_ce = torch.autograd.grad(outputs["loss"], features, retain_graph=True)[0]
         wrt_kl = torch.autograd.grad(outputs["loss_kl"], features, retain_graph=True)[0]
-        pairs = torch.autograd.grad(
-            features, params, grad_outputs=torch.stack([wrt_ce, wrt_kl]), is_grads_batched=True, allow_unused=True
-        )
-        return [[None if p is None else p[0] for p in pairs], [None if p is None else p[1] for p in pairs]]
+        g_d = torch.autograd.grad(features, params, grad_outputs=wrt_ce, retain_graph=True, allow_unused=True)
+        g_g = torch.autograd.grad(features, params, grad_outputs=wrt_kl, allow_unused=True)
+        return [list(g_d), list(g_g)]
 
     def combine_grads(self, parts: list[list[torch.Tensor | None]]) -> list[torch.Tensor | None]:
         """Per tensor: project G_d when it forms an obtuse angle with G_g."""

@@ -22,6 +22,7 @@ from torch import nn
 from vlprompt.backbones.base import TextTower
 from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.text import ContextPrompt, EvalCache, token_count
+from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB
 
 DEEP_INIT_STD = 0.02  # nn.init.normal_(std=0.02) for every deep prompt in the official code
 
@@ -70,6 +71,7 @@ class DeepTextPrompt(nn.Module):
         depth: int,
         ctx_init: str = "a photo of a",
         class_chunk: int = 256,
+        memory_mb: float = DEFAULT_TEXT_MEMORY_MB,
     ) -> None:
         super().__init__()
         if not getattr(text, "supports_deep_prompts", False):
@@ -90,6 +92,7 @@ class DeepTextPrompt(nn.Module):
             n_ctx=n_ctx,
             init_words=words,
             class_chunk=class_chunk,
+            memory_mb=memory_mb,
         )
         device = self.context.ctx.device
         self.deep = (

@@ -18,6 +18,7 @@ from vlprompt.backbones.base import TextTower
 from vlprompt.core.errors import ConfigError
 from vlprompt.prompts.text import ContextPrompt
 from vlprompt.prompts.text_layout import split_template
+from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB
 
 
 @dataclass
@@ -40,6 +41,7 @@ class PromptMixture(nn.Module):
         feature_dim: int,
         top_k: int = 2,
         class_chunk: int = 256,
+        memory_mb: float = DEFAULT_TEXT_MEMORY_MB,
     ) -> None:
         super().__init__()
         if not 1 <= top_k <= len(init_templates):
@@ -52,7 +54,9 @@ class PromptMixture(nn.Module):
         for template in init_templates:
             words, suffix = split_template(template)
             experts.append(
-                ContextPrompt(text, classnames, init_words=words, suffix=suffix, class_chunk=class_chunk)
+                ContextPrompt(
+                    text, classnames, init_words=words, suffix=suffix, class_chunk=class_chunk, memory_mb=memory_mb
+                )
             )
         self.experts = nn.ModuleList(experts)
         self.router = nn.Linear(feature_dim, len(experts)).to(experts[0].ctx.device)

@@ -33,7 +33,12 @@ from vlprompt.prompts.text_encoding import (  # noqa: F401  (some names re-expor
     token_count,
 )
 from vlprompt.prompts.text_layout import PLACEHOLDER, build_layout
-from vlprompt.prompts.text_plan import DEFAULT_TEXT_MEMORY_MB, pack_calls, plan_suffix_chunks
+from vlprompt.prompts.text_plan import (
+    DEFAULT_TEXT_MEMORY_MB,
+    pack_calls,
+    plan_suffix_chunks,
+    shared_prefix_length,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +71,10 @@ class ContextPrompt(nn.Module):
     word count; ``"right"`` (ProGrad) keeps ``n_ctx`` slots, zeros first and the words' embeddings in the last
     slots. Without words the context is drawn from N(0, 0.02). ``suffix`` is the text after the class name (".").
     The text tower is passed to each call rather than stored, so it never enters this module's state.
-    ``shared_prefix``: with shared context before the class name, [SOS, ctx] is the same prefix for every class
-    (CoCoOp: for every class of one image); where the exact fast paths apply it is computed once per call, and
-    the classes' own tokens run grouped by length, unpadded (prompts/text_plan.py).
+    ``shared_prefix``: with shared context before the class name, [SOS, ctx] and any fixed words after it that
+    every class shares are the same prefix for every class (CoCoOp: for every class of one image); where the
+    exact fast paths apply it is computed once per call, and the classes' own tokens run grouped by length,
+    unpadded (prompts/text_plan.py).
     ``memory_mb``: the activation memory a training step may hold for the class prompts; calls beyond it are
     recomputed in backward. ``class_chunk``: classes per encoder call on the plain path and without gradients.
     """
@@ -151,6 +157,7 @@ class ContextPrompt(nn.Module):
         self.register_buffer("slot", layout.slot.to(device), persistent=False)
         self.register_buffer("eot", layout.eot.to(device), persistent=False)
         self.register_buffer("base", text.embed_tokens(self.token_ids).detach(), persistent=False)
+        self.prefix_length = shared_prefix_length(self.token_ids, self.eot, text.start_tokens + self.n_ctx)
         self._eval_cache.clear()
 
     def class_features(self, text: TextTower) -> torch.Tensor:
@@ -190,12 +197,12 @@ class ContextPrompt(nn.Module):
             and self.position == "end"
             and not self.class_specific
             and exact_fast_paths(text)
-            and text.prefix_path_applies(self.eot, text.start_tokens + self.n_ctx, deep)
+            and text.prefix_path_applies(self.eot, self.prefix_length, deep)
         )
 
     def plan(self, text: TextTower, prefixes: int, chunk: int | None, trained: bool):
         """The encoder calls of one step on the prefix path (see prompts/text_plan.py)."""
-        prefix_length = text.start_tokens + self.n_ctx
+        prefix_length = self.prefix_length
         budget = self.memory_mb * 2**20 if trained else None
         max_rows = chunk or (None if trained else self.class_chunk)
         return plan_suffix_chunks(
@@ -208,10 +215,13 @@ class ContextPrompt(nn.Module):
     def _encode_prefixed(
         self, text: TextTower, ctx: torch.Tensor, chunk: int | None, deep: tuple[torch.Tensor, ...], trained: bool
     ) -> torch.Tensor:
-        """[SOS, ctx] once per context (prefix_states), then every class's own tokens in length groups."""
-        sos = self.base[0, : text.start_tokens]
+        """[SOS, ctx, shared words] once per context (prefix_states), then every class's own tokens in length
+        groups."""
+        start, end = text.start_tokens, text.start_tokens + self.n_ctx
+        sos, words = self.base[0, :start], self.base[0, end : self.prefix_length]
         contexts = ctx.reshape(-1, self.n_ctx, ctx.shape[-1]).to(sos.dtype)  # [m, M, w]
-        prefixes = torch.cat([sos.expand(contexts.shape[0], -1, -1), contexts], dim=1)
+        count = contexts.shape[0]
+        prefixes = torch.cat([sos.expand(count, -1, -1), contexts, words.expand(count, -1, -1)], dim=1)
         states = text.prefix_states(prefixes, deep)
         parts, order = [], []
         for call in pack_calls(self.plan(text, prefixes.shape[0], chunk, trained), chunk):
@@ -228,7 +238,7 @@ class ContextPrompt(nn.Module):
         self, text: TextTower, states: list[torch.Tensor], rows: tuple[torch.Tensor, ...]
     ) -> torch.Tensor:
         """One encoder call over several length groups (their tokens packed, no padding)."""
-        start = text.start_tokens + self.n_ctx
+        start = self.prefix_length
         lengths = (self.eot[[int(r[0]) for r in rows]] - start + 1).tolist()
         return text.encode_suffixes(states, [self.base[r, start : start + n] for r, n in zip(rows, lengths)])
 

@@ -30,6 +30,22 @@ class SuffixChunk:
     nbytes: int
 
 
+def shared_prefix_length(token_ids: torch.Tensor, eot: torch.Tensor, context_end: int) -> int:
+    """Length of the prefix every class prompt shares: [start tokens, context] (positions below ``context_end``)
+    and then every position where all classes hold the same token, stopping before the first EOT.
+
+    The fixed words between the context and the class name (MaPLe's and IVLP's "of a" after a 2-token context,
+    CoOp's init words that tokenise past their slots) are the same tokens at the same positions for every class,
+    so under causality their hidden states are too: they run once per prefix instead of once per class. Every
+    class keeps at least its EOT as its own token (the pooled position).
+    """
+    stop = int(eot.min())
+    length = context_end
+    while length < stop and bool((token_ids[:, length] == token_ids[0, length]).all()):
+        length += 1
+    return length
+
+
 def length_groups(own_lengths: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     """(length, class indices) for each distinct own length, shortest first."""
     lengths = own_lengths.cpu()
