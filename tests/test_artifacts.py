@@ -122,25 +122,41 @@ def test_checksum_covers_names_shapes_and_values():
     assert tensors_checksum(base) != tensors_checksum(changed)
 
 
-def test_a_0_1_run_folder_still_loads(clip, tmp_path, caplog):
+def test_a_0_1_run_folder_is_refused_with_what_to_do(clip, tmp_path):
+    method = create_method("coop", clip, LABELS, n_ctx=2)
+    save_prompts(method, tmp_path)
+    config = json.loads((tmp_path / "prompt_config.json").read_text())
+    legacy = {k: config[k] for k in ("library", "version", "method", "method_config", "classnames", "shapes")}
+    legacy["backbone"] = clip.backbone_id  # 0.1 stored the id string, no hash, no checksum, no templates
+    (tmp_path / "prompts.json").write_text(json.dumps(legacy))
+    (tmp_path / "prompt_config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"holds prompts.json, the prompt config of vlprompt 0.1.*Retrain"):
+        vlprompt.from_pretrained(tmp_path, backbone=clip)
+
+
+def test_a_stored_option_this_version_lacks_is_dropped_with_a_warning(clip, tmp_path, caplog):
     method = create_method("coop", clip, LABELS, n_ctx=2)
     randomize(method, 3)
     save_prompts(method, tmp_path)
     config = json.loads((tmp_path / "prompt_config.json").read_text())
-    legacy = {k: config[k] for k in ("library", "version", "method", "method_config", "classnames", "shapes",
-                                     "class_dependent")}
-    legacy["backbone"] = clip.backbone_id  # 0.1 stored the id string, no hash, no checksum, no templates
-    legacy["method_config"]["nmi_every"] = 0  # an option a later version dropped (0.1 VPT's NMI logging)
-    (tmp_path / "prompts.json").write_text(json.dumps(legacy))
-    (tmp_path / "prompt_config.json").unlink()
+    config["method_config"]["retired_option"] = 0
+    (tmp_path / "prompt_config.json").write_text(json.dumps(config))
     with caplog.at_level("WARNING"):
         loaded = vlprompt.from_pretrained(tmp_path, backbone=clip)
-    assert "ignoring stored coop option(s) nmi_every" in caplog.text
+    assert "ignoring stored coop option(s) retired_option" in caplog.text
     torch.testing.assert_close(loaded.prompt.ctx, method.prompt.ctx, atol=0, rtol=0)
-    with pytest.raises(CheckpointError, match="trained on backbone"):
-        vlprompt.from_pretrained(tmp_path, backbone=create_backbone("tiny:open_clip_custom_text"))
-    save_prompts(loaded, tmp_path)  # rewriting migrates the folder to the current format
-    assert (tmp_path / "prompt_config.json").exists() and not (tmp_path / "prompts.json").exists()
+
+
+def test_a_config_without_a_backbone_hash_or_templates_is_refused(clip, tmp_path):
+    method = create_method("coop", clip, LABELS, n_ctx=2)
+    save_prompts(method, tmp_path)
+    config = json.loads((tmp_path / "prompt_config.json").read_text())
+    (tmp_path / "prompt_config.json").write_text(json.dumps({**config, "backbone": clip.backbone_id}))
+    with pytest.raises(CheckpointError, match="'backbone' field is .*weights_hash"):
+        vlprompt.from_pretrained(tmp_path, backbone=clip)
+    (tmp_path / "prompt_config.json").write_text(json.dumps({**config, "templates": []}))
+    with pytest.raises(CheckpointError, match="records no templates"):
+        vlprompt.from_pretrained(tmp_path, backbone=clip)
 
 
 def test_a_train_run_folder_is_an_artifact_and_keeps_a_users_readme(tmp_path):

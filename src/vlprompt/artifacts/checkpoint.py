@@ -5,7 +5,8 @@ A prompt checkpoint holds only the trained tensors; the frozen backbone is never
 version, method and its full config, the backbone's name and the hash of its weights, the label space, the
 tensors' shapes and a checksum of the tensors themselves. Identity of the backbone is its weights hash, not its
 name: a weights file moved to another path still loads, other weights under the same name do not. Folders
-written by vlprompt 0.1.0 (``prompts.json`` without hash or checksum) still load, checked by backbone name.
+written by vlprompt 0.1.0 (``prompts.json``: no weights hash, checksum or templates to check a load by) are
+refused with what to do.
 """
 from __future__ import annotations
 
@@ -31,8 +32,6 @@ from vlprompt.core.io import atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-META_NAME = PROMPTS_META_NAME  # kept for callers of the 0.1 name
-
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
     """(weights, config) of a folder or of a .safetensors file (whose config is ``<stem>.json`` beside it,
@@ -43,10 +42,7 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
         if path.name == PROMPTS_NAME and folder_config.exists():
             return path, folder_config
         return path, path.with_suffix(".json")
-    config = path / PROMPTS_META_NAME
-    if not config.exists() and (path / LEGACY_META_NAME).exists():
-        config = path / LEGACY_META_NAME
-    return path / PROMPTS_NAME, config
+    return path / PROMPTS_NAME, path / PROMPTS_META_NAME
 
 
 def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -97,15 +93,10 @@ def save_prompts(method, path: str | Path, extra: dict | None = None) -> Path:
     """Write the method's trained tensors and prompt_config.json; ``path`` is a folder or a .safetensors file.
     In a folder, a model card (README.md) is written too unless the folder holds a README of its own."""
     weights_path, meta_path = _paths(path)
-    if meta_path.name == LEGACY_META_NAME:
-        meta_path = meta_path.with_name(PROMPTS_META_NAME)
     tensors = {name: t.detach().cpu().contiguous() for name, t in method.trainable_state_dict().items()}
     meta = prompt_config(method, tensors, extra)
     atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"method": meta["method"]}))
     atomic_write_json(meta_path, meta)
-    legacy = weights_path.parent / LEGACY_META_NAME
-    if meta_path.name == PROMPTS_META_NAME and legacy.exists():
-        legacy.unlink()  # a rerun into a 0.1 folder: one config, the current one
     if meta_path.name == PROMPTS_META_NAME:
         write_model_card(weights_path.parent)
     return weights_path
@@ -113,6 +104,13 @@ def save_prompts(method, path: str | Path, extra: dict | None = None) -> Path:
 
 def read_prompt_meta(path: str | Path) -> dict:
     weights_path, meta_path = _paths(path)
+    if not meta_path.exists() and (meta_path.parent / LEGACY_META_NAME).exists():
+        raise CheckpointError(
+            f"'{meta_path.parent}' holds {LEGACY_META_NAME}, the prompt config of vlprompt 0.1, which this release "
+            "no longer reads: it records no weights hash, tensor checksum or templates to check a load against. "
+            "Retrain with the run's config.json (`vlprompt train <config> --out NEW_FOLDER`), or keep using "
+            "vlprompt 0.1 for this folder."
+        )
     if not weights_path.exists() or not meta_path.exists():
         raise CheckpointError(
             f"No prompt checkpoint at '{path}': expected {weights_path.name} and {PROMPTS_META_NAME} there. "
@@ -126,23 +124,20 @@ def read_prompt_meta(path: str | Path) -> dict:
 
 
 def stored_backbone(meta: dict) -> dict:
-    """The backbone record of a config; 0.1 folders stored only the id string (no hash)."""
+    """The backbone record of a config: id, name and options to rebuild it, and the hash of its weights."""
     backbone = meta.get("backbone")
-    if isinstance(backbone, dict):
-        return backbone
-    return {"id": backbone, "name": backbone, "options": {}, "weights_hash": None}
+    if not isinstance(backbone, dict) or not backbone.get("weights_hash") or "name" not in backbone:
+        raise CheckpointError(
+            f"The prompt config's 'backbone' field is {backbone!r}; a prompt config records the backbone as "
+            "{id, name, options, weights_hash}. The file is damaged or was not written by this vlprompt: copy the "
+            "folder again from where it was trained, or retrain."
+        )
+    return backbone
 
 
 def check_backbone(meta: dict, backbone, where: str | Path) -> None:
     """Refuse a backbone whose weights differ from the ones the prompts were trained on."""
     stored = stored_backbone(meta)
-    if stored.get("weights_hash") is None:  # a 0.1 folder: the name is all we have
-        if stored.get("id") != backbone.backbone_id:
-            raise CheckpointError(
-                f"Checkpoint '{where}' was trained on backbone '{stored.get('id')}', but the model is built on "
-                f"'{backbone.backbone_id}'. Prompts only fit the backbone they were trained with; load that backbone."
-            )
-        return
     actual = backbone.weights_hash()
     if stored["weights_hash"] != actual:
         raise CheckpointError(

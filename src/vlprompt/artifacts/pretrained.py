@@ -13,9 +13,8 @@ from typing import Any
 
 from vlprompt.artifacts.card import write_model_card
 from vlprompt.artifacts.checkpoint import load_prompts, read_prompt_meta, save_prompts, stored_backbone
-from vlprompt.artifacts.files import CONFIG_NAME, PROMPTS_META_NAME
+from vlprompt.artifacts.files import PROMPTS_META_NAME
 from vlprompt.core.errors import CheckpointError, VlpromptError
-from vlprompt.core.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,11 @@ def _labels(meta: dict, folder: Path, classnames: Sequence[str] | None):
 
     templates = meta.get("templates")
     groups = meta.get("template_groups") or {}
-    if templates is None:  # a 0.1 folder: the run config names the dataset whose templates were used
-        templates, groups = _legacy_templates(folder)
+    if not templates:
+        raise CheckpointError(
+            f"'{folder / PROMPTS_META_NAME}' records no templates; every prompt config this vlprompt writes has "
+            "them. The file is damaged: copy the folder again from where it was trained, or retrain."
+        )
     if classnames is not None:
         classnames = [str(c) for c in classnames]
         dependent = meta.get("class_dependent") or []
@@ -50,21 +52,6 @@ def _labels(meta: dict, folder: Path, classnames: Sequence[str] | None):
             )
     return label_space(meta.get("task_type", "classification"), classnames or meta.get("classnames", []), templates,
                        groups, meta.get("task_fields") or {})
-
-
-def _legacy_templates(folder: Path) -> tuple[list[str], dict]:
-    run_config = folder / CONFIG_NAME
-    if run_config.exists():
-        from vlprompt.data.registry import load_dataset
-
-        run = read_json(run_config, "the 0.1 run folder is damaged.", CheckpointError).get("run", {})
-        try:
-            labels = load_dataset(run["dataset"], root=run.get("root"), **run.get("dataset_options", {})).labels
-            return list(labels.templates), dict(labels.template_groups)
-        except (KeyError, VlpromptError, OSError) as error:
-            log.warning("cannot read the templates of the 0.1 run '%s' (%s); using the default", folder, error)
-    log.warning("'%s' was written by vlprompt 0.1 and records no templates; using 'a photo of a {}.'", folder)
-    return ["a photo of a {}."], {}
 
 
 def _backbone(meta: dict, folder: Path):
@@ -82,8 +69,8 @@ def _backbone(meta: dict, folder: Path):
 
 
 def _current_options(method_name: str, options: dict, folder: Path) -> dict:
-    """The stored method config minus fields this version no longer has (e.g. 0.1's VPT ``nmi_*`` logging
-    options, now a callback): said in a warning; the tensor shapes are still checked on load."""
+    """The stored method config minus fields this version's config class does not have (an option a later
+    release dropped): said in a warning; the tensor shapes are still checked on load."""
     import dataclasses
 
     from vlprompt.methods import METHODS, import_all
