@@ -216,7 +216,7 @@ def test_ctrl_c_in_predict_does_not_promise_a_resume(prompt_folder, image_folder
     def pressed(item):
         raise KeyboardInterrupt  # the user's Ctrl-C while images are read
 
-    monkeypatch.setattr("vlprompt.eval.inference.load_image", pressed)
+    monkeypatch.setattr("vlprompt.eval.image_predict.load_image", pressed)
     code, _, err = run_cli(["predict", str(prompt_folder), str(image_folder)], capsys)
     assert code == 130
     assert err.strip() == "interrupted; no predictions were written (--output is written only once every image " \

@@ -13,9 +13,9 @@ from vlprompt.backbones.registry import create_backbone
 from vlprompt.cli import main
 from vlprompt.core.errors import CheckpointError, DataError
 from vlprompt.data.transforms import eval_transform
-from vlprompt.eval.inference import collect_inputs
 from vlprompt.methods import create_method
 from vlprompt.serve.export import classifier_head, export_classifier, load_classifier
+from vlprompt.serve.inference import collect_inputs
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ def _backbone_option(name: str | None):
 
 def cmd_predict(args) -> int:
     from vlprompt.artifacts.pretrained import from_pretrained
-    from vlprompt.eval.inference import collect_inputs, format_predictions, predict_images, write_predictions
+    from vlprompt.eval.image_predict import predict_images
+    from vlprompt.serve.inference import collect_inputs, format_predictions, write_predictions
 
     method = from_pretrained(args.run_dir, backbone=_backbone_option(args.backbone),
                              classnames=_classnames_option(args.classnames), device=args.device)
@@ -70,7 +71,7 @@ def cmd_export(args) -> int:
 def cmd_serve_batch(args) -> int:
     from pathlib import Path
 
-    from vlprompt.eval.inference import format_predictions, read_csv_rows, write_predictions
+    from vlprompt.serve.inference import format_predictions, read_csv_rows, write_predictions
     from vlprompt.serve.serving import MultiTaskPredictor
 
     tasks = {}

@@ -212,8 +212,8 @@ class PromptMethod(nn.Module, metaclass=ABCMeta):
         return self
 
     def predict_images(self, images: Sequence, topk: int = 5, **options: Any) -> list[dict]:
-        """Top-k labels and probabilities for PIL images or image paths (see vlprompt.eval.inference)."""
-        from vlprompt.eval.inference import predict_images
+        """Top-k labels and probabilities for PIL images or image paths (see vlprompt.eval.image_predict)."""
+        from vlprompt.eval.image_predict import predict_images
 
         return predict_images(self, images, topk=topk, **options)
 

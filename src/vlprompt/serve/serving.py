@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from vlprompt.core.errors import CheckpointError, VlpromptError
-from vlprompt.eval.inference import image_batches, topk_records
+from vlprompt.eval.image_predict import image_batches, topk_records
 from vlprompt.eval.mask_outputs import refuse_segmentation
 
 log = logging.getLogger(__name__)

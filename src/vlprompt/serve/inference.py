@@ -1,25 +1,14 @@
-"""Prediction on images a user has: a file, a folder, a CSV of paths, or PIL images in Python.
-
-Images go through the backbone's own eval transform, in batches, on the chosen device; the output is the
-top-k class names with softmax probabilities per image, printable or written as CSV / JSON.
-"""
+"""Inference on files: the inputs a user names (an image, a folder, a CSV of paths) and the predictions written
+back (printed lines, CSV or JSON). The prediction itself is eval/image_predict.py's."""
 from __future__ import annotations
 
 import csv
-import logging
-from collections.abc import Iterator, Sequence
+import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
-from vlprompt.data.transforms import eval_transform
-
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CSV_PATH_COLUMNS = ("path", "image", "file", "filename")
@@ -65,69 +54,6 @@ def read_csv_rows(path: Path, extra_columns: Sequence[str]) -> list[tuple[Path, 
     return rows
 
 
-def load_image(item: Any) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item
-    try:
-        with Image.open(item) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise DataError(f"Image '{item}' does not exist.") from None
-    except Image.DecompressionBombError as error:
-        # PIL refuses images over twice Image.MAX_IMAGE_PIXELS before decoding them: a small file that would
-        # expand to gigabytes is a classic way to exhaust a server's memory.
-        raise DataError(
-            f"Image '{item}' was refused as a possible decompression bomb ({error}). If it is a genuine image, "
-            "downscale it first, or raise PIL.Image.MAX_IMAGE_PIXELS when calling vlprompt from Python."
-        ) from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"Image '{item}' cannot be read ({error}); the file is not an image or is damaged.") from None
-
-
-def image_batches(items: Sequence, preprocess, batch_size: int, progress: bool) -> Iterator[torch.Tensor]:
-    """Preprocessed batches [b, 3, H, W] of ``items`` (PIL images or paths), with a progress bar on a terminal."""
-    transform = eval_transform(preprocess)
-    starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=None if progress else True, leave=False):
-        yield torch.stack([transform(load_image(item)) for item in items[start : start + batch_size]])
-
-
-def topk_records(logits: torch.Tensor, classnames: Sequence[str], topk: int) -> list[dict]:
-    probs = logits.float().softmax(dim=-1)
-    k = min(topk, probs.shape[-1])
-    values, indices = probs.topk(k, dim=-1)
-    return [
-        {"labels": [classnames[i] for i in idx.tolist()], "probs": [round(float(v), 6) for v in vals]}
-        for vals, idx in zip(values, indices)
-    ]
-
-
-@torch.no_grad()
-def predict_images(method, images: Sequence, topk: int = 5, batch_size: int = 64, device: str | None = None,
-                   progress: bool = False) -> list[dict]:
-    """Top-k class names and probabilities for each image (PIL image or path), in input order.
-
-    Each record is {"input": the path (or the index of a PIL image), "labels": [...], "probs": [...]}.
-    """
-    if topk < 1:
-        raise VlpromptError(f"topk = {topk}: ask for at least 1 label.")
-    if device is not None:
-        from vlprompt.core.distributed import resolve_device
-
-        method.to(resolve_device(device))
-    method.eval()
-    target = next((p.device for p in method.parameters()), torch.device("cpu"))
-    items = list(images)
-    records = []
-    for batch in image_batches(items, method.backbone.preprocess, batch_size, progress):
-        logits = method.predict({"image": batch.to(target)})
-        records += topk_records(logits.cpu(), method.labels.classnames, topk)
-    for index, (item, record) in enumerate(zip(items, records)):
-        record["input"] = index if isinstance(item, Image.Image) else str(item)
-    return records
-
-
 def format_predictions(records: list[dict]) -> str:
     """One line per image: input, then label (probability) pairs."""
     lines = []
@@ -154,8 +80,6 @@ def write_predictions(records: list[dict], path: str | Path) -> Path:
         for label, prob in zip(record["labels"], record["probs"]):
             row += [label, f"{prob:.6f}"]
         rows.append(row)
-    import io
-
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return atomic_write_text(path, buffer.getvalue())
