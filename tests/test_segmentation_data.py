@@ -148,6 +148,17 @@ def test_segcsv_reads_a_padded_header_and_names_each_bad_row(tmp_path: Path):
     }
 
 
+def test_segcsv_refuses_paths_outside_its_root(tmp_path: Path):
+    _write_segfolder(tmp_path)
+    (tmp_path / "segmentation.csv").write_text(
+        "image,mask,split\n../outside.png,masks/train/0.png,train\nimages/train/1.png,/etc/passwd,train\n"
+        "images/test/0.png,masks/test/0.png,test\n")
+    report = check_dataset("segcsv", str(tmp_path))
+    located = sorted((p.line, p.kind) for p in report.errors if p.file.endswith("segmentation.csv"))
+    assert located == [(2, "path"), (3, "path")]
+    assert any("climbs out" in p.message for p in report.errors) and any("absolute" in p.message for p in report.errors)
+
+
 def test_segcsv_that_is_not_utf8_is_a_located_problem(tmp_path: Path):
     _write_segfolder(tmp_path)
     (tmp_path / "segmentation.csv").write_bytes(b"image,mask,split\nimages/train/0\xe9.png,masks/train/0.png,train\n")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlprompt.data.formats.problems import Problem
-from vlprompt.data.formats.reading import read_text, read_text_lines
+from vlprompt.data.formats.reading import normalise_relpath, read_text, read_text_lines
 from vlprompt.data.formats.segmasks import (
     MASK_SUFFIXES,
     ParsedSegmentation,
@@ -87,22 +87,35 @@ def parse_segcsv(root: Path, options: SegCsvOptions) -> ParsedSegmentation:
 
 def _read_pairs(source: Path, text: str, splits: dict[str, list[SegPair]], problems: list[Problem]) -> None:
     """The CSV's rows as pairs per split. Header names are matched with surrounding spaces dropped (a hand-edited
-    ``image, mask, split`` is the same header); a row with fewer cells than the header is a located problem."""
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in next(rows, [])]
-    if not {"image", "mask", "split"} <= set(header):
-        problems.append(Problem(str(source), 1, f"the header is {header}; it needs image, mask, split", "format"))
+    ``image, mask, split`` is the same header); a row with fewer cells than the header, a path that is absolute or
+    climbs out of the root (the one rule, ``normalise_relpath``) and unreadable CSV are located problems."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        if not {"image", "mask", "split"} <= set(header):
+            problems.append(Problem(str(source), 1, f"the header is {header}; it needs image, mask, split", "format"))
+            return
+        column = {name: header.index(name) for name in ("image", "mask", "split")}
+        for row in reader:
+            if row:  # a blank line is skipped, as csv.DictReader does
+                _add_pair(source, reader.line_num, row, header, column, splits, problems)
+    except csv.Error as error:
+        problems.append(Problem(str(source), reader.line_num, f"not readable as CSV ({error})", "format"))
+
+
+def _add_pair(source: Path, line: int, row: list[str], header: list[str], column: dict[str, int],
+              splits: dict[str, list[SegPair]], problems: list[Problem]) -> None:
+    if len(row) <= max(column.values()):
+        problems.append(Problem(str(source), line, f"the row has {len(row)} cells; the header names "
+                                f"{len(header)} ({', '.join(header)})", "format"))
         return
-    column = {name: header.index(name) for name in ("image", "mask", "split")}
-    for line, row in enumerate(rows, start=2):
-        if not row:  # a blank line, as csv.DictReader skips it
-            continue
-        if len(row) <= max(column.values()):
-            problems.append(Problem(str(source), line, f"the row has {len(row)} cells; the header names "
-                                    f"{len(header)} ({', '.join(header)})", "format"))
-            continue
-        split = row[column["split"]].strip()
-        if split not in ROLES:
-            problems.append(Problem(str(source), line, f"split {split!r} is not one of {ROLES}", "format"))
-            continue
-        splits.setdefault(split, []).append(SegPair(row[column["image"]].strip(), row[column["mask"]].strip(), line))
+    split = row[column["split"]].strip()
+    if split not in ROLES:
+        problems.append(Problem(str(source), line, f"split {split!r} is not one of {ROLES}", "format"))
+        return
+    (image, image_why), (mask, mask_why) = (normalise_relpath(row[column[c]]) for c in ("image", "mask"))
+    for why in (image_why, mask_why):
+        if why is not None:
+            problems.append(Problem(str(source), line, why, "path"))
+    if image is not None and mask is not None:
+        splits.setdefault(split, []).append(SegPair(image, mask, line))
