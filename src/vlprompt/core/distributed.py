@@ -15,6 +15,7 @@ every helper here moves its buffer to ``collective_device()`` and the result bac
 """
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -78,7 +79,15 @@ def init_from_env(backend: str | None = None) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
+    # Torn down before the interpreter's own teardown: a gloo group left alive to static destruction can abort
+    # the process at exit ("terminate called without an active exception") after its work has finished.
+    atexit.register(_destroy_group)
     return True
+
+
+def _destroy_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def collective_device() -> torch.device:
